@@ -1,0 +1,761 @@
+package replication
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// memoryQueueLimit is the default bound of a receiver's queue: the number of
+// messages waiting for its delivery goroutine to pick them up. The goroutine
+// takes them in batches, so a receiver holds at most twice this many
+// messages at any time. A message that finds the queue full is dropped and
+// counted in MemoryHubStats.Overflow; the protocol repairs the loss like any
+// other drop.
+const memoryQueueLimit = 1 << 16
+
+// MemoryHub coordinates a set of MemoryTransport peers: it routes every
+// Broadcast to the other connected nodes and injects faults (partitions,
+// disconnects, drops, duplicates, delays) for tests.
+//
+// Each connected node has a delivery goroutine and a bounded queue of
+// 65536 messages (see Overflow in MemoryHubStats for the full policy), so a
+// slow receiver never blocks a sender or the other receivers.
+//
+// A MemoryHub is safe for concurrent use by multiple goroutines. Close it
+// when you are done: Close stops every goroutine and timer it started.
+type MemoryHub struct {
+	// mu guards the fields below up to topo. It is never held while a
+	// handler runs. Lock order: mu, then rngMu; mu, then tmu.
+	mu      sync.Mutex
+	byID    map[string]*MemoryTransport
+	byIndex []*MemoryTransport // by MemoryTransport.idx
+	sorted  []*MemoryTransport // by id
+	group   []int              // by idx; see memTopology.group
+	down    []bool             // by idx: disconnected
+	split   bool               // a Partition is in force
+	faults  MemoryFaults
+	err     error // last fault-setting error, for Err
+	closed  bool
+
+	// topo is the current topology, replaced (never modified) under mu
+	// whenever a node connects or a fault setting changes, so the hot path
+	// reads it without locking.
+	topo atomic.Pointer[memTopology]
+
+	// rngMu guards rng, which draws every fault decision.
+	rngMu sync.Mutex
+	rng   *rand.Rand
+
+	// tmu guards timers and timersStopped.
+	tmu           sync.Mutex
+	timers        map[*time.Timer]struct{}
+	timersStopped bool
+
+	logger     atomic.Pointer[slog.Logger]
+	onDeliver  atomic.Pointer[func(from, to, kind string, payload []byte)]
+	queueLimit int // memoryQueueLimit; tests of this package lower it
+
+	closing   atomic.Bool   // set by Close; read by enqueue and run
+	done      chan struct{} // closed by Close; wakes every run goroutine
+	closeOnce sync.Once
+	wg        sync.WaitGroup // run goroutines and pending delay timers
+
+	stats struct {
+		sent, delivered, dropped, lost, duplicated, overflow, unhandled, handlerErrors atomic.Uint64
+	}
+}
+
+// MemoryFaults configures the faults a MemoryHub injects into every
+// delivery (one message from one sender to one receiver). The zero value is
+// a perfect network.
+//
+// Each delivery is dropped with probability DropRate; a delivery that is not
+// dropped is duplicated with probability DuplicateRate; each resulting copy
+// is delayed by a duration drawn uniformly from [MinDelay, MaxDelay] (no
+// delay when MaxDelay is 0). Delayed messages may be reordered, so FIFO per
+// pair holds only while MaxDelay is 0. Every decision comes from one
+// math/rand/v2 source seeded with Seed: the same sequence of broadcasts from
+// one goroutine gets the same drop and duplicate decisions under the same
+// seed. Log the seed in your test so a failure can be replayed.
+type MemoryFaults struct {
+	Seed          int64
+	DropRate      float64       // in [0, 1]
+	DuplicateRate float64       // in [0, 1]
+	MinDelay      time.Duration // >= 0
+	MaxDelay      time.Duration // >= MinDelay
+}
+
+// Validate reports whether f can be given to SetFaults. The error wraps
+// ErrInvalidConfig and names every offending field with its value.
+func (f MemoryFaults) Validate() error {
+	var errs []error
+	rate := func(name string, v float64) {
+		if math.IsNaN(v) || v < 0 || v > 1 {
+			errs = append(errs, fmt.Errorf("%w: MemoryFaults.%s %v outside [0, 1]", ErrInvalidConfig, name, v))
+		}
+	}
+	rate("DropRate", f.DropRate)
+	rate("DuplicateRate", f.DuplicateRate)
+	if f.MinDelay < 0 {
+		errs = append(errs, fmt.Errorf("%w: MemoryFaults.MinDelay %s is negative", ErrInvalidConfig, f.MinDelay))
+	}
+	if f.MaxDelay < 0 {
+		errs = append(errs, fmt.Errorf("%w: MemoryFaults.MaxDelay %s is negative", ErrInvalidConfig, f.MaxDelay))
+	}
+	if f.MaxDelay < f.MinDelay {
+		errs = append(errs, fmt.Errorf("%w: MemoryFaults.MaxDelay %s < MinDelay %s", ErrInvalidConfig, f.MaxDelay, f.MinDelay))
+	}
+	return errors.Join(errs...)
+}
+
+func (f MemoryFaults) active() bool {
+	return f.DropRate > 0 || f.DuplicateRate > 0 || f.MaxDelay > 0
+}
+
+// MemoryHubStats counts what happened to the messages of a MemoryHub. A
+// message is one payload from one sender to one receiver, so a Broadcast
+// to three peers counts as three. Once nothing is in flight,
+//
+//	Sent + Duplicated == Delivered + Dropped + Lost + Overflow + Unhandled
+//
+// except for the messages still queued or delayed when the hub was closed,
+// which are discarded without being counted.
+type MemoryHubStats struct {
+	Sent          uint64 // messages Broadcast attempted, one per receiver
+	Delivered     uint64 // messages handed to a handler (whatever it returned)
+	Dropped       uint64 // dropped by MemoryFaults.DropRate
+	Lost          uint64 // lost to a partition or a disconnect, at send or at delivery
+	Duplicated    uint64 // extra copies made by MemoryFaults.DuplicateRate
+	Overflow      uint64 // dropped because the receiver's queue was full
+	Unhandled     uint64 // reached a receiver with no handler for the kind
+	HandlerErrors uint64 // delivered messages whose handler returned an error
+}
+
+// NewMemoryHub returns a hub for in-process replicator tests. It is a
+// perfect network until you call SetFaults, Partition or Disconnect, and it
+// logs nothing until you call SetLogger.
+func NewMemoryHub() *MemoryHub {
+	h := &MemoryHub{
+		byID:       make(map[string]*MemoryTransport),
+		rng:        newFaultRand(0),
+		timers:     make(map[*time.Timer]struct{}),
+		queueLimit: memoryQueueLimit,
+		done:       make(chan struct{}),
+	}
+	h.logger.Store(slog.New(slog.DiscardHandler))
+	h.topo.Store(&memTopology{})
+	return h
+}
+
+func newFaultRand(seed int64) *rand.Rand {
+	return rand.New(rand.NewPCG(uint64(seed), uint64(seed)^0x9e3779b97f4a7c15))
+}
+
+// SetLogger sets the hub's logger. Configuration mistakes (see Err) are
+// logged at Error level; handler errors, unhandled kinds and queue
+// overflows at Debug level. A nil logger discards everything, which is the
+// default.
+func (h *MemoryHub) SetLogger(l *slog.Logger) {
+	if l == nil {
+		l = slog.New(slog.DiscardHandler)
+	}
+	h.logger.Store(l)
+}
+
+// OnDeliver installs fn, called on the receiver's delivery goroutine just
+// before each message is handed to the receiver's handler (after every
+// fault and partition check, so exactly for the messages the handler gets).
+// Tests use it to observe traffic, such as the votes each node actually
+// received. fn must not modify payload and must return promptly; it runs
+// for every receiver, possibly concurrently. A nil fn removes the hook.
+func (h *MemoryHub) OnDeliver(fn func(from, to, kind string, payload []byte)) {
+	if fn == nil {
+		h.onDeliver.Store(nil)
+		return
+	}
+	h.onDeliver.Store(&fn)
+}
+
+// Stats returns a snapshot of the hub's counters. Counters are read one by
+// one while messages may be moving, so they are exact only when the hub is
+// quiet.
+func (h *MemoryHub) Stats() MemoryHubStats {
+	s := &h.stats
+	return MemoryHubStats{
+		Sent:          s.sent.Load(),
+		Delivered:     s.delivered.Load(),
+		Dropped:       s.dropped.Load(),
+		Lost:          s.lost.Load(),
+		Duplicated:    s.duplicated.Load(),
+		Overflow:      s.overflow.Load(),
+		Unhandled:     s.unhandled.Load(),
+		HandlerErrors: s.handlerErrors.Load(),
+	}
+}
+
+// Err returns the error of the most recent fault-setting call that failed,
+// or nil if none did. Partition, Disconnect and Reconnect cannot return an
+// error (their signatures are fixed), so when one is given an unknown node
+// id, or Partition names an id twice, it changes nothing, logs the error at
+// Error level, and records it here. A failing SetFaults records its error
+// too. A later successful call does not clear it. The error wraps
+// ErrInvalidConfig.
+func (h *MemoryHub) Err() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.err
+}
+
+// failLocked records and logs a fault-setting error. h.mu must be held.
+func (h *MemoryHub) failLocked(err error) {
+	h.err = err
+	h.logger.Load().Error("memory hub: ignoring invalid fault setting", "err", err)
+}
+
+// Connect attaches node id to the hub and returns its transport, which
+// receives the broadcasts of every other connected node and whose
+// broadcasts reach them. Connecting an id that is already connected
+// returns the existing transport (still disconnected if Disconnect was
+// called: use Reconnect). While a Partition is in force, a newly connected
+// node is isolated until Heal.
+//
+// On a closed hub, Connect of a new id returns a transport that is not
+// attached and whose Broadcast fails with ErrClosed.
+func (h *MemoryHub) Connect(id string) *MemoryTransport {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if t, ok := h.byID[id]; ok {
+		return t
+	}
+	t := &MemoryTransport{hub: h, id: id, idx: -1, wake: make(chan struct{}, 1)}
+	if h.closed {
+		return t
+	}
+	t.idx = len(h.byIndex)
+	h.byID[id] = t
+	h.byIndex = append(h.byIndex, t)
+	i, _ := slices.BinarySearchFunc(h.sorted, id, func(p *MemoryTransport, id string) int {
+		return strings.Compare(p.id, id)
+	})
+	h.sorted = slices.Insert(h.sorted, i, t)
+	g := 0
+	if h.split {
+		g = isolatedGroup(t.idx)
+	}
+	h.group = append(h.group, g)
+	h.down = append(h.down, false)
+	h.publishLocked()
+
+	// Threads: Connect starts one delivery goroutine per node (t.run). It
+	// owns the batch it swapped out of t.queue; t.qmu guards t.queue. The
+	// goroutine calls handlers and the OnDeliver hook with no lock held.
+	// Delay timers (deliverAfter) run on timer goroutines and only enqueue.
+	// Close stops both: it closes h.done (run returns after the handler in
+	// progress), stops every pending timer under h.tmu, and waits for all of
+	// them on h.wg.
+	h.wg.Add(1)
+	go t.run()
+	return t
+}
+
+// isolatedGroup is the group of a node named in no partition group: a
+// negative number of its own, so it shares no group with anyone.
+func isolatedGroup(idx int) int { return -(idx + 1) }
+
+// Partition splits the connected nodes into groups: from now on a message
+// crosses only between two nodes of the same group, and a connected node
+// named in no group is isolated. It replaces any earlier partition, and
+// messages already queued or delayed across a new cut are lost when they
+// come up for delivery. Disconnected nodes stay disconnected.
+//
+// An unknown id, or an id named twice, makes Partition change nothing; see
+// Err.
+func (h *MemoryHub) Partition(groups ...[]string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	group := make([]int, len(h.byIndex))
+	for i := range group {
+		group[i] = isolatedGroup(i)
+	}
+	named := make(map[string]bool)
+	for gi, ids := range groups {
+		for _, id := range ids {
+			t, ok := h.byID[id]
+			if !ok {
+				h.failLocked(fmt.Errorf("%w: memory hub Partition: unknown node %q in group %d %q", ErrInvalidConfig, id, gi, ids))
+				return
+			}
+			if named[id] {
+				h.failLocked(fmt.Errorf("%w: memory hub Partition: node %q named twice (again in group %d %q)", ErrInvalidConfig, id, gi, ids))
+				return
+			}
+			named[id] = true
+			group[t.idx] = gi + 1
+		}
+	}
+	h.group = group
+	h.split = true
+	h.publishLocked()
+}
+
+// Heal removes every partition. It does not reconnect disconnected nodes.
+func (h *MemoryHub) Heal() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	clear(h.group)
+	h.split = false
+	h.publishLocked()
+}
+
+// Disconnect simulates a crashed or unplugged node: until Reconnect,
+// nothing reaches it and nothing it broadcasts leaves it. Messages to or
+// from it are lost, not queued, including those already queued or delayed.
+// The node stays in every Validators list. An unknown id changes nothing;
+// see Err.
+func (h *MemoryHub) Disconnect(id string) { h.setDown("Disconnect", id, true) }
+
+// Reconnect undoes Disconnect: messages sent from now on flow again.
+// Reconnecting a node that is not disconnected does nothing. An unknown id
+// changes nothing; see Err.
+func (h *MemoryHub) Reconnect(id string) { h.setDown("Reconnect", id, false) }
+
+func (h *MemoryHub) setDown(op, id string, down bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	t, ok := h.byID[id]
+	if !ok {
+		h.failLocked(fmt.Errorf("%w: memory hub %s: unknown node %q", ErrInvalidConfig, op, id))
+		return
+	}
+	if h.down[t.idx] == down {
+		return
+	}
+	h.down[t.idx] = down
+	h.publishLocked()
+}
+
+// SetFaults replaces the hub's fault settings and reseeds its random
+// source with f.Seed. It applies to messages broadcast from now on; the
+// zero MemoryFaults turns faults off. An invalid f (see
+// MemoryFaults.Validate) changes nothing and is returned, wrapping
+// ErrInvalidConfig.
+func (h *MemoryHub) SetFaults(f MemoryFaults) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if err := f.Validate(); err != nil {
+		err = fmt.Errorf("memory hub SetFaults: %w", err)
+		h.err = err
+		return err
+	}
+	h.rngMu.Lock()
+	h.rng = newFaultRand(f.Seed)
+	h.rngMu.Unlock()
+	h.faults = f
+	h.publishLocked()
+	return nil
+}
+
+// Close stops every delivery goroutine and delay timer of the hub and
+// returns once they have all exited. Messages still queued or delayed are
+// discarded. Afterwards Broadcast fails with ErrClosed. Close is
+// idempotent and every caller waits until shutdown is done; it always
+// returns nil.
+//
+// Do not call Close from a handler or an OnDeliver hook: it would wait for
+// the very goroutine that runs it. A handler that never returns makes Close
+// wait forever.
+func (h *MemoryHub) Close() error {
+	h.closeOnce.Do(func() {
+		h.mu.Lock()
+		h.closed = true
+		h.publishLocked()
+		h.mu.Unlock()
+		h.closing.Store(true)
+		close(h.done)
+
+		h.tmu.Lock()
+		h.timersStopped = true
+		for tm := range h.timers {
+			if tm.Stop() {
+				h.wg.Done() // its callback will never run
+			}
+			// Otherwise the callback is running or about to: it finds
+			// itself gone from h.timers and calls wg.Done.
+		}
+		clear(h.timers)
+		h.tmu.Unlock()
+	})
+	h.wg.Wait()
+	return nil
+}
+
+// publishLocked installs a new topology built from the hub's fields and
+// links the previous one to it. h.mu must be held.
+func (h *MemoryHub) publishLocked() {
+	s := &memTopology{
+		closed: h.closed,
+		nodes:  slices.Clone(h.sorted),
+		group:  slices.Clone(h.group),
+		down:   slices.Clone(h.down),
+		faults: h.faults,
+		faulty: h.faults.active(),
+	}
+	old := h.topo.Load()
+	old.next.Store(s)
+	h.topo.Store(s)
+}
+
+// memTopology is an immutable snapshot of who can reach whom. Snapshots form
+// a chain through next, oldest first, so a message that carries the
+// snapshot it was sent under can check at delivery that its link stayed up
+// through every change since: a message queued before a cut is lost even if
+// the cut healed before its delivery, as on a real network.
+type memTopology struct {
+	next   atomic.Pointer[memTopology]
+	closed bool
+	nodes  []*MemoryTransport // connected nodes, sorted by id
+	// group and down are indexed by MemoryTransport.idx. Two nodes can talk
+	// when neither is down and their groups are equal: 0 for everyone
+	// without a partition, i+1 for the i-th Partition group, and
+	// isolatedGroup for a node named in none.
+	group  []int
+	down   []bool
+	faults MemoryFaults
+	faulty bool // faults.active()
+}
+
+func (s *memTopology) link(a, b int) bool {
+	return !s.down[a] && !s.down[b] && s.group[a] == s.group[b]
+}
+
+// heldSince reports whether the link a–b was up in every snapshot after s
+// (it is known to be up in s, where the message was sent).
+func (s *memTopology) heldSince(a, b int) bool {
+	for n := s.next.Load(); n != nil; n = n.next.Load() {
+		if n.closed || !n.link(a, b) {
+			return false
+		}
+	}
+	return true
+}
+
+// memMsg is one message in a receiver's queue.
+type memMsg struct {
+	from    *MemoryTransport
+	kind    string
+	payload []byte       // shared by every receiver of the Broadcast
+	topo    *memTopology // the snapshot it was sent under
+}
+
+// memHandler is the handler registered for one kind: exactly one of plain
+// (OnReceive) and from (OnReceiveFrom) is set.
+type memHandler struct {
+	plain func([]byte) error
+	from  func(string, []byte) error
+}
+
+// MemoryTransport is a deterministic in-process Transport used by tests and by single-node embedded mode. It implements broadcast as a fan-out across peers registered against the same hub.
+//
+// Delivery is asynchronous: a handler never runs on the goroutine that
+// called Broadcast, so a handler that broadcasts does not recurse. Each node
+// has one delivery goroutine that calls its handlers one at a time, in FIFO
+// order per sender while the hub injects no delay, and a bounded queue: a
+// slow handler delays only its own node, and a message that finds the
+// queue full is dropped (MemoryHubStats.Overflow). Broadcast copies the
+// payload once and every receiver gets that same copy: handlers must not
+// modify it, but may keep it after they return, since the hub never reuses
+// it.
+//
+// A MemoryTransport is safe for concurrent use by multiple goroutines. It
+// has no Close of its own: closing its hub stops it.
+type MemoryTransport struct {
+	hub  *MemoryHub
+	id   string
+	idx  int // index in the hub's per-node slices; -1 when not attached
+	wake chan struct{}
+
+	// handlers is replaced, never modified, under hmu, so the delivery
+	// goroutine reads it without locking.
+	hmu      sync.Mutex
+	handlers atomic.Pointer[map[string]memHandler]
+
+	// qmu guards queue: messages not yet taken by the delivery goroutine.
+	qmu   sync.Mutex
+	queue []memMsg
+}
+
+var (
+	_ Transport   = (*MemoryTransport)(nil)
+	_ SenderAware = (*MemoryTransport)(nil)
+)
+
+// LocalID returns this node's id, as given to Connect.
+func (t *MemoryTransport) LocalID() string { return t.id }
+
+// Validators returns the id of every node connected to the hub, this node
+// first, the rest sorted. Disconnected and partitioned nodes stay in the
+// list: they model failures, not membership changes. The caller owns the
+// returned slice.
+func (t *MemoryTransport) Validators() []string {
+	s := t.hub.topo.Load()
+	ids := make([]string, 1, len(s.nodes)+1)
+	ids[0] = t.id
+	for _, p := range s.nodes {
+		if p != t {
+			ids = append(ids, p.id)
+		}
+	}
+	return ids
+}
+
+// OnReceive registers h for the messages of kind, replacing any handler
+// registered for that kind with OnReceive or OnReceiveFrom. A nil h removes
+// it; messages of a kind without a handler are counted as Unhandled and
+// dropped. h runs on this node's delivery goroutine; see MemoryTransport
+// for what it may do with payload. Its error is counted and logged at
+// Debug level, and delivery goes on.
+func (t *MemoryTransport) OnReceive(kind string, h func([]byte) error) {
+	if h == nil {
+		t.setHandler(kind, nil)
+		return
+	}
+	t.setHandler(kind, &memHandler{plain: h})
+}
+
+// OnReceiveFrom is OnReceive with the sender's id, as given to Connect. It
+// implements SenderAware, and replaces any handler registered for kind
+// with OnReceive or OnReceiveFrom.
+func (t *MemoryTransport) OnReceiveFrom(kind string, h func(from string, payload []byte) error) {
+	if h == nil {
+		t.setHandler(kind, nil)
+		return
+	}
+	t.setHandler(kind, &memHandler{from: h})
+}
+
+func (t *MemoryTransport) setHandler(kind string, h *memHandler) {
+	t.hmu.Lock()
+	defer t.hmu.Unlock()
+	var m map[string]memHandler
+	if old := t.handlers.Load(); old != nil {
+		m = make(map[string]memHandler, len(*old)+1)
+		for k, v := range *old {
+			m[k] = v
+		}
+	} else {
+		m = make(map[string]memHandler, 1)
+	}
+	if h == nil {
+		delete(m, kind)
+	} else {
+		m[kind] = *h
+	}
+	t.handlers.Store(&m)
+}
+
+// Broadcast queues payload for every other connected node and returns
+// without waiting for delivery; it never blocks and ignores its context.
+// The payload is copied before Broadcast returns, so you may reuse your
+// buffer. Messages to nodes across a partition, and every message of a
+// disconnected node, are lost (MemoryHubStats.Lost), and the hub's faults
+// apply to the others. After the hub is closed it returns an error that
+// wraps ErrClosed.
+func (t *MemoryTransport) Broadcast(_ context.Context, kind string, payload []byte) error {
+	h := t.hub
+	s := h.topo.Load()
+	if s.closed || t.idx < 0 {
+		return fmt.Errorf("memory transport %q: broadcast %q: %w", t.id, kind, ErrClosed)
+	}
+	var (
+		cp         []byte
+		copied     bool
+		sent, lost uint64
+	)
+	for _, p := range s.nodes {
+		if p == t {
+			continue
+		}
+		sent++
+		if !s.link(t.idx, p.idx) {
+			lost++
+			continue
+		}
+		if !copied {
+			cp, copied = slices.Clone(payload), true
+		}
+		m := memMsg{from: t, kind: kind, payload: cp, topo: s}
+		if s.faulty {
+			h.sendFaulty(p, m, &s.faults)
+		} else {
+			p.enqueue(m)
+		}
+	}
+	h.stats.sent.Add(sent)
+	if lost > 0 {
+		h.stats.lost.Add(lost)
+	}
+	return nil
+}
+
+// sendFaulty applies f to one delivery of m to t.
+func (h *MemoryHub) sendFaulty(t *MemoryTransport, m memMsg, f *MemoryFaults) {
+	var (
+		delays [2]time.Duration
+		copies = 1
+	)
+	h.rngMu.Lock()
+	drop := f.DropRate > 0 && h.rng.Float64() < f.DropRate
+	if !drop {
+		if f.DuplicateRate > 0 && h.rng.Float64() < f.DuplicateRate {
+			copies = 2
+		}
+		if f.MaxDelay > 0 {
+			for i := range copies {
+				delays[i] = f.MinDelay + time.Duration(h.rng.Int64N(int64(f.MaxDelay-f.MinDelay)+1))
+			}
+		}
+	}
+	h.rngMu.Unlock()
+	if drop {
+		h.stats.dropped.Add(1)
+		return
+	}
+	if copies > 1 {
+		h.stats.duplicated.Add(1)
+	}
+	for _, d := range delays[:copies] {
+		if d > 0 {
+			h.deliverAfter(d, t, m)
+		} else {
+			t.enqueue(m)
+		}
+	}
+}
+
+// deliverAfter enqueues m on t after d, on a timer goroutine.
+func (h *MemoryHub) deliverAfter(d time.Duration, t *MemoryTransport, m memMsg) {
+	h.tmu.Lock()
+	defer h.tmu.Unlock()
+	if h.timersStopped {
+		return // closed: discarded
+	}
+	var tm *time.Timer
+	h.wg.Add(1)
+	tm = time.AfterFunc(d, func() {
+		defer h.wg.Done()
+		h.tmu.Lock()
+		_, pending := h.timers[tm] // tm was set before tmu was released
+		delete(h.timers, tm)
+		h.tmu.Unlock()
+		if pending {
+			t.enqueue(m)
+		}
+	})
+	h.timers[tm] = struct{}{}
+}
+
+// enqueue appends m to t's queue, or drops it if the queue is full.
+func (t *MemoryTransport) enqueue(m memMsg) {
+	h := t.hub
+	if h.closing.Load() {
+		return
+	}
+	t.qmu.Lock()
+	if len(t.queue) >= h.queueLimit {
+		t.qmu.Unlock()
+		h.stats.overflow.Add(1)
+		if l := h.logger.Load(); l.Enabled(context.Background(), slog.LevelDebug) {
+			l.Debug("memory hub: receiver queue full, message dropped",
+				"from", m.from.id, "to", t.id, "kind", m.kind, "limit", h.queueLimit)
+		}
+		return
+	}
+	t.queue = append(t.queue, m)
+	first := len(t.queue) == 1
+	t.qmu.Unlock()
+	// Only the message that makes the queue non-empty needs to wake the
+	// goroutine: it takes the whole queue at once.
+	if first {
+		select {
+		case t.wake <- struct{}{}:
+		default: // a wakeup is already pending
+		}
+	}
+}
+
+// run is t's delivery goroutine (see Threads in Connect).
+func (t *MemoryTransport) run() {
+	h := t.hub
+	defer h.wg.Done()
+	var batch []memMsg
+	for {
+		select {
+		case <-t.wake:
+		case <-h.done:
+			return
+		}
+		t.qmu.Lock()
+		batch, t.queue = t.queue, batch[:0]
+		t.qmu.Unlock()
+		for i := range batch {
+			// select picks at random among ready cases, so a closing hub
+			// is noticed here too, not only in the select above.
+			if h.closing.Load() {
+				return
+			}
+			t.deliver(&batch[i])
+		}
+		clear(batch) // release payloads and old topologies
+		if cap(batch) > 4096 {
+			batch = nil // release the memory of a burst
+		}
+	}
+}
+
+// deliver hands m to t's handler if its link held since it was sent.
+func (t *MemoryTransport) deliver(m *memMsg) {
+	h := t.hub
+	if !m.topo.heldSince(m.from.idx, t.idx) {
+		h.stats.lost.Add(1)
+		return
+	}
+	var hd memHandler
+	ok := false
+	if hs := t.handlers.Load(); hs != nil {
+		hd, ok = (*hs)[m.kind]
+	}
+	if !ok {
+		h.stats.unhandled.Add(1)
+		if l := h.logger.Load(); l.Enabled(context.Background(), slog.LevelDebug) {
+			l.Debug("memory hub: no handler for kind, message dropped",
+				"from", m.from.id, "to", t.id, "kind", m.kind)
+		}
+		return
+	}
+	if fn := h.onDeliver.Load(); fn != nil {
+		(*fn)(m.from.id, t.id, m.kind, m.payload)
+	}
+	var err error
+	if hd.from != nil {
+		err = hd.from(m.from.id, m.payload)
+	} else {
+		err = hd.plain(m.payload)
+	}
+	h.stats.delivered.Add(1)
+	if err != nil {
+		h.stats.handlerErrors.Add(1)
+		if l := h.logger.Load(); l.Enabled(context.Background(), slog.LevelDebug) {
+			l.Debug("memory hub: handler failed",
+				"from", m.from.id, "to", t.id, "kind", m.kind, "err", err)
+		}
+	}
+}
