@@ -27,8 +27,12 @@ const memoryQueueLimit = 1 << 16
 // disconnects, drops, duplicates, delays) for tests.
 //
 // Each connected node has a delivery goroutine and a bounded queue of
-// 65536 messages (see Overflow in MemoryHubStats for the full policy), so a
-// slow receiver never blocks a sender or the other receivers.
+// 65536 messages (1<<16), so a slow receiver never blocks a sender or the
+// other receivers. A message that finds its receiver's queue full is dropped
+// and counted in MemoryHubStats.Overflow: a full queue means a handler is
+// stuck or far behind, and the protocol repairs lost messages anyway. The
+// delivery goroutine takes the queue in batches, so one receiver holds at
+// most twice the bound.
 //
 // A MemoryHub is safe for concurrent use by multiple goroutines. Close it
 // when you are done: Close stops every goroutine and timer it started.
