@@ -10,13 +10,15 @@ import (
 	"sync/atomic"
 )
 
-// LocalReplicator is the single-node passthrough. Every Propose returns DecisionAccept synchronously and fans the frame out to local subscribers — the same code path the quasar driver uses on accept, so callers cannot tell the difference.
+// LocalReplicator is the single-node passthrough. Every Propose is decided
+// synchronously, with no consensus, and an accepted frame is fanned out to
+// local subscribers — the same code path the quasar driver uses on accept,
+// so callers cannot tell the difference.
 //
-// More precisely, Propose decides on the caller's goroutine, with no
-// consensus: a frame is accepted when its sequence number extends its
-// namespace and every handler applied it, and rejected otherwise (see
-// Propose). Handlers run on the goroutine of a Propose caller, one frame at a
-// time, in acceptance order.
+// A frame is accepted when its sequence number extends its namespace, it
+// fits the size limit, and every handler applied it; it is rejected
+// otherwise (see Propose). Handlers run on the goroutine of a Propose
+// caller, one frame at a time, in acceptance order.
 //
 // A LocalReplicator starts no goroutines. All its methods are safe for
 // concurrent use by multiple goroutines, and Propose and Stats may be called
@@ -134,9 +136,9 @@ func (r *LocalReplicator) OnApplyError(fn func(f Frame, err error)) {
 	r.onApplyErr.Store(&fn)
 }
 
-// Propose immediately accepts and dispatches.
-//
-// More precisely, Propose decides on the caller's goroutine and returns:
+// Propose immediately decides and dispatches: it does not wait for any
+// consensus, only for the handlers of frames accepted before this one. It
+// returns:
 //
 //   - (DecisionTimeout, err) with errors.Is(err, ErrTimeout) and
 //     errors.Is(err, ctx.Err()) when ctx is already done, or ends while the
@@ -170,14 +172,16 @@ func (r *LocalReplicator) OnApplyError(fn func(f Frame, err error)) {
 // whose handler is running, before any other caller's frame. Its Value is
 // copied, so the handler may reuse its buffer. A handler failing on such a
 // frame does not undo the decision (see OnApplyError). A handler that
-// proposes with another context, and waits for the result, deadlocks.
+// proposes with any other context waits for its own turn, which comes only
+// after the handler returned: the call blocks until that context ends (for
+// ever with context.Background).
 //
 // A handler that panics: the panic propagates on the goroutine that ran the
 // handler (a Propose caller, not necessarily the frame's proposer), the frame
 // is rejected, and the replicator stays usable.
 //
-// Propose is safe for concurrent use. The frame's Value is not retained
-// after Propose returns, except for a handler's Propose as described.
+// Propose is safe for concurrent use. The replicator does not keep the
+// frame's Value after Propose returns (a handler's Propose keeps a copy).
 func (r *LocalReplicator) Propose(ctx context.Context, f Frame) (Decision, error) {
 	if err := ctx.Err(); err != nil {
 		return DecisionTimeout, fmt.Errorf("%w: %w", ErrTimeout, err)
