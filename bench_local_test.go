@@ -2,6 +2,7 @@ package replication
 
 import (
 	"context"
+	"fmt"
 	"testing"
 )
 
@@ -31,6 +32,31 @@ func BenchmarkLocalPropose(b *testing.B) {
 		if d, err := r.Propose(ctx, f); d != DecisionAccept || err != nil {
 			b.Fatalf("Propose = %v, %v", d, err)
 		}
+	}
+	b.StopTimer()
+	if acc, _ := r.Stats(); *applied != acc {
+		b.Fatalf("applied %d frames, accepted %d", *applied, acc)
+	}
+}
+
+// BenchmarkLocalProposeNamespaces is BenchmarkLocalPropose with frames
+// spread round-robin over 16 namespaces, so consecutive frames never share
+// one (the per-namespace lookup is not cached).
+func BenchmarkLocalProposeNamespaces(b *testing.B) {
+	r, applied := benchLocal(b)
+	ctx := context.Background()
+	frames := make([]Frame, 16)
+	for i := range frames {
+		frames[i] = Frame{OrgID: "org", Namespace: fmt.Sprintf("tasks-%02d", i), Op: "put", Key: "k", Value: make([]byte, 256)}
+	}
+	b.ReportAllocs()
+	b.SetBytes(256)
+	i := 0
+	for b.Loop() {
+		if d, err := r.Propose(ctx, frames[i%len(frames)]); d != DecisionAccept || err != nil {
+			b.Fatalf("Propose = %v, %v", d, err)
+		}
+		i++
 	}
 	b.StopTimer()
 	if acc, _ := r.Stats(); *applied != acc {

@@ -43,12 +43,17 @@ type LocalReplicator struct {
 
 	closeOnce sync.Once
 
-	// mu guards seqs, rq, rqHead, wq, wqHead, applying and closed. It is
-	// never held while a handler runs.
+	// mu guards seqs, lastKey, lastNS, rq, rqHead, wq, wqHead, applying and
+	// closed. It is never held while a handler runs.
 	mu sync.Mutex
 	// seqs holds, per namespace, the highest Seq accepted or reserved
 	// there: one counter per namespace, whatever the number of frames.
 	seqs map[nsKey]*localNS
+	// lastKey and lastNS cache the namespace of the previous claim: a
+	// string comparison instead of hashing both strings when frames of
+	// one namespace follow each other.
+	lastKey nsKey
+	lastNS  *localNS
 	// rq holds the frames proposed by handlers (re-entrant proposals):
 	// already decided and sequenced, applied before any waiter's frame.
 	rq     []Frame
@@ -246,11 +251,14 @@ func (r *LocalReplicator) wait(ctx context.Context, f Frame) (Decision, error) {
 // and reserves it. It returns the namespace state and its previous
 // high-water mark, for rollbackLocked.
 func (r *LocalReplicator) claimLocked(f *Frame) (*localNS, uint64, error) {
-	k := nsKey{f.OrgID, f.Namespace}
-	ns := r.seqs[k]
-	if ns == nil {
-		ns = new(localNS)
-		r.seqs[k] = ns
+	ns := r.lastNS
+	if ns == nil || r.lastKey.org != f.OrgID || r.lastKey.ns != f.Namespace {
+		k := nsKey{f.OrgID, f.Namespace}
+		if ns = r.seqs[k]; ns == nil {
+			ns = new(localNS)
+			r.seqs[k] = ns
+		}
+		r.lastKey, r.lastNS = k, ns
 	}
 	prev := ns.hwm
 	switch {
@@ -274,6 +282,9 @@ func (r *LocalReplicator) rollbackLocked(f *Frame, ns *localNS, prev uint64) {
 	ns.hwm = prev
 	if prev == 0 {
 		delete(r.seqs, nsKey{f.OrgID, f.Namespace})
+		if r.lastNS == ns {
+			r.lastKey, r.lastNS = nsKey{}, nil
+		}
 	}
 }
 
