@@ -48,11 +48,11 @@ type LocalReplicator struct {
 	mu sync.Mutex
 	// seqs holds, per namespace, the highest Seq accepted or reserved
 	// there: one counter per namespace, whatever the number of frames.
-	seqs map[nsKey]*localNS
+	seqs map[localKey]*localNS
 	// lastKey and lastNS cache the namespace of the previous claim: a
 	// string comparison instead of hashing both strings when frames of
 	// one namespace follow each other.
-	lastKey nsKey
+	lastKey localKey
 	lastNS  *localNS
 	// rq holds the frames proposed by handlers (re-entrant proposals):
 	// already decided and sequenced, applied before any waiter's frame.
@@ -70,9 +70,9 @@ type LocalReplicator struct {
 
 var _ Replicator = (*LocalReplicator)(nil)
 
-// nsKey identifies a namespace. A struct key avoids building a string per
+// localKey identifies a namespace. A struct key avoids building a string per
 // Propose.
-type nsKey struct{ org, ns string }
+type localKey struct{ org, ns string }
 
 // localNS is the state kept per namespace.
 type localNS struct {
@@ -105,7 +105,7 @@ const maxCombine = 32
 // call Close when done so that handlers see their context cancelled.
 func NewLocal() *LocalReplicator {
 	r := &LocalReplicator{
-		seqs:    make(map[nsKey]*localNS),
+		seqs:    make(map[localKey]*localNS),
 		drained: make(chan struct{}),
 	}
 	r.hctx, r.cancel = context.WithCancel(context.WithValue(context.Background(), localCtxKey{}, r))
@@ -253,7 +253,7 @@ func (r *LocalReplicator) wait(ctx context.Context, f Frame) (Decision, error) {
 func (r *LocalReplicator) claimLocked(f *Frame) (*localNS, uint64, error) {
 	ns := r.lastNS
 	if ns == nil || r.lastKey.org != f.OrgID || r.lastKey.ns != f.Namespace {
-		k := nsKey{f.OrgID, f.Namespace}
+		k := localKey{f.OrgID, f.Namespace}
 		if ns = r.seqs[k]; ns == nil {
 			ns = new(localNS)
 			r.seqs[k] = ns
@@ -281,9 +281,9 @@ func (r *LocalReplicator) rollbackLocked(f *Frame, ns *localNS, prev uint64) {
 	}
 	ns.hwm = prev
 	if prev == 0 {
-		delete(r.seqs, nsKey{f.OrgID, f.Namespace})
+		delete(r.seqs, localKey{f.OrgID, f.Namespace})
 		if r.lastNS == ns {
-			r.lastKey, r.lastNS = nsKey{}, nil
+			r.lastKey, r.lastNS = localKey{}, nil
 		}
 	}
 }

@@ -159,7 +159,7 @@ func TestLocal_HandlerErrorRejects(t *testing.T) {
 	_, err = r.Propose(context.Background(), Frame{OrgID: "o", Namespace: "fresh", Op: "put", Key: "bad"})
 	require.ErrorIs(t, err, errApply)
 	r.mu.Lock()
-	_, kept := r.seqs[nsKey{"o", "fresh"}]
+	_, kept := r.seqs[localKey{"o", "fresh"}]
 	r.mu.Unlock()
 	assert.False(t, kept, "state kept for a namespace with no accepted frame")
 
