@@ -1,0 +1,176 @@
+package replication
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// Defaults of QuasarConfig, applied to zero-valued fields.
+const (
+	DefaultProposeWait         = 2 * time.Second
+	DefaultWitnessAfter        = 100 * time.Millisecond
+	DefaultMaxFrameBytes       = 1 << 20
+	DefaultRetainFrames        = 4096
+	DefaultRetainFor           = time.Minute
+	DefaultAntiEntropyInterval = time.Second
+
+	// MaxValidators bounds the validator set: vote bookkeeping keeps one bit
+	// per validator in a fixed-size set.
+	MaxValidators = 256
+)
+
+// QuasarConfig pins the post-quantum engine to a validator set.
+//
+// NewQuasar copies the config, fills the defaults into the copy and
+// validates it; the caller's value is never modified.
+type QuasarConfig struct {
+	// NodeID is this validator's stable ID. Required; it must appear in
+	// Validators.
+	NodeID string
+	// Validators is the fixed validator set, as string IDs (host:port
+	// strings or any other stable names). Empty means
+	// Transport.Validators(). Duplicates are refused.
+	Validators []string // host:port strings; LocalID must appear here
+	// Transport carries proposals and votes between validators. Required,
+	// also for a single validator (it is then never used to send).
+	Transport Transport
+	// ProposeWait bounds how long Propose waits for a decision before it
+	// returns DecisionTimeout. Default 2s.
+	ProposeWait time.Duration // default 2s
+	// WitnessAfter is the repair period: every WitnessAfter, a proposer
+	// re-sends its undecided proposals (until ProposeWait), and a validator
+	// asks for the outcome of frames it voted on that are still undecided.
+	// Default 100ms.
+	WitnessAfter time.Duration // default 100ms — when to escalate to commit vote
+
+	// Quorum is the number of distinct validators whose commit votes accept
+	// a frame. 0 means a majority, len(Validators)/2+1. Values that are not
+	// a majority (<= n/2) or above n are refused: two disjoint quorums
+	// could then accept conflicting frames.
+	Quorum int
+	// MaxFrameBytes limits a frame's JSON-encoded size. A larger frame is
+	// rejected by Propose before anything is sent, and dropped when
+	// received. 0 means DefaultMaxFrameBytes (1 MiB); negative means no
+	// limit.
+	MaxFrameBytes int
+	// RetainFrames and RetainFor bound the window of decided frames a node
+	// keeps to repair and catch up its peers: a decided frame is forgotten
+	// once more than RetainFrames newer ones were decided or it was decided
+	// longer than RetainFor ago, whichever comes first. Undecided frames
+	// received from peers are forgotten after RetainFor too. A node that
+	// was away for longer than the window is told so via OnBehind.
+	// Defaults 4096 frames and 1 minute.
+	RetainFrames int
+	RetainFor    time.Duration
+	// AntiEntropyInterval is how often a node advertises the heads of its
+	// namespaces, so that peers that missed frames ask for them. Default 1s.
+	AntiEntropyInterval time.Duration
+	// OnBehind, when set, is called (on the apply goroutine, between
+	// frames) when a peer reports that this node asked for frames it no
+	// longer retains: the error wraps ErrBehind and is a *BehindError
+	// naming the namespace. The node cannot catch up on that namespace by
+	// replication; restore a snapshot and call ResetNamespace. Every
+	// occurrence is also counted in Metrics().Behind and logged.
+	OnBehind func(err error)
+	// Logger receives the driver's logs. Nil means silent.
+	Logger *slog.Logger
+}
+
+// withDefaults returns a copy of c with every zero field defaulted.
+func (c QuasarConfig) withDefaults() QuasarConfig {
+	if len(c.Validators) == 0 && c.Transport != nil {
+		c.Validators = c.Transport.Validators()
+	}
+	c.Validators = append([]string(nil), c.Validators...)
+	if c.ProposeWait == 0 {
+		c.ProposeWait = DefaultProposeWait
+	}
+	if c.WitnessAfter == 0 {
+		c.WitnessAfter = DefaultWitnessAfter
+	}
+	if c.Quorum == 0 {
+		c.Quorum = len(c.Validators)/2 + 1
+	}
+	if c.MaxFrameBytes == 0 {
+		c.MaxFrameBytes = DefaultMaxFrameBytes
+	} else if c.MaxFrameBytes < 0 {
+		c.MaxFrameBytes = 0
+	}
+	if c.RetainFrames == 0 {
+		c.RetainFrames = DefaultRetainFrames
+	}
+	if c.RetainFor == 0 {
+		c.RetainFor = DefaultRetainFor
+	}
+	if c.AntiEntropyInterval == 0 {
+		c.AntiEntropyInterval = DefaultAntiEntropyInterval
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// Validate reports whether the config, with its defaults applied, can start
+// a QuasarReplicator. Every error wraps ErrInvalidConfig.
+func (c QuasarConfig) Validate() error {
+	return c.withDefaults().validate()
+}
+
+func (c QuasarConfig) validate() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: "+format, append([]any{ErrInvalidConfig}, args...)...)
+	}
+	n := len(c.Validators)
+	switch {
+	case c.NodeID == "":
+		return bad("empty NodeID")
+	case c.Transport == nil:
+		return bad("nil Transport")
+	case n == 0:
+		return bad("no validators")
+	case n > MaxValidators:
+		return bad("%d validators, at most %d", n, MaxValidators)
+	case c.Quorum <= n/2 || c.Quorum > n:
+		return bad("Quorum %d with %d validators: must be in [%d, %d]", c.Quorum, n, n/2+1, n)
+	case c.ProposeWait < 0 || c.WitnessAfter < 0 || c.RetainFor < 0 || c.AntiEntropyInterval < 0:
+		return bad("negative duration (ProposeWait %s, WitnessAfter %s, RetainFor %s, AntiEntropyInterval %s)",
+			c.ProposeWait, c.WitnessAfter, c.RetainFor, c.AntiEntropyInterval)
+	case c.RetainFrames < 0:
+		return bad("negative RetainFrames %d", c.RetainFrames)
+	}
+	seen := make(map[string]bool, n)
+	self := false
+	for _, v := range c.Validators {
+		if v == "" {
+			return bad("empty validator ID")
+		}
+		if seen[v] {
+			return bad("duplicate validator %q", v)
+		}
+		seen[v] = true
+		self = self || v == c.NodeID
+	}
+	if !self {
+		return bad("NodeID %q is not among Validators %q", c.NodeID, c.Validators)
+	}
+	return nil
+}
+
+// BehindError reports that this node asked a peer for the frames of a
+// namespace after Seq From, and the peer no longer retains them. It wraps
+// ErrBehind.
+type BehindError struct {
+	OrgID, Namespace string
+	From             uint64 // this node's head of the namespace
+	Peer             string // the validator that reported it
+}
+
+func (e *BehindError) Error() string {
+	return fmt.Sprintf("replication: namespace %s/%s: frames after seq %d are no longer retained by %s: restore a snapshot",
+		e.OrgID, e.Namespace, e.From, e.Peer)
+}
+
+// Unwrap makes errors.Is(err, ErrBehind) hold.
+func (e *BehindError) Unwrap() error { return ErrBehind }

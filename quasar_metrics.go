@@ -1,0 +1,114 @@
+package replication
+
+import "sync/atomic"
+
+// QuasarMetrics is a snapshot of a QuasarReplicator's counters (totals since
+// NewQuasar) and gauges (current values), for a /cluster diagnostics
+// endpoint. Obtain it with (*QuasarReplicator).Metrics.
+type QuasarMetrics struct {
+	Validators int `json:"validators"`
+	Quorum     int `json:"quorum"`
+
+	// Decisions of this node's own Propose calls (as Stats).
+	Accepted uint64 `json:"accepted"`
+	Rejected uint64 `json:"rejected"`
+	Timeouts uint64 `json:"timeouts"`
+
+	// Frames decided on this node, whoever proposed them.
+	FramesAccepted uint64 `json:"frames_accepted"`
+	FramesRejected uint64 `json:"frames_rejected"`
+	// FramesApplied counts frames whose handlers ran here; ApplyErrors
+	// counts handler failures among them.
+	FramesApplied uint64 `json:"frames_applied"`
+	ApplyErrors   uint64 `json:"apply_errors"`
+
+	// VotesReceived counts checked votes from validators. Votes dropped,
+	// by reason: voter not a validator, vote type not commit/cancel, voter
+	// is not the authenticated sender, repeated vote of one voter for one
+	// frame. VotesUnknownBlock counts votes for a frame not held when they
+	// arrived (held aside, counted if the frame arrives);
+	// VotesDropped counts those never claimed.
+	VotesReceived     uint64 `json:"votes_received"`
+	VotesUnknownVoter uint64 `json:"votes_unknown_voter"`
+	VotesBadType      uint64 `json:"votes_bad_type"`
+	VotesWrongSender  uint64 `json:"votes_wrong_sender"`
+	VotesDuplicate    uint64 `json:"votes_duplicate"`
+	VotesUnknownBlock uint64 `json:"votes_unknown_block"`
+	VotesDropped      uint64 `json:"votes_dropped"`
+
+	// Repairs: proposals re-sent by their proposer, fetches for undecided
+	// or unknown frames, frames served to peers, namespace syncs asked for,
+	// certificates accepted.
+	Resent       uint64 `json:"resent"`
+	Fetches      uint64 `json:"fetches"`
+	Served       uint64 `json:"served"`
+	SyncRequests uint64 `json:"sync_requests"`
+	Certificates uint64 `json:"certificates"`
+
+	// Messages: sent, send errors, malformed received, from a sender that
+	// is not a validator; proposals dropped because too many frames are
+	// undecided, or conflicting with a held frame of the same ID; bad
+	// certificates.
+	MessagesSent         uint64 `json:"messages_sent"`
+	SendErrors           uint64 `json:"send_errors"`
+	Malformed            uint64 `json:"malformed"`
+	UnknownSender        uint64 `json:"unknown_sender"`
+	ProposalsDropped     uint64 `json:"proposals_dropped"`
+	ProposalsConflicting uint64 `json:"proposals_conflicting"`
+	CertificatesBad      uint64 `json:"certificates_bad"`
+
+	// Stale counts frames for chain positions this node already passed;
+	// Expired undecided frames forgotten after RetainFor; Behind the
+	// namespaces reported behind the retention window (see OnBehind);
+	// DroppedUnapplied accepted frames forgotten before they could be
+	// applied; Conflicts broken invariants (must stay 0); Engines the
+	// consensus engines started.
+	Stale            uint64 `json:"stale"`
+	Expired          uint64 `json:"expired"`
+	Behind           uint64 `json:"behind"`
+	DroppedUnapplied uint64 `json:"dropped_unapplied"`
+	Conflicts        uint64 `json:"conflicts"`
+	Engines          uint64 `json:"engines"`
+
+	// Gauges: undecided frames held, accepted frames waiting to be
+	// applied, decided frames retained for repair, namespaces known.
+	Pending      int `json:"pending"`
+	PendingApply int `json:"pending_apply"`
+	Retained     int `json:"retained"`
+	Namespaces   int `json:"namespaces"`
+}
+
+type metrics struct {
+	accepted, rejected, timeouts                   atomic.Uint64
+	framesAccepted, framesRejected, applied        atomic.Uint64
+	applyErrors                                    atomic.Uint64
+	votesReceived, votesUnknownVoter, votesBadType atomic.Uint64
+	votesWrongSender, votesDuplicate               atomic.Uint64
+	votesUnknownBlock, votesDropped                atomic.Uint64
+	resent, fetches, served, syncRequests          atomic.Uint64
+	certificates                                   atomic.Uint64
+	messagesSent, sendErrors, malformed            atomic.Uint64
+	unknownSender, proposalsDropped                atomic.Uint64
+	proposalsConflicting, certificatesBad          atomic.Uint64
+	stale, expired, behind, droppedUnapplied       atomic.Uint64
+	conflicts, engines                             atomic.Uint64
+}
+
+func (m *metrics) snapshot() QuasarMetrics {
+	return QuasarMetrics{
+		Accepted: m.accepted.Load(), Rejected: m.rejected.Load(), Timeouts: m.timeouts.Load(),
+		FramesAccepted: m.framesAccepted.Load(), FramesRejected: m.framesRejected.Load(),
+		FramesApplied: m.applied.Load(), ApplyErrors: m.applyErrors.Load(),
+		VotesReceived: m.votesReceived.Load(), VotesUnknownVoter: m.votesUnknownVoter.Load(),
+		VotesBadType: m.votesBadType.Load(), VotesWrongSender: m.votesWrongSender.Load(),
+		VotesDuplicate: m.votesDuplicate.Load(), VotesUnknownBlock: m.votesUnknownBlock.Load(),
+		VotesDropped: m.votesDropped.Load(),
+		Resent:       m.resent.Load(), Fetches: m.fetches.Load(), Served: m.served.Load(),
+		SyncRequests: m.syncRequests.Load(), Certificates: m.certificates.Load(),
+		MessagesSent: m.messagesSent.Load(), SendErrors: m.sendErrors.Load(), Malformed: m.malformed.Load(),
+		UnknownSender: m.unknownSender.Load(), ProposalsDropped: m.proposalsDropped.Load(),
+		ProposalsConflicting: m.proposalsConflicting.Load(), CertificatesBad: m.certificatesBad.Load(),
+		Stale: m.stale.Load(), Expired: m.expired.Load(), Behind: m.behind.Load(),
+		DroppedUnapplied: m.droppedUnapplied.Load(), Conflicts: m.conflicts.Load(), Engines: m.engines.Load(),
+	}
+}
