@@ -1,0 +1,201 @@
+package replication
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// clusterOpts tunes newTestCluster. Zero values pick test-friendly defaults.
+type clusterOpts struct {
+	quorum       int
+	proposeWait  time.Duration
+	witnessAfter time.Duration
+	retainFrames int
+	retainFor    time.Duration
+	antiEntropy  time.Duration
+	onBehind     func(node int, err error)
+}
+
+// testCluster is n Quasar validators on one MemoryHub, each applying frames
+// into its own key-value replica.
+type testCluster struct {
+	t     *testing.T
+	hub   *MemoryHub
+	ids   []string
+	nodes []*testNode
+}
+
+type testNode struct {
+	id string
+	tr *MemoryTransport
+	r  *QuasarReplicator
+	kv *kvReplica
+}
+
+// kvReplica is the state a node's handler builds: puts and deletes into a
+// map, plus the log of applied frames in apply order.
+type kvReplica struct {
+	mu      sync.Mutex
+	data    map[string]string
+	applied []Frame
+	changed chan struct{} // closed and replaced on every apply
+}
+
+func newKVReplica() *kvReplica {
+	return &kvReplica{data: map[string]string{}, changed: make(chan struct{})}
+}
+
+func (kv *kvReplica) apply(_ context.Context, f Frame) error {
+	kv.mu.Lock()
+	defer kv.mu.Unlock()
+	k := string(f.FrameKey())
+	switch f.Op {
+	case "put":
+		kv.data[k] = string(f.Value)
+	case "del":
+		delete(kv.data, k)
+	}
+	f.Value = append([]byte(nil), f.Value...)
+	kv.applied = append(kv.applied, f)
+	close(kv.changed)
+	kv.changed = make(chan struct{})
+	return nil
+}
+
+func (kv *kvReplica) snapshot() (map[string]string, []Frame) {
+	kv.mu.Lock()
+	defer kv.mu.Unlock()
+	return maps.Clone(kv.data), append([]Frame(nil), kv.applied...)
+}
+
+func (kv *kvReplica) count() int {
+	kv.mu.Lock()
+	defer kv.mu.Unlock()
+	return len(kv.applied)
+}
+
+// waitCount waits until the replica applied at least n frames.
+func (kv *kvReplica) waitCount(t *testing.T, n int, within time.Duration) {
+	t.Helper()
+	deadline := time.NewTimer(within)
+	defer deadline.Stop()
+	for {
+		kv.mu.Lock()
+		got, ch := len(kv.applied), kv.changed
+		kv.mu.Unlock()
+		if got >= n {
+			return
+		}
+		select {
+		case <-ch:
+		case <-deadline.C:
+			t.Fatalf("replica applied %d frames, want %d within %s", got, n, within)
+		}
+	}
+}
+
+func newTestCluster(t *testing.T, n int, o clusterOpts) *testCluster {
+	t.Helper()
+	if o.proposeWait == 0 {
+		o.proposeWait = 5 * time.Second
+	}
+	if o.witnessAfter == 0 {
+		o.witnessAfter = 20 * time.Millisecond
+	}
+	if o.antiEntropy == 0 {
+		o.antiEntropy = 50 * time.Millisecond
+	}
+	c := &testCluster{t: t, hub: NewMemoryHub()}
+	for i := 0; i < n; i++ {
+		c.ids = append(c.ids, fmt.Sprintf("node-%d", i))
+	}
+	for i, id := range c.ids {
+		node := &testNode{id: id, tr: c.hub.Connect(id), kv: newKVReplica()}
+		var onBehind func(error)
+		if o.onBehind != nil {
+			i := i
+			onBehind = func(err error) { o.onBehind(i, err) }
+		}
+		r, err := NewQuasar(context.Background(), QuasarConfig{
+			NodeID:              id,
+			Validators:          c.ids,
+			Transport:           node.tr,
+			Quorum:              o.quorum,
+			ProposeWait:         o.proposeWait,
+			WitnessAfter:        o.witnessAfter,
+			RetainFrames:        o.retainFrames,
+			RetainFor:           o.retainFor,
+			AntiEntropyInterval: o.antiEntropy,
+			OnBehind:            onBehind,
+		})
+		require.NoError(t, err)
+		node.r = r
+		r.Subscribe(node.kv.apply)
+		c.nodes = append(c.nodes, node)
+	}
+	t.Cleanup(c.close)
+	return c
+}
+
+func (c *testCluster) close() {
+	for _, n := range c.nodes {
+		require.NoError(c.t, n.r.Close())
+	}
+	require.NoError(c.t, c.hub.Close())
+}
+
+func (c *testCluster) propose(i int, f Frame) (Decision, error) {
+	return c.nodes[i].r.Propose(context.Background(), f)
+}
+
+func (c *testCluster) requireAccept(i int, f Frame) {
+	c.t.Helper()
+	d, err := c.propose(i, f)
+	require.NoError(c.t, err)
+	require.Equal(c.t, DecisionAccept, d)
+}
+
+// waitAllApplied waits until every node listed (all when none) applied at
+// least n frames.
+func (c *testCluster) waitAllApplied(n int, within time.Duration, nodes ...int) {
+	c.t.Helper()
+	if len(nodes) == 0 {
+		for i := range c.nodes {
+			nodes = append(nodes, i)
+		}
+	}
+	for _, i := range nodes {
+		c.nodes[i].kv.waitCount(c.t, n, within)
+	}
+}
+
+// requireConverged checks that every node holds the same key-value state
+// and applied the same frames, in the same order per namespace.
+func (c *testCluster) requireConverged() {
+	c.t.Helper()
+	data0, log0 := c.nodes[0].kv.snapshot()
+	for _, n := range c.nodes[1:] {
+		data, log := n.kv.snapshot()
+		require.Equal(c.t, data0, data, "state of %s differs from %s", n.id, c.nodes[0].id)
+		require.Equal(c.t, perNamespace(log0), perNamespace(log), "applied frames of %s differ from %s", n.id, c.nodes[0].id)
+	}
+}
+
+func perNamespace(log []Frame) map[string][]uint64 {
+	out := map[string][]uint64{}
+	for _, f := range log {
+		k := f.OrgID + "/" + f.Namespace
+		out[k] = append(out[k], f.Seq)
+	}
+	return out
+}
+
+func put(ns, key, val string) Frame {
+	return Frame{OrgID: "org", Namespace: ns, Op: "put", Key: key, Value: []byte(val)}
+}
