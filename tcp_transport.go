@@ -99,7 +99,10 @@ const (
 
 // TCPConfig configures a TCPTransport. The zero value of every tuning field
 // means "use the default"; NewTCPTransport fills defaults into its own copy
-// and never modifies the caller's config.
+// (with its own copy of Peers and clones of TLS) and never modifies the
+// caller's config, so you may reuse or change it afterwards. A TCPConfig is a
+// plain value: reading it from several goroutines is safe, writing it
+// concurrently is not.
 type TCPConfig struct {
 	// NodeID is this node's ID, as named by its certificate. Required.
 	NodeID string
@@ -126,7 +129,8 @@ type TCPConfig struct {
 	// configured peer for inbound connections. The transport works on a
 	// clone and sets MinVersion to TLS 1.3, ClientAuth to
 	// RequireAndVerifyClientCert, SessionTicketsDisabled, ServerName (the
-	// peer's node ID), and replaces hostname verification by the node-ID
+	// peer's node ID), clears GetConfigForClient (which would bypass these
+	// settings), and replaces hostname verification by the node-ID
 	// check above (InsecureSkipVerify plus its own chain verification in
 	// VerifyConnection; a VerifyConnection you set still runs afterwards).
 	// Leave CurvePreferences nil so Go's default post-quantum hybrid key
@@ -137,7 +141,8 @@ type TCPConfig struct {
 	TLS *tls.Config
 
 	// Insecure selects plaintext TCP with no authentication at all: each
-	// dialer announces its node ID in a hello frame and is believed. It is
+	// dialer announces its node ID (at most 1 KiB) in a hello frame and is
+	// believed. It is
 	// UNSAFE outside loopback tests: anyone who can reach the port can
 	// impersonate any validator and read every message. Refused together
 	// with TLS.
@@ -180,8 +185,9 @@ type TCPConfig struct {
 	WriteTimeout time.Duration
 
 	// Logger receives connection events: Warn for refused peers
-	// (handshake failures, wrong identity) and malformed frames, Debug for
-	// dial failures, drops and disconnects. Nil means silent.
+	// (handshake failures, wrong identity, which anyone who can reach the
+	// port can trigger), malformed frames and the first queue overflow of
+	// each peer; Debug for dial failures and disconnects. Nil means silent.
 	Logger *slog.Logger
 }
 
@@ -247,8 +253,8 @@ func (c TCPConfig) Validate() error {
 		return bad("both TLS and Insecure set")
 	}
 	if c.TLS != nil {
-		if len(c.TLS.Certificates) == 0 && c.TLS.GetCertificate == nil && c.TLS.GetClientCertificate == nil {
-			return bad("TLS config has no certificate for node %q", c.NodeID)
+		if len(c.TLS.Certificates) == 0 && (c.TLS.GetCertificate == nil || c.TLS.GetClientCertificate == nil) {
+			return bad("TLS config has no certificate for node %q (set Certificates, or both GetCertificate and GetClientCertificate)", c.NodeID)
 		}
 		if c.TLS.RootCAs == nil {
 			return bad("TLS config has no RootCAs (peer certificates are never checked against system roots)")
@@ -545,7 +551,7 @@ func (t *TCPTransport) Close() error {
 }
 
 // TCPStats is a snapshot of a TCPTransport's counters, all counted since
-// construction.
+// construction. It is a plain value owned by the caller of Stats.
 type TCPStats struct {
 	Sent              uint64 // frames written and flushed to peers
 	Received          uint64 // well-formed frames read from peers
@@ -561,7 +567,8 @@ type TCPStats struct {
 	Peers map[string]TCPPeerStats
 }
 
-// TCPPeerStats is the sending side of one peer in TCPStats.
+// TCPPeerStats is the sending side of one peer in TCPStats. It is a plain
+// value owned by the caller of Stats.
 type TCPPeerStats struct {
 	Connected  bool   // an outbound connection to the peer is up
 	Queued     int    // messages waiting in the peer's send queue
@@ -952,6 +959,7 @@ func (t *TCPTransport) newServerTLSConfig() *tls.Config {
 		c.ClientCAs = base.RootCAs
 	}
 	c.SessionTicketsDisabled = true
+	c.GetConfigForClient = nil // it would bypass the checks below
 	userVerify := base.VerifyConnection
 	c.VerifyConnection = func(cs tls.ConnectionState) error {
 		if len(cs.PeerCertificates) == 0 {

@@ -685,6 +685,9 @@ func TestTCPConfig_Validate(t *testing.T) {
 		{"neither TLS nor Insecure", func(c *TCPConfig) { c.TLS = nil }, false},
 		{"both TLS and Insecure", func(c *TCPConfig) { c.Insecure = true }, false},
 		{"TLS without certificate", func(c *TCPConfig) { c.TLS = &tls.Config{RootCAs: good.RootCAs} }, false},
+		{"TLS with server certificate only", func(c *TCPConfig) {
+			c.TLS = &tls.Config{RootCAs: good.RootCAs, GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &good.Certificates[0], nil }}
+		}, false},
 		{"TLS without RootCAs", func(c *TCPConfig) { c.TLS = &tls.Config{Certificates: good.Certificates} }, false},
 		{"TLS 1.2 max", func(c *TCPConfig) { c.TLS = good.Clone(); c.TLS.MaxVersion = tls.VersionTLS12 }, false},
 		{"classical-only curves", func(c *TCPConfig) {
