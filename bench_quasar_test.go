@@ -3,7 +3,6 @@ package replication
 import (
 	"context"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"testing"
 )
@@ -87,8 +86,6 @@ func BenchmarkQuasarPropose3NodeParallel(b *testing.B) {
 	b.SetBytes(int64(len(benchValue)))
 	b.SetParallelism(32) // 64 proposers on this 2-core machine
 	b.ResetTimer()
-	var wg sync.WaitGroup
-	_ = wg
 	b.RunParallel(func(pb *testing.PB) {
 		i := next.Add(1)
 		r := rs[int(i)%len(rs)]

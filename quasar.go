@@ -3,8 +3,10 @@ package replication
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -81,6 +83,7 @@ type QuasarReplicator struct {
 	cancel    context.CancelFunc
 	applyCtx  context.Context // handlers' ctx: cancelled by Close, marks re-entrant Propose
 	kick      chan struct{}   // cap 1: wakes applyLoop
+	sendKick  chan struct{}   // cap 1: wakes sendLoop
 
 	mu sync.Mutex
 	st state // guarded by mu
@@ -117,6 +120,7 @@ func NewQuasar(ctx context.Context, cfg QuasarConfig) (*QuasarReplicator, error)
 		byName:   make(map[string]int, len(cfg.Validators)),
 		closing:  make(chan struct{}),
 		kick:     make(chan struct{}, 1),
+		sendKick: make(chan struct{}, 1),
 	}
 	for i, v := range cfg.Validators {
 		id := validatorNodeID(v)
@@ -152,9 +156,10 @@ func NewQuasar(ctx context.Context, cfg QuasarConfig) (*QuasarReplicator, error)
 			return r.receive(-1, payload)
 		})
 	}
-	r.wg.Add(2)
+	r.wg.Add(3)
 	go r.applyLoop()
 	go r.tickLoop()
+	go r.sendLoop()
 	return r, nil
 }
 
@@ -292,6 +297,7 @@ func (r *QuasarReplicator) waitTurn(ctx context.Context, t *turn, deadline time.
 	case <-ctx.Done():
 		cause = ctx.Err()
 	case <-timer.C:
+		cause = errProposeWait
 	}
 	r.mu.Lock()
 	r.st.abandonTurn(t)
@@ -303,37 +309,51 @@ func (r *QuasarReplicator) failed(cause error) (Decision, error) {
 	switch {
 	case cause == ErrClosed:
 		return DecisionUndecided, fmt.Errorf("quasar propose: %w", ErrClosed)
-	case cause != nil:
-		r.m.timeouts.Add(1)
-		return DecisionTimeout, fmt.Errorf("quasar propose: %w: %w", ErrTimeout, cause)
-	default:
+	case cause == errProposeWait:
 		r.m.timeouts.Add(1)
 		return DecisionTimeout, fmt.Errorf("quasar propose: %w: not decided within %s", ErrTimeout, r.cfg.ProposeWait)
+	default:
+		r.m.timeouts.Add(1)
+		return DecisionTimeout, fmt.Errorf("quasar propose: %w: %w", ErrTimeout, cause)
 	}
 }
 
 // wait blocks until w is resolved, the deadline passes, ctx is done or the
-// replicator closes.
+// replicator closes. The waiter is woken when its frame is ready to apply
+// (it then applies the queue itself, saving a hand-off to applyLoop) and
+// when it is resolved.
 func (r *QuasarReplicator) wait(ctx context.Context, w *waiter, deadline time.Time) (Decision, error) {
 	r.mu.Lock()
 	if w.resolved {
 		r.mu.Unlock()
 		return r.result(w)
 	}
-	w.done = make(chan struct{})
+	w.wake = make(chan struct{}, 1)
 	r.mu.Unlock()
 
 	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()
 	var cause error
-	select {
-	case <-w.done:
-		return r.result(w)
-	case <-r.closing:
-		cause = ErrClosed
-	case <-ctx.Done():
-		cause = ctx.Err()
-	case <-timer.C:
+	for cause == nil {
+		select {
+		case <-w.wake:
+			if !w.reentrant {
+				r.drainApply()
+			}
+			r.mu.Lock()
+			resolved := w.resolved
+			r.mu.Unlock()
+			if resolved {
+				return r.result(w)
+			}
+			continue
+		case <-r.closing:
+			cause = ErrClosed
+		case <-ctx.Done():
+			cause = ctx.Err()
+		case <-timer.C:
+			cause = errProposeWait
+		}
 	}
 	r.mu.Lock()
 	if w.resolved { // decided while we were giving up: report it
@@ -342,7 +362,7 @@ func (r *QuasarReplicator) wait(ctx context.Context, w *waiter, deadline time.Ti
 	}
 	r.st.abandon(w)
 	r.mu.Unlock()
-	r.flush()
+	r.kickApply() // the frame may sit in the apply queue, counting on us
 	return r.failed(cause)
 }
 
@@ -363,6 +383,8 @@ func (r *QuasarReplicator) result(w *waiter) (Decision, error) {
 	}
 }
 
+var errProposeWait = errors.New("ProposeWait elapsed")
+
 // receive handles one transport message. sender is the validator index of
 // an authenticated sender, or -1 when the transport cannot tell.
 func (r *QuasarReplicator) receive(sender int, payload []byte) error {
@@ -382,23 +404,48 @@ func (r *QuasarReplicator) receive(sender int, payload []byte) error {
 	for i := range recs {
 		r.st.handle(&recs[i], sender)
 	}
+	kick := r.st.takeKick()
 	r.mu.Unlock()
 	clear(recs)
 	*rb = recs[:0]
 	recordPool.Put(rb)
 	r.flush()
-	r.kickApply()
+	if kick {
+		r.kickApply()
+	}
 	return nil
 }
 
 var recordPool = sync.Pool{New: func() any { s := make([]record, 0, 16); return &s }}
 
 // flush sends the outbox unless another goroutine is already sending it.
+// Under load (more than inlineFlushMax frames undecided) it leaves the work
+// to sendLoop instead: by the time that goroutine runs, more records have
+// joined the message, so one transport message carries many of them.
 func (r *QuasarReplicator) flush() {
 	r.mu.Lock()
 	o := &r.st.out
 	if o.flushing || (o.count == 0 && len(o.full) == 0) {
 		r.mu.Unlock()
+		return
+	}
+	if r.st.undecided.n > inlineFlushMax {
+		r.mu.Unlock()
+		select {
+		case r.sendKick <- struct{}{}:
+		default:
+		}
+		return
+	}
+	r.flushLocked()
+	r.mu.Unlock()
+}
+
+// flushLocked sends every queued message; mu is held on entry and exit and
+// released around each Broadcast.
+func (r *QuasarReplicator) flushLocked() {
+	o := &r.st.out
+	if o.flushing {
 		return
 	}
 	o.flushing = true
@@ -409,7 +456,7 @@ func (r *QuasarReplicator) flush() {
 			o.full = o.full[1:]
 		} else if o.count > 0 {
 			msg = finishMessage(o.buf, o.count)
-			o.buf, o.count = newMessage(o.spare), 0
+			o.buf, o.count = o.spare, 0
 			o.spare = nil
 		} else {
 			break
@@ -422,11 +469,25 @@ func (r *QuasarReplicator) flush() {
 		r.m.messagesSent.Add(1)
 		r.mu.Lock()
 		if cap(msg) <= maxBatchBytes*2 {
-			o.spare = msg // Broadcast copied it (Transport contract)
+			o.spare = msg[:0] // Broadcast copied it (Transport contract)
 		}
 	}
 	o.flushing = false
-	r.mu.Unlock()
+}
+
+func (r *QuasarReplicator) sendLoop() {
+	defer r.wg.Done()
+	for {
+		select {
+		case <-r.closing:
+			return
+		case <-r.sendKick:
+			runtime.Gosched() // let the goroutines that kicked us add to the batch
+			r.mu.Lock()
+			r.flushLocked()
+			r.mu.Unlock()
+		}
+	}
 }
 
 func (r *QuasarReplicator) kickApply() {

@@ -16,12 +16,6 @@ import (
 
 type spaceKey struct{ org, ns string }
 
-// posKey is a chain position: the frame on top of Seq prev in a namespace.
-type posKey struct {
-	key  spaceKey
-	prev uint64
-}
-
 const (
 	stUndecided = iota
 	stAccepted
@@ -29,12 +23,13 @@ const (
 )
 
 const (
-	epochBlocks   = 1024      // blocks fed to one engine before a fresh one takes over
-	maxBatchBytes = 256 << 10 // a message is cut once it holds this much
-	maxOrphans    = 4096      // votes for unknown blocks held, by block
-	maxUndecided  = 1 << 16   // undecided frames held; more proposals are dropped
-	syncBatch     = 256       // certificates per sync answer
-	digestBatch   = 256       // namespace heads per digest
+	epochBlocks    = 1024      // blocks fed to one engine before a fresh one takes over
+	inlineFlushMax = 2         // above this many undecided frames, sendLoop sends
+	maxBatchBytes  = 256 << 10 // a message is cut once it holds this much
+	maxOrphans     = 4096      // votes for unknown blocks held, by block
+	maxUndecided   = 1 << 16   // undecided frames held; more proposals are dropped
+	syncBatch      = 256       // certificates per sync answer
+	digestBatch    = 256       // namespace heads per digest
 )
 
 var errBusy = errors.New("namespace busy")
@@ -51,7 +46,10 @@ func (s *voterSet) add(i int)      { s[i>>6] |= 1 << (i & 63) }
 
 // waiter is a Propose call waiting for its frame.
 type waiter struct {
-	done      chan struct{} // made by the waiter when it has to block; closed on resolve
+	// wake is made by the waiter when it has to block (cap 1, never
+	// closed): signalled when its frame is queued for apply and when the
+	// waiter is resolved.
+	wake      chan struct{}
 	resolved  bool
 	decision  Decision
 	err       error
@@ -71,6 +69,7 @@ type entry struct {
 	id     [idLen]byte
 	p      proposal
 	key    spaceKey
+	ns     *nsState
 	state  uint8
 	myVote byte
 
@@ -152,6 +151,13 @@ type nsState struct {
 	lastSync int64
 	behind   bool
 	listed   bool
+	// chain holds the accepted frames this node retains, by the Seq they
+	// extend (their position): how links are followed and syncs served.
+	chain map[uint64]*entry
+}
+
+func (ns *nsState) at(prev uint64) *entry {
+	return ns.chain[prev] // nil map reads are fine
 }
 
 type outbox struct {
@@ -169,6 +175,7 @@ type orphan struct {
 
 type state struct {
 	r         *QuasarReplicator
+	solo      bool // a single validator: decides alone, retains nothing
 	witness   int64
 	retainFor int64
 
@@ -176,14 +183,14 @@ type state struct {
 	spaces    map[spaceKey]*nsState
 	spaceList []*nsState // namespaces with a head, for digests
 	digestAt  int
-	chainIdx  map[posKey]*entry // accepted frames held, by position
-	undecided entryList         // ordered by next
-	retained  entryList         // decided, ordered by decidedAt
+	undecided entryList // ordered by next
+	retained  entryList // decided, ordered by decidedAt
 	ep        *epoch
 
 	applyQ    []*entry
 	applyHead int
 	applying  bool
+	needKick  bool
 	nPending  int
 
 	out outbox
@@ -202,11 +209,11 @@ type state struct {
 
 func (st *state) init(r *QuasarReplicator) {
 	st.r = r
+	st.solo = r.n == 1
 	st.witness = int64(r.cfg.WitnessAfter)
 	st.retainFor = int64(r.cfg.RetainFor)
 	st.entries = make(map[[idLen]byte]*entry)
 	st.spaces = make(map[spaceKey]*nsState)
-	st.chainIdx = make(map[posKey]*entry)
 	st.orphans = make(map[[idLen]byte]*orphan)
 }
 
@@ -249,7 +256,7 @@ func (st *state) propose(f *Frame, reentrant, granted bool) (*waiter, error) {
 	ns.maxSeen = max(ns.maxSeen, seq)
 	var id [idLen]byte
 	id, st.scratch = f.blockID(st.scratch)
-	if e := st.entries[id]; e != nil {
+	if e := st.entries[id]; e != nil && !st.solo {
 		// The very same frame (content and Seq) is already held: wait for
 		// it, unless it cannot be accepted on top of our head.
 		if e.state == stRejected || e.p.prev != ns.head || e.w != nil {
@@ -261,7 +268,7 @@ func (st *state) propose(f *Frame, reentrant, granted bool) (*waiter, error) {
 		e.w, ns.inflight = w, e
 		return w, nil
 	}
-	e := &entry{id: id, key: key}
+	e := &entry{id: id, key: key, ns: ns}
 	e.p.frame = *f
 	e.p.prev = ns.head
 	if len(st.frontier) > 0 {
@@ -319,16 +326,14 @@ func (st *state) abandon(w *waiter) {
 	if e.w == w {
 		e.w = nil
 	}
-	if ns := st.spaces[e.key]; ns != nil && ns.inflight == e {
-		st.releaseNS(ns)
+	if e.ns.inflight == e {
+		st.releaseNS(e.ns)
 	}
 }
 
 func (st *state) resolve(w *waiter, d Decision, err error) {
 	w.resolved, w.decision, w.err = true, d, err
-	if w.done != nil {
-		close(w.done)
-	}
+	w.signal()
 	if d == DecisionAccept {
 		// The Propose returns Accept: later proposals of this node are
 		// applied after this frame everywhere (S5).
@@ -336,6 +341,23 @@ func (st *state) resolve(w *waiter, d Decision, err error) {
 		st.frontier = removeRefs(st.frontier, e.p.after)
 		st.frontier = append(st.frontier, nsRef{e.key.org, e.key.ns, e.p.frame.Seq})
 	}
+}
+
+func (w *waiter) signal() {
+	if w.wake != nil {
+		select {
+		case w.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// takeKick reports (and clears) whether applyLoop must be woken: frames were
+// queued for apply that no blocked proposer was told to apply.
+func (st *state) takeKick() bool {
+	k := st.needKick
+	st.needKick = false
+	return k
 }
 
 func removeRefs(list, drop []nsRef) []nsRef {
@@ -377,7 +399,9 @@ func (st *state) add(e *entry) {
 	e.ep = ep
 	now := mono()
 	e.born, e.next = now, now+st.witness
-	st.entries[e.id] = e
+	if !st.solo {
+		st.entries[e.id] = e
+	}
 	st.undecided.pushBack(e)
 	if o := st.orphans[e.id]; o != nil {
 		delete(st.orphans, e.id)
@@ -392,7 +416,7 @@ func (st *state) castVote(e *entry) {
 	if e.myVote != 0 || e.state != stUndecided || e.forgotten {
 		return
 	}
-	ns := st.space(e.key)
+	ns := e.ns
 	var typ byte
 	switch {
 	case e.p.prev > ns.head:
@@ -407,7 +431,7 @@ func (st *state) castVote(e *entry) {
 		// The position is passed. Cancel only when we still hold the frame
 		// accepted there; a position we no longer remember gets no vote
 		// (a vote on forgotten history could contradict one cast then).
-		at := st.chainIdx[posKey{e.key, e.p.prev}]
+		at := ns.at(e.p.prev)
 		if at == nil || at == e {
 			st.r.m.stale.Add(1)
 			return
@@ -456,17 +480,20 @@ func (st *state) countVote(e *entry, voter int, typ byte) {
 // decided moves e from the undecided list to the retained list.
 func (st *state) decided(e *entry) {
 	e.ep = nil
-	e.decidedAt = mono()
-	st.undecided.remove(e)
-	st.retained.pushBack(e)
 	e.deferred = false
+	st.undecided.remove(e)
+	if st.solo {
+		return // nobody to repair: nothing is retained
+	}
+	e.decidedAt = mono()
+	st.retained.pushBack(e)
 }
 
 func (st *state) accept(e *entry) {
 	e.state = stAccepted
 	st.decided(e)
 	st.r.m.framesAccepted.Add(1)
-	ns := st.space(e.key)
+	ns := e.ns
 	ns.maxSeen = max(ns.maxSeen, e.p.frame.Seq)
 	if w := e.w; w != nil && w.reentrant {
 		e.w = nil
@@ -475,14 +502,18 @@ func (st *state) accept(e *entry) {
 	if ns.inflight == e {
 		st.releaseNS(ns)
 	}
-	k := posKey{e.key, e.p.prev}
-	if at := st.chainIdx[k]; at != nil && at != e && at.state == stAccepted {
+	if at := ns.at(e.p.prev); at != nil && at != e && at.state == stAccepted {
 		st.r.m.conflicts.Add(1)
 		st.r.log.Error("two frames accepted at one chain position",
 			"org", e.key.org, "ns", e.key.ns, "prev", e.p.prev, "seq", e.p.frame.Seq, "other", at.p.frame.Seq)
 		return
 	}
-	st.chainIdx[k] = e
+	if !st.solo {
+		if ns.chain == nil {
+			ns.chain = make(map[uint64]*entry)
+		}
+		ns.chain[e.p.prev] = e
+	}
 	switch {
 	case e.p.prev == ns.head:
 		st.link(ns, e)
@@ -497,7 +528,7 @@ func (st *state) reject(e *entry) {
 	e.state = stRejected
 	st.decided(e)
 	st.r.m.framesRejected.Add(1)
-	ns := st.space(e.key)
+	ns := e.ns
 	if ns.voted == e {
 		ns.voted = nil // the position is free again: e can never be accepted
 	}
@@ -525,7 +556,7 @@ func (st *state) link(ns *nsState, e *entry) {
 		}
 		st.enqueueApply(ns, e)
 		st.reevaluate(ns)
-		nx := st.chainIdx[posKey{ns.key, ns.head}]
+		nx := ns.at(ns.head)
 		if nx == nil || nx.state != stAccepted || nx.linked {
 			return
 		}
@@ -589,6 +620,11 @@ func (st *state) waitAfter(ns *nsState, e *entry) {
 func (st *state) dispatch(ns *nsState, e *entry) {
 	e.dispatched = true
 	st.applyQ = append(st.applyQ, e)
+	if w := e.w; w != nil && !w.reentrant && w.wake != nil && !st.applying {
+		w.signal() // its proposer applies it (and whatever is queued before it)
+	} else {
+		st.needKick = true
+	}
 	ns.dispatched = max(ns.dispatched, e.p.frame.Seq)
 	st.wakeAfterWaiters(ns)
 }
@@ -679,8 +715,8 @@ func (st *state) onProposal(p *proposal, cert []nodeID) {
 			return
 		}
 		key := spaceKey{p.frame.OrgID, p.frame.Namespace}
-		e = &entry{id: id, key: key, p: *p}
 		ns := st.space(key)
+		e = &entry{id: id, key: key, ns: ns, p: *p}
 		ns.maxSeen = max(ns.maxSeen, p.frame.Seq)
 		st.add(e)
 	} else if e.p.prev != p.prev {
@@ -843,14 +879,14 @@ func (st *state) onSync(ref nsRef, who nodeID) {
 	if ns == nil || ns.head <= ref.seq {
 		return
 	}
-	e := st.chainIdx[posKey{key, ref.seq}]
+	e := ns.at(ref.seq)
 	if e == nil || e.state != stAccepted {
 		st.sendSync(recBehind, key, ref.seq, &who)
 		return
 	}
 	for i := 0; e != nil && e.state == stAccepted && i < syncBatch; i++ {
 		st.sendCertificate(e)
-		e = st.chainIdx[posKey{key, e.p.frame.Seq}]
+		e = ns.at(e.p.frame.Seq)
 	}
 }
 
@@ -893,7 +929,7 @@ func (st *state) resetNamespace(key spaceKey, seq uint64) {
 		ns.listed = true
 		st.spaceList = append(st.spaceList, ns)
 	}
-	if e := st.chainIdx[posKey{key, seq}]; e != nil && e.state == stAccepted && !e.linked {
+	if e := ns.at(seq); e != nil && e.state == stAccepted && !e.linked {
 		st.link(ns, e)
 	}
 	st.reevaluate(ns)
@@ -911,7 +947,7 @@ func (st *state) tick(wall time.Time) {
 			st.forget(e)
 			continue
 		}
-		switch ns := st.space(e.key); {
+		switch ns := e.ns; {
 		case e.w != nil:
 			m.resent.Add(1)
 			st.sendProposal(&e.p)
@@ -938,8 +974,8 @@ func (st *state) tick(wall time.Time) {
 		}
 		st.retained.remove(e)
 		delete(st.entries, e.id)
-		if k := (posKey{e.key, e.p.prev}); st.chainIdx[k] == e {
-			delete(st.chainIdx, k)
+		if e.ns.chain[e.p.prev] == e {
+			delete(e.ns.chain, e.p.prev)
 		}
 		if e.state == stAccepted && !e.dispatched {
 			m.droppedUnapplied.Add(1)
