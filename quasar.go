@@ -331,8 +331,8 @@ func (r *QuasarReplicator) wait(ctx context.Context, w *waiter, deadline time.Ti
 	w.wake = make(chan struct{}, 1)
 	r.mu.Unlock()
 
-	timer := time.NewTimer(time.Until(deadline))
-	defer timer.Stop()
+	timer := getTimer(time.Until(deadline))
+	defer putTimer(timer)
 	var cause error
 	for cause == nil {
 		select {
@@ -384,6 +384,23 @@ func (r *QuasarReplicator) result(w *waiter) (Decision, error) {
 }
 
 var errProposeWait = errors.New("ProposeWait elapsed")
+
+// timerPool recycles the timers of waiting Propose calls. Since Go 1.23 a
+// stopped or reset timer never delivers a stale tick, so reuse is safe.
+var timerPool sync.Pool
+
+func getTimer(d time.Duration) *time.Timer {
+	if t, ok := timerPool.Get().(*time.Timer); ok {
+		t.Reset(d)
+		return t
+	}
+	return time.NewTimer(d)
+}
+
+func putTimer(t *time.Timer) {
+	t.Stop()
+	timerPool.Put(t)
+}
 
 // receive handles one transport message. sender is the validator index of
 // an authenticated sender, or -1 when the transport cannot tell.

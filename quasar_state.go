@@ -1,9 +1,11 @@
 package replication
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/luxfi/consensus"
@@ -205,6 +207,7 @@ type state struct {
 	behindEvents []error
 	lastDigest   int64
 	scratch      []byte
+	vote         consensus.Vote
 }
 
 func (st *state) init(r *QuasarReplicator) {
@@ -227,13 +230,43 @@ func (st *state) newEpoch(ctx context.Context) error {
 	return nil
 }
 
+// space returns the namespace's state, creating it if needed. key may alias
+// a received message: a new namespace keeps copies of its strings.
 func (st *state) space(key spaceKey) *nsState {
 	ns := st.spaces[key]
 	if ns == nil {
+		key = spaceKey{strings.Clone(key.org), strings.Clone(key.ns)}
 		ns = &nsState{key: key}
 		st.spaces[key] = ns
 	}
 	return ns
+}
+
+// own makes a decoded proposal (whose strings and value alias the message)
+// safe to keep: namespace names are interned, the rest copied.
+func (st *state) own(p *proposal, ns *nsState) {
+	f := &p.frame
+	f.OrgID, f.Namespace = ns.key.org, ns.key.ns
+	switch f.Op {
+	case "put":
+		f.Op = "put"
+	case "del":
+		f.Op = "del"
+	default:
+		f.Op = strings.Clone(f.Op)
+	}
+	f.Key = strings.Clone(f.Key)
+	if len(f.Value) > 0 {
+		f.Value = bytes.Clone(f.Value)
+	}
+	if len(p.after) > 0 {
+		after := make([]nsRef, len(p.after))
+		for i, a := range p.after {
+			dep := st.space(spaceKey{a.org, a.ns})
+			after[i] = nsRef{dep.key.org, dep.key.ns, a.seq}
+		}
+		p.after = after
+	}
 }
 
 // propose starts an own proposal. granted says the caller holds a turn.
@@ -459,7 +492,9 @@ func (st *state) countVote(e *entry, voter int, typ byte) {
 		e.commits.add(voter)
 		e.nCommit++
 		if e.state == stUndecided && e.ep != nil {
-			v := &consensus.Vote{BlockID: e.id, VoteType: consensus.VoteCommit, Voter: consensus.NodeID(st.r.ids[voter])}
+			// The engine copies the vote, so one scratch Vote serves all.
+			v := &st.vote
+			*v = consensus.Vote{BlockID: e.id, VoteType: consensus.VoteCommit, Voter: consensus.NodeID(st.r.ids[voter])}
 			if err := e.ep.eng.RecordVote(context.Background(), v); err != nil {
 				st.r.log.Error("engine refused a vote", "err", err)
 				return
@@ -714,9 +749,9 @@ func (st *state) onProposal(p *proposal, cert []nodeID) {
 			m.proposalsDropped.Add(1)
 			return
 		}
-		key := spaceKey{p.frame.OrgID, p.frame.Namespace}
-		ns := st.space(key)
-		e = &entry{id: id, key: key, ns: ns, p: *p}
+		ns := st.space(spaceKey{p.frame.OrgID, p.frame.Namespace})
+		e = &entry{id: id, key: ns.key, ns: ns, p: *p}
+		st.own(&e.p, ns)
 		ns.maxSeen = max(ns.maxSeen, p.frame.Seq)
 		st.add(e)
 	} else if e.p.prev != p.prev {
@@ -904,7 +939,7 @@ func (st *state) onBehind(ref nsRef, who nodeID, sender int) {
 	if sender >= 0 {
 		peer = st.r.cfg.Validators[sender]
 	}
-	st.behindEvents = append(st.behindEvents, &BehindError{OrgID: ref.org, Namespace: ref.ns, From: ref.seq, Peer: peer})
+	st.behindEvents = append(st.behindEvents, &BehindError{OrgID: ns.key.org, Namespace: ns.key.ns, From: ref.seq, Peer: peer})
 	st.wakeAfterWaiters(ns)
 }
 

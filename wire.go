@@ -3,6 +3,7 @@ package replication
 import (
 	"encoding/binary"
 	"fmt"
+	"unsafe"
 )
 
 // Wire format of the Quasar driver.
@@ -43,6 +44,9 @@ import (
 // fetch asks for a block by ID; sync asks for the accepted frames of a
 // namespace after Seq from; digest advertises namespace heads (anti-entropy);
 // behind tells requester that its sync asked for frames no longer retained.
+//
+// Decoded strings and values alias the message buffer: the driver copies
+// what it keeps before the transport callback returns.
 //
 // Decoding treats every byte as hostile: every length is checked against what
 // remains before anything is sliced or allocated, a frame above the
@@ -263,8 +267,15 @@ func (d *decoder) byte1(what string) byte {
 	return s[0]
 }
 
+// str returns a string that aliases the message (no copy): records must not
+// outlive the message unless their strings are copied (the driver interns
+// or clones every string it keeps, see state.onProposal and state.space).
 func (d *decoder) str(what string) string {
-	return string(d.take(d.uvarint(what), what))
+	b := d.take(d.uvarint(what), what)
+	if len(b) == 0 {
+		return ""
+	}
+	return unsafe.String(&b[0], len(b))
 }
 
 func (d *decoder) node(what string) (id nodeID) {
@@ -286,7 +297,7 @@ func (d *decoder) proposal(p *proposal, maxFrame int) {
 	f.Op = d.str("op")
 	f.Key = d.str("key")
 	if v := d.take(d.uvarint("val"), "val"); len(v) > 0 {
-		f.Value = append([]byte(nil), v...)
+		f.Value = v // aliases the message, like str
 	}
 	p.prev = d.uvarint("prev")
 	n := d.uvarint("after count")
