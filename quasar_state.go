@@ -202,7 +202,8 @@ type state struct {
 
 	// frontier: own frames whose Propose returned DecisionAccept and that
 	// no accepted later proposal names in its after list yet.
-	frontier []nsRef
+	// At most one frame per namespace: the namespace chain orders the rest.
+	frontier map[*nsState]uint64
 
 	behindEvents []error
 	lastDigest   int64
@@ -218,6 +219,7 @@ func (st *state) init(r *QuasarReplicator) {
 	st.entries = make(map[[idLen]byte]*entry)
 	st.spaces = make(map[spaceKey]*nsState)
 	st.orphans = make(map[[idLen]byte]*orphan)
+	st.frontier = make(map[*nsState]uint64)
 }
 
 func (st *state) newEpoch(ctx context.Context) error {
@@ -305,7 +307,10 @@ func (st *state) propose(f *Frame, reentrant, granted bool) (*waiter, error) {
 	e.p.frame = *f
 	e.p.prev = ns.head
 	if len(st.frontier) > 0 {
-		e.p.after = append([]nsRef(nil), st.frontier...)
+		e.p.after = make([]nsRef, 0, len(st.frontier))
+		for dep, seq := range st.frontier {
+			e.p.after = append(e.p.after, nsRef{dep.key.org, dep.key.ns, seq})
+		}
 	}
 	e.p.proposer = st.r.ids[st.r.self]
 	w := &waiter{reentrant: reentrant, e: e}
@@ -371,8 +376,15 @@ func (st *state) resolve(w *waiter, d Decision, err error) {
 		// The Propose returns Accept: later proposals of this node are
 		// applied after this frame everywhere (S5).
 		e := w.e
-		st.frontier = removeRefs(st.frontier, e.p.after)
-		st.frontier = append(st.frontier, nsRef{e.key.org, e.key.ns, e.p.frame.Seq})
+		for _, a := range e.p.after {
+			dep := st.spaces[spaceKey{a.org, a.ns}]
+			if seq, ok := st.frontier[dep]; ok && seq <= a.seq {
+				delete(st.frontier, dep)
+			}
+		}
+		if seq := e.p.frame.Seq; seq > st.frontier[e.ns] {
+			st.frontier[e.ns] = seq
+		}
 	}
 }
 
@@ -391,27 +403,6 @@ func (st *state) takeKick() bool {
 	k := st.needKick
 	st.needKick = false
 	return k
-}
-
-func removeRefs(list, drop []nsRef) []nsRef {
-	if len(drop) == 0 {
-		return list
-	}
-	out := list[:0]
-	for _, a := range list {
-		keep := true
-		for _, d := range drop {
-			if a == d {
-				keep = false
-				break
-			}
-		}
-		if keep {
-			out = append(out, a)
-		}
-	}
-	clear(list[len(out):])
-	return out
 }
 
 // add registers a new undecided entry and its block.

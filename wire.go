@@ -304,6 +304,9 @@ func (d *decoder) proposal(p *proposal, maxFrame int) {
 	if d.err == nil && n > uint64(len(d.b))/3 {
 		d.fail("after count")
 	}
+	if d.err == nil && n > 0 {
+		p.after = make([]nsRef, 0, n)
+	}
 	for i := uint64(0); i < n && d.err == nil; i++ {
 		var a nsRef
 		a.org = d.str("after org")
