@@ -1,0 +1,46 @@
+package bench
+
+import "testing"
+
+// The benchmarks come in pairs, raft first, in the order they run with
+// -bench . so each pair is measured back to back. The sequential pairs
+// measure latency (ns/op of one proposer); the Parallel pairs measure
+// throughput (ns/op = 1/throughput with 64 proposers).
+
+// BenchmarkRaftApply3Node is the latency of one Apply on the leader of a
+// three-node raft cluster with in-memory stores and InmemTransport, one
+// proposer at a time.
+func BenchmarkRaftApply3Node(b *testing.B) { runSequential(b, newRaftInmem) }
+
+// BenchmarkQuasarPropose3Node is the latency of one Propose on node 0 of a
+// three-validator Quasar cluster on a MemoryHub, one proposer at a time.
+func BenchmarkQuasarPropose3Node(b *testing.B) { runSequential(b, newQuasarMemory) }
+
+// BenchmarkRaftApply3NodeParallel is the throughput of 64 concurrent Apply
+// callers on the leader of the in-memory raft cluster.
+func BenchmarkRaftApply3NodeParallel(b *testing.B) { runParallel(b, newRaftInmem) }
+
+// BenchmarkQuasarPropose3NodeParallel is the throughput of 64 concurrent
+// proposers spread over the three Quasar nodes on a MemoryHub, each in its
+// own namespace.
+func BenchmarkQuasarPropose3NodeParallel(b *testing.B) { runParallel(b, newQuasarMemory) }
+
+// BenchmarkRaftApplyTCP3Node is BenchmarkRaftApply3Node over raft's TCP
+// transport on loopback. That transport is PLAINTEXT (no TLS, no
+// authentication), while BenchmarkQuasarProposeTCP3Node pays for mutual TLS
+// 1.3 with X25519MLKEM768 key exchange.
+func BenchmarkRaftApplyTCP3Node(b *testing.B) { runSequential(b, newRaftTCP) }
+
+// BenchmarkQuasarProposeTCP3Node is BenchmarkQuasarPropose3Node over
+// TCPTransport on loopback with mutual TLS 1.3 (X25519MLKEM768 key
+// exchange).
+func BenchmarkQuasarProposeTCP3Node(b *testing.B) { runSequential(b, newQuasarTCP) }
+
+// BenchmarkRaftApplyTCP3NodeParallel is BenchmarkRaftApply3NodeParallel over
+// raft's plaintext TCP transport on loopback.
+func BenchmarkRaftApplyTCP3NodeParallel(b *testing.B) { runParallel(b, newRaftTCP) }
+
+// BenchmarkQuasarProposeTCP3NodeParallel is
+// BenchmarkQuasarPropose3NodeParallel over mutual-TLS TCPTransport on
+// loopback.
+func BenchmarkQuasarProposeTCP3NodeParallel(b *testing.B) { runParallel(b, newQuasarTCP) }
