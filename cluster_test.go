@@ -74,6 +74,19 @@ func (kv *kvReplica) snapshot() (map[string]string, []Frame) {
 	return maps.Clone(kv.data), append([]Frame(nil), kv.applied...)
 }
 
+// find returns the applied frames of a namespace with the given key.
+func (kv *kvReplica) find(ns, key string) []Frame {
+	kv.mu.Lock()
+	defer kv.mu.Unlock()
+	var out []Frame
+	for _, f := range kv.applied {
+		if f.Namespace == ns && f.Key == key {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
 func (kv *kvReplica) count() int {
 	kv.mu.Lock()
 	defer kv.mu.Unlock()

@@ -150,3 +150,200 @@ func TestQuasar_ApplyErrorOnProposer(t *testing.T) {
 	require.ErrorIs(t, err, boom)
 	require.EqualValues(t, 1, r.Metrics().ApplyErrors)
 }
+
+// SPEC §4 liveness: a minority side of a partition accepts nothing and its
+// proposals time out, while the majority keeps accepting.
+func TestQuasar_MinorityPartitionTimesOut(t *testing.T) {
+	c := newTestCluster(t, 5, clusterOpts{proposeWait: 300 * time.Millisecond})
+	c.hub.Partition([]string{"node-0", "node-1"}, []string{"node-2", "node-3", "node-4"})
+	d, err := c.propose(0, put("minority", "k", "v"))
+	require.Equal(t, DecisionTimeout, d)
+	require.ErrorIs(t, err, ErrTimeout)
+	for i := 0; i < 5; i++ {
+		c.requireAccept(2+i%3, put(fmt.Sprintf("majority-%d", i%3), fmt.Sprint(i), "v"))
+	}
+	require.Zero(t, c.nodes[0].kv.count(), "the minority applied a frame")
+	require.Zero(t, c.nodes[1].kv.count(), "the minority applied a frame")
+	_, _, timeouts := c.nodes[0].r.Stats()
+	require.EqualValues(t, 1, timeouts)
+
+	// After healing, the minority catches up and every replica converges.
+	// (The minority's own frame may still be decided either way.)
+	c.hub.Heal()
+	c.waitAllApplied(5, 10*time.Second)
+	require.Eventually(t, func() bool {
+		n := c.nodes[2].kv.count()
+		for _, node := range c.nodes {
+			if node.kv.count() != n {
+				return false
+			}
+		}
+		return true
+	}, 10*time.Second, 10*time.Millisecond)
+	c.requireConverged()
+}
+
+// A crashed (disconnected) validator does not stop a majority.
+func TestQuasar_CrashedValidatorDoesNotStopMajority(t *testing.T) {
+	c := newTestCluster(t, 3, clusterOpts{})
+	c.hub.Disconnect("node-2")
+	for i := 0; i < 20; i++ {
+		c.requireAccept(i%2, put(fmt.Sprintf("ns-%d", i%2), fmt.Sprint(i), "v"))
+	}
+	c.waitAllApplied(20, 5*time.Second, 0, 1)
+	require.Zero(t, c.nodes[2].kv.count())
+	c.hub.Reconnect("node-2")
+	c.waitAllApplied(20, 10*time.Second)
+	c.requireConverged()
+}
+
+// S3 repair: a proposal whose messages were all lost is re-sent every
+// WitnessAfter and decided within ProposeWait once the network is back.
+func TestQuasar_DroppedProposalIsRepaired(t *testing.T) {
+	c := newTestCluster(t, 3, clusterOpts{proposeWait: 5 * time.Second, witnessAfter: 20 * time.Millisecond})
+	c.hub.Partition([]string{"node-0"}, []string{"node-1", "node-2"})
+	res := make(chan error, 1)
+	go func() {
+		d, err := c.propose(0, put("ns", "k", "v"))
+		if err == nil && d != DecisionAccept {
+			err = fmt.Errorf("decision %v", d)
+		}
+		res <- err
+	}()
+	// Heal once the proposer has re-sent at least twice into the void.
+	require.Eventually(t, func() bool { return c.nodes[0].r.Metrics().Resent >= 2 }, 5*time.Second, 5*time.Millisecond)
+	c.hub.Heal()
+	select {
+	case err := <-res:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("repaired proposal not decided")
+	}
+	c.waitAllApplied(1, 5*time.Second)
+	c.requireConverged()
+}
+
+// S3 catch-up and S5: a node disconnected while 100 frames were accepted
+// applies all of them, in proposer order, soon after it reconnects.
+func TestQuasar_DisconnectedNodeCatchesUpInProposerOrder(t *testing.T) {
+	c := newTestCluster(t, 3, clusterOpts{})
+	c.hub.Disconnect("node-2")
+	var want []string
+	for i := 0; i < 100; i++ {
+		f := put(fmt.Sprintf("ns-%d", i%4), fmt.Sprint(i), fmt.Sprint(i))
+		c.requireAccept(0, f)
+		want = append(want, f.Namespace+"/"+f.Key)
+	}
+	c.hub.Reconnect("node-2")
+	c.waitAllApplied(100, 10*time.Second)
+	_, applied := c.nodes[2].kv.snapshot()
+	var got []string
+	for _, f := range applied {
+		got = append(got, f.Namespace+"/"+f.Key)
+	}
+	require.Equal(t, want, got, "node-2 applied the frames out of proposer order")
+	c.requireConverged()
+	require.Positive(t, c.nodes[2].r.Metrics().Certificates)
+}
+
+// A node that fell further behind than the retention window is told so,
+// and can resume after restoring a snapshot.
+func TestQuasar_FellBehindRetentionWindow(t *testing.T) {
+	behind := make(chan error, 4)
+	c := newTestCluster(t, 3, clusterOpts{
+		retainFrames: 10,
+		onBehind: func(node int, err error) {
+			if node == 2 {
+				behind <- err
+			}
+		},
+	})
+	c.hub.Disconnect("node-2")
+	for i := 0; i < 50; i++ {
+		c.requireAccept(0, put("ns", fmt.Sprint(i), "v"))
+	}
+	c.hub.Reconnect("node-2")
+	var err error
+	select {
+	case err = <-behind:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the lagging node was never told it fell behind")
+	}
+	require.ErrorIs(t, err, ErrBehind)
+	var be *BehindError
+	require.ErrorAs(t, err, &be)
+	require.Equal(t, "ns", be.Namespace)
+	require.EqualValues(t, 0, be.From)
+	require.EqualValues(t, 1, c.nodes[2].r.Metrics().Behind)
+
+	// Restore node-2 from node-0's state, then replication resumes.
+	data, log := c.nodes[0].kv.snapshot()
+	c.nodes[2].kv.mu.Lock()
+	c.nodes[2].kv.data = data
+	c.nodes[2].kv.mu.Unlock()
+	c.nodes[2].r.ResetNamespace("org", "ns", log[len(log)-1].Seq)
+	c.requireAccept(1, put("ns", "after-restore", "v"))
+	require.Eventually(t, func() bool {
+		return len(c.nodes[2].kv.find("ns", "after-restore")) == 1
+	}, 5*time.Second, 5*time.Millisecond)
+	got, _ := c.nodes[2].kv.snapshot()
+	want, _ := c.nodes[0].kv.snapshot()
+	require.Equal(t, want, got)
+}
+
+// S2: only checked votes count. A voter that is not a validator, a vote
+// claiming another validator as voter, a vote type out of range and a
+// repeated vote never count; the real vote does.
+func TestQuasar_ForgedAndDuplicateVotesNeverCount(t *testing.T) {
+	hub := NewMemoryHub()
+	t.Cleanup(func() { _ = hub.Close() })
+	ids := []string{"node-0", "node-1", "node-2"}
+	var rs []*QuasarReplicator
+	for _, id := range ids[:2] {
+		r, err := NewQuasar(context.Background(), QuasarConfig{
+			NodeID: id, Validators: ids, Transport: hub.Connect(id), Quorum: 3,
+			ProposeWait: 10 * time.Second, WitnessAfter: time.Hour,
+		})
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = r.Close() })
+		rs = append(rs, r)
+	}
+	forger := hub.Connect("node-2")   // a validator's transport, driven by the test
+	outsider := hub.Connect("mallory") // not a validator at all
+
+	f := Frame{OrgID: "org", Namespace: "ns", Seq: 1, Op: "put", Key: "k", Value: []byte("v")}
+	id, _ := (&f).blockID(nil)
+	res := make(chan Decision, 1)
+	go func() { d, _ := rs[0].Propose(context.Background(), f); res <- d }()
+	require.Eventually(t, func() bool { return rs[0].Metrics().VotesReceived >= 1 }, 5*time.Second, time.Millisecond)
+
+	send := func(tr *MemoryTransport, voter string, typ byte) {
+		v := validatorNodeID(voter)
+		msg := finishMessage(appendVoteRecord(newMessage(nil), &id, &v, typ), 1)
+		require.NoError(t, tr.Broadcast(context.Background(), quasarKind, msg))
+	}
+	send(outsider, "mallory", voteCommit) // not a validator, not a validator's link
+	send(forger, "mallory", voteCommit)   // unknown voter
+	send(forger, "node-1", voteCommit)    // voter is not the sender
+	send(forger, "node-2", 0)             // preference: not a decision vote
+	send(forger, "node-2", 9)             // out of range
+	require.Eventually(t, func() bool {
+		m := rs[0].Metrics()
+		return m.UnknownSender >= 1 && m.VotesUnknownVoter >= 1 && m.VotesWrongSender >= 1 && m.VotesBadType >= 2
+	}, 5*time.Second, time.Millisecond)
+	select {
+	case d := <-res:
+		t.Fatalf("decided (%v) without node-2's real vote", d)
+	default:
+	}
+	send(forger, "node-2", voteCommit)
+	send(forger, "node-2", voteCommit) // a duplicate
+	select {
+	case d := <-res:
+		require.Equal(t, DecisionAccept, d)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the real vote did not decide the frame")
+	}
+	require.Eventually(t, func() bool { return rs[0].Metrics().VotesDuplicate >= 1 }, 5*time.Second, time.Millisecond)
+	require.Zero(t, rs[0].Metrics().Conflicts)
+}
