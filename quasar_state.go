@@ -820,9 +820,12 @@ func (st *state) onVote(v *vote, sender int) {
 		st.orphan(v.block, voter, v.typ)
 		return
 	}
+	again := e.commits.has(voter) || e.cancels.has(voter)
 	st.countVote(e, voter, v.typ)
-	if e.state == stAccepted && mono()-e.decidedAt > st.witness {
-		st.serve(e) // a late vote: its voter has not learned the decision
+	if again && e.state != stUndecided {
+		// A repeated vote is a re-send: its voter has not learned the
+		// decision yet.
+		st.serve(e)
 	}
 }
 
