@@ -675,25 +675,30 @@ func runChaos(t *testing.T, seed uint64) chaosResult {
 	require.NoError(t, c.hub.Err(), "seed %d", seed)
 	trace.add("heal, reconnect all, faults off")
 
+	// violations lists what the checker found so far, for failure messages.
+	violations := func() string {
+		v := chk.check()
+		if len(v) > 20 {
+			v = append(v[:20], fmt.Sprintf("… and %d more", len(v)-20))
+		}
+		return fmt.Sprintf("%d invariant violations:\n%s", len(v), strings.Join(v, "\n"))
+	}
 	if why := chk.waitConverged(20 * time.Second); why != "" {
-		fail("S3: replicas did not converge within 20s after healing: %s", why)
+		fail("S3: replicas did not converge within 20s after healing: %s\n%s", why, violations())
 	}
 	// Liveness with everyone connected: a fresh proposal on every node is
 	// accepted.
 	for i, node := range c.nodes {
 		f := Frame{OrgID: "org", Namespace: fmt.Sprintf("final-%d", i), Op: "put", Key: "k", Value: fmt.Appendf(nil, "final.n%d", i)}
 		if d := chk.propose(node.r, i, f); d != DecisionAccept {
-			fail("liveness: %s's proposal after healing returned %v", node.id, d)
+			fail("liveness: %s's proposal after healing returned %v\n%s", node.id, d, violations())
 		}
 	}
 	if why := chk.waitConverged(20 * time.Second); why != "" {
-		fail("S3: replicas did not converge within 20s after the final proposals: %s", why)
+		fail("S3: replicas did not converge within 20s after the final proposals: %s\n%s", why, violations())
 	}
 	if v := chk.check(); len(v) > 0 {
-		if len(v) > 20 {
-			v = append(v[:20], fmt.Sprintf("… and %d more", len(v)-20))
-		}
-		fail("%d invariant violations:\n%s", len(v), strings.Join(v, "\n"))
+		fail("%s", violations())
 	}
 	for _, node := range c.nodes {
 		m := node.r.Metrics()

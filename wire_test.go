@@ -1,0 +1,460 @@
+package replication
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"math/bits"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// Tests of the Quasar wire format (wire.go) and fuzz targets for every
+// decoder (SPEC §6): decodeMessage, the proposal body, and the driver's
+// receive path fed with arbitrary bytes.
+
+// wireSample holds one valid record of each type, built with the encoders.
+type wireSample struct {
+	name string
+	rec  record
+}
+
+func wireSamples() []wireSample {
+	f := Frame{OrgID: "org", Namespace: "ns", Seq: 7, Op: "put", Key: "k", Value: []byte("value")}
+	p := proposal{frame: f, prev: 6, after: []nsRef{{"org", "other", 3}, {"o2", "n2", 1 << 40}}, proposer: validatorNodeID("node-0")}
+	bare := proposal{frame: Frame{Seq: 1}, proposer: validatorNodeID("node-1")}
+	id, _ := f.blockID(nil)
+	return []wireSample{
+		{"proposal", record{typ: recProposal, prop: p}},
+		{"proposal minimal", record{typ: recProposal, prop: bare}},
+		{"vote commit", record{typ: recVote, vote: vote{block: id, voter: validatorNodeID("node-1"), typ: voteCommit}}},
+		{"vote cancel", record{typ: recVote, vote: vote{block: id, voter: validatorNodeID("node-2"), typ: voteCancel}}},
+		{"certificate", record{typ: recCertificate, prop: p, voters: []nodeID{validatorNodeID("node-0"), validatorNodeID("node-1")}}},
+		{"certificate no voters", record{typ: recCertificate, prop: bare}},
+		{"fetch", record{typ: recFetch, block: id}},
+		{"sync", record{typ: recSync, ref: nsRef{"org", "ns", 42}, who: validatorNodeID("node-2")}},
+		{"behind", record{typ: recBehind, ref: nsRef{"org", "ns", 42}, who: validatorNodeID("node-0")}},
+		{"digest", record{typ: recDigest, digest: []nsRef{{"org", "ns", 9}, {"org", "ns2", 1}}}},
+		{"digest empty", record{typ: recDigest}},
+	}
+}
+
+// appendRecord encodes r with the encoder of its type.
+func appendRecord(b []byte, r *record) []byte {
+	switch r.typ {
+	case recProposal:
+		return appendProposalRecord(b, &r.prop)
+	case recVote:
+		return appendVoteRecord(b, &r.vote.block, &r.vote.voter, r.vote.typ)
+	case recCertificate:
+		return appendCertificateRecord(b, &r.prop, r.voters)
+	case recFetch:
+		return appendFetchRecord(b, &r.block)
+	case recSync, recBehind:
+		return appendSyncRecord(b, r.typ, r.ref.org, r.ref.ns, r.ref.seq, &r.who)
+	case recDigest:
+		return appendDigestRecord(b, r.digest)
+	}
+	panic(fmt.Sprintf("appendRecord: unknown type %d", r.typ))
+}
+
+// encodeMessage builds a message of recs with the wire.go encoders.
+func encodeMessage(recs []record) []byte {
+	b := newMessage(nil)
+	for i := range recs {
+		b = appendRecord(b, &recs[i])
+	}
+	return finishMessage(b, len(recs))
+}
+
+// comparable strips what an encoder cannot reproduce: the raw body (record
+// lengths are written 4 bytes wide, a sender may use fewer) and a vote's
+// signature (appendVoteRecord writes none; the driver ignores it).
+func comparableRecords(recs []record) []record {
+	out := make([]record, len(recs))
+	for i, r := range recs {
+		r.rawBody = nil
+		r.vote.sig = nil
+		out[i] = r
+	}
+	return out
+}
+
+func TestWire_RoundTrip(t *testing.T) {
+	samples := wireSamples()
+	for _, s := range samples {
+		t.Run(s.name, func(t *testing.T) {
+			msg := encodeMessage([]record{s.rec})
+			got, err := decodeMessage(msg, 0, nil)
+			require.NoError(t, err)
+			require.Equal(t, comparableRecords([]record{s.rec}), comparableRecords(got))
+		})
+	}
+	t.Run("batch of every type", func(t *testing.T) {
+		var all []record
+		for _, s := range samples {
+			all = append(all, s.rec)
+		}
+		got, err := decodeMessage(encodeMessage(all), 0, make([]record, 0, 4))
+		require.NoError(t, err)
+		require.Equal(t, comparableRecords(all), comparableRecords(got))
+	})
+	t.Run("vote signature", func(t *testing.T) {
+		id := [idLen]byte{1}
+		voter := validatorNodeID("node-1")
+		msg := newMessage(nil)
+		msg = append(msg, recVote, voteLen+3)
+		msg = append(msg, id[:]...)
+		msg = append(msg, voter[:]...)
+		msg = append(msg, voteCommit, 's', 'i', 'g')
+		got, err := decodeMessage(finishMessage(msg, 1), 0, nil)
+		require.NoError(t, err)
+		require.Len(t, got, 1)
+		require.Equal(t, []byte("sig"), got[0].vote.sig)
+		require.Equal(t, voter, got[0].vote.voter)
+	})
+	t.Run("empty message", func(t *testing.T) {
+		got, err := decodeMessage(finishMessage(newMessage(nil), 0), 0, nil)
+		require.NoError(t, err)
+		require.Empty(t, got)
+	})
+}
+
+// wireMalformed are messages every decoder must refuse (SPEC §6): short,
+// truncated, garbage, wrong version, wrong lengths, huge counts and length
+// prefixes. Each is also a seed of FuzzDecodeMessage.
+func wireMalformed() []struct {
+	name string
+	msg  []byte
+} {
+	valid := encodeMessage([]record{wireSamples()[0].rec})
+	withRecord := func(typ byte, body []byte) []byte {
+		b := append(newMessage(nil), typ)
+		b = binary.AppendUvarint(b, uint64(len(body)))
+		return finishMessage(append(b, body...), 1)
+	}
+	huge := binary.AppendUvarint(nil, 1<<62)
+	prop := appendProposal(nil, &wireSamples()[0].rec.prop)
+	return []struct {
+		name string
+		msg  []byte
+	}{
+		{"empty", nil},
+		{"version only", []byte{wireVersion}},
+		{"wrong version", append([]byte{2}, valid[1:]...)},
+		{"version zero", append([]byte{0}, valid[1:]...)},
+		{"count above size", append([]byte{wireVersion}, huge...)},
+		{"count overflows uvarint", []byte{wireVersion, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}},
+		{"fewer records than count", finishMessage(append(newMessage(nil), valid[5:]...), 2)},
+		{"truncated", valid[:len(valid)-1]},
+		{"trailing bytes", append(bytes.Clone(valid), 0)},
+		{"record length beyond message", append(append(newMessage(nil)[:1], 1, recFetch), huge...)},
+		{"unknown record type", withRecord(99, []byte{1, 2, 3})},
+		{"record type zero", withRecord(0, nil)},
+		{"vote short", withRecord(recVote, make([]byte, voteLen-1))},
+		{"fetch short", withRecord(recFetch, make([]byte, idLen-1))},
+		{"fetch long", withRecord(recFetch, make([]byte, idLen+1))},
+		{"proposal seq zero", withRecord(recProposal, appendProposal(nil, &proposal{}))},
+		{"proposal seq not above prev", withRecord(recProposal, appendProposal(nil, &proposal{frame: Frame{Seq: 3}, prev: 3}))},
+		{"proposal huge string length", withRecord(recProposal, append([]byte{1}, huge...))},
+		{"proposal huge after count", withRecord(recProposal, append(binary.AppendUvarint([]byte{2, 0, 0, 0, 0, 0}, 1), huge...))},
+		{"proposal without proposer", withRecord(recProposal, prop[:len(prop)-1])},
+		{"certificate huge proposal length", withRecord(recCertificate, huge)},
+		{"certificate huge voter count", withRecord(recCertificate, append(appendBytes(nil, prop), huge...))},
+		{"certificate voter cut", withRecord(recCertificate, append(append(appendBytes(nil, prop), 2), make([]byte, nodeIDLen+3)...))},
+		{"certificate proposal trailing", withRecord(recCertificate, append(appendBytes(nil, append(bytes.Clone(prop), 0)), 0))},
+		{"sync without requester", withRecord(recSync, append(appendStr(appendStr(nil, "o"), "n"), 1))},
+		{"behind short requester", withRecord(recBehind, append(append(appendStr(appendStr(nil, "o"), "n"), 1), make([]byte, nodeIDLen-1)...))},
+		{"digest huge count", withRecord(recDigest, huge)},
+		{"digest cut", withRecord(recDigest, append([]byte{2}, appendStr(appendStr(nil, "o"), "n")...))},
+		{"garbage", []byte("\x01\x03garbage that is no message at all")},
+	}
+}
+
+func TestWire_Malformed(t *testing.T) {
+	for _, tc := range wireMalformed() {
+		t.Run(tc.name, func(t *testing.T) {
+			recs, err := decodeMessage(tc.msg, 0, make([]record, 0, 4))
+			require.ErrorIs(t, err, ErrMalformed)
+			require.Empty(t, recs, "records returned with an error")
+		})
+	}
+}
+
+func TestWire_FrameLimit(t *testing.T) {
+	f := Frame{OrgID: "org", Namespace: "ns", Seq: 1, Op: "put", Key: "k", Value: make([]byte, 100)}
+	for _, typ := range []byte{recProposal, recCertificate} {
+		msg := encodeMessage([]record{{typ: typ, prop: proposal{frame: f}}})
+		_, err := decodeMessage(msg, f.size(), nil)
+		require.NoError(t, err, "a frame at the limit is accepted")
+		recs, err := decodeMessage(msg, f.size()-1, nil)
+		require.ErrorIs(t, err, ErrMalformed, "a frame above the limit is refused")
+		require.Empty(t, recs)
+	}
+}
+
+// FuzzDecodeMessage: decodeMessage never panics, never returns records with
+// an error, refuses frames above the limit, and every message it accepts
+// re-encodes (with the wire.go encoders) to a message that decodes to the
+// same records.
+func FuzzDecodeMessage(f *testing.F) {
+	for _, s := range wireSamples() {
+		f.Add(encodeMessage([]record{s.rec}))
+	}
+	for _, tc := range wireMalformed() {
+		f.Add(tc.msg)
+	}
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		recs, err := decodeMessage(msg, 0, nil)
+		if err != nil {
+			require.ErrorIs(t, err, ErrMalformed)
+			require.Empty(t, recs, "records returned with an error")
+			return
+		}
+		re := encodeMessage(recs)
+		again, err := decodeMessage(re, 0, nil)
+		require.NoError(t, err, "re-encoding %x of %x does not decode", re, msg)
+		require.Equal(t, comparableRecords(recs), comparableRecords(again))
+
+		const limit = 96
+		limited, err := decodeMessage(msg, limit, make([]record, 0, 2))
+		if err != nil {
+			require.ErrorIs(t, err, ErrMalformed)
+			require.Empty(t, limited)
+			big := false
+			for i := range recs {
+				big = big || ((recs[i].typ == recProposal || recs[i].typ == recCertificate) && recs[i].prop.frame.size() > limit)
+			}
+			require.True(t, big, "refused under a limit of %d with no frame above it: %v", limit, err)
+			return
+		}
+		require.Equal(t, comparableRecords(recs), comparableRecords(limited))
+	})
+}
+
+// FuzzProposalRoundTrip builds a proposal from arbitrary fields, encodes it
+// with appendProposalRecord and requires that it decodes to the same
+// proposal (or is refused exactly when Seq is 0 or not above prev).
+func FuzzProposalRoundTrip(f *testing.F) {
+	f.Add(uint64(7), "org", "ns", "put", "k", []byte("v"), uint64(6), "org", "other", uint64(3), uint8(1), byte(0))
+	f.Add(uint64(1), "", "", "", "", []byte(nil), uint64(0), "", "", uint64(0), uint8(0), byte(0xff))
+	f.Add(uint64(1<<64-1), "\xff<&>", "\u2028", "del", "\x00", []byte{0}, uint64(1<<63), "a", "b", uint64(1<<64-1), uint8(5), byte(1))
+	f.Add(uint64(3), "org", "ns", "put", "k", []byte("v"), uint64(3), "", "", uint64(0), uint8(0), byte(0))
+	f.Fuzz(func(t *testing.T, seq uint64, org, ns, op, key string, val []byte, prev uint64,
+		afterOrg, afterNs string, afterSeq uint64, nAfter uint8, proposer byte) {
+		p := proposal{frame: Frame{OrgID: org, Namespace: ns, Seq: seq, Op: op, Key: key, Value: val}, prev: prev}
+		if len(p.frame.Value) == 0 {
+			p.frame.Value = nil
+		}
+		for i := range int(nAfter % 8) {
+			p.after = append(p.after, nsRef{afterOrg, afterNs, afterSeq + uint64(i)})
+		}
+		p.proposer[0], p.proposer[nodeIDLen-1] = proposer, ^proposer
+		for _, typ := range []byte{recProposal, recCertificate} {
+			recs, err := decodeMessage(encodeMessage([]record{{typ: typ, prop: p}}), 0, nil)
+			if seq == 0 || seq <= prev {
+				require.ErrorIs(t, err, ErrMalformed)
+				require.Empty(t, recs)
+				continue
+			}
+			require.NoError(t, err)
+			require.Len(t, recs, 1)
+			require.Equal(t, p, recs[0].prop)
+		}
+	})
+}
+
+// FuzzQuasarReceive feeds arbitrary messages to a fresh QuasarReplicator
+// (one or three validators) as if a peer had sent them. The driver must
+// never panic, count garbage as malformed and leave no trace of it, never
+// report a conflict, and never accept or apply a frame unless the message
+// itself carries commit votes of a quorum for it: q-1 validators besides
+// this node (votes from other voters than the authenticated sender do not
+// count), as votes or as certificate voters.
+func FuzzQuasarReceive(f *testing.F) {
+	for _, seed := range quasarReceiveSeeds() {
+		f.Add(seed.three, seed.sender, seed.msg)
+	}
+	f.Fuzz(func(t *testing.T, three bool, sender int8, msg []byte) {
+		ids := []string{"node-0"}
+		if three {
+			ids = append(ids, "node-1", "node-2")
+		}
+		hub := NewMemoryHub()
+		defer hub.Close()
+		var tr *MemoryTransport
+		for _, id := range ids {
+			if tr == nil {
+				tr = hub.Connect(id)
+			} else {
+				hub.Connect(id)
+			}
+		}
+		r, err := NewQuasar(context.Background(), QuasarConfig{NodeID: ids[0], Validators: ids, Transport: tr})
+		require.NoError(t, err)
+		defer r.Close()
+		var applied []Frame
+		r.Subscribe(func(_ context.Context, f Frame) error {
+			f.Value = bytes.Clone(f.Value)
+			applied = append(applied, f)
+			return nil
+		})
+		from := -1
+		if sender >= 0 {
+			from = int(sender) % len(ids)
+		}
+		recvErr := r.receive(from, msg)
+		r.drainApply()
+		m := r.Metrics()
+		require.Zero(t, m.Conflicts, "conflicts")
+
+		recs, decErr := decodeMessage(msg, DefaultMaxFrameBytes, nil)
+		if decErr != nil {
+			require.ErrorIs(t, recvErr, ErrMalformed)
+			require.EqualValues(t, 1, m.Malformed)
+			require.Zero(t, m.FramesAccepted+m.FramesRejected+m.FramesApplied)
+			require.Zero(t, m.Pending)
+			require.Zero(t, m.VotesReceived)
+			require.Empty(t, applied)
+			return
+		}
+		require.NoError(t, recvErr)
+		require.Zero(t, m.Malformed)
+
+		// Quorum evidence carried by the message, per block.
+		q := len(ids)/2 + 1
+		byNID := map[nodeID]int{}
+		for i, id := range ids {
+			byNID[validatorNodeID(id)] = i
+		}
+		evidence := map[[idLen]byte]uint64{}
+		framed := map[[idLen]byte]bool{} // blocks whose frame the message carries
+		for i := range recs {
+			rec := &recs[i]
+			switch rec.typ {
+			case recVote:
+				v, ok := byNID[rec.vote.voter]
+				if ok && rec.vote.typ == voteCommit && (from < 0 || from == v) {
+					evidence[rec.vote.block] |= 1 << v
+				}
+			case recProposal, recCertificate:
+				id, _ := rec.prop.frame.blockID(nil)
+				framed[id] = true
+				for _, voter := range rec.voters {
+					if v, ok := byNID[voter]; ok {
+						evidence[id] |= 1 << v
+					}
+				}
+			}
+		}
+		supported := 0
+		for id := range framed {
+			if bits.OnesCount64(evidence[id]&^1) >= q-1 {
+				supported++
+			}
+		}
+		require.LessOrEqual(t, m.FramesAccepted, uint64(supported), "frames accepted without a quorum of commit votes in the message")
+		for _, f := range applied {
+			id, _ := f.blockID(nil)
+			require.GreaterOrEqual(t, bits.OnesCount64(evidence[id]&^1), q-1, "applied %+v without a quorum of commit votes", f)
+		}
+	})
+}
+
+type quasarReceiveSeed struct {
+	name   string
+	three  bool
+	sender int8
+	msg    []byte
+}
+
+// quasarReceiveSeeds are the seeds of FuzzQuasarReceive: valid traffic of
+// each kind (so the fuzzer starts from messages the driver acts on), and the
+// malformed messages.
+func quasarReceiveSeeds() []quasarReceiveSeed {
+	n0, n1, n2 := validatorNodeID("node-0"), validatorNodeID("node-1"), validatorNodeID("node-2")
+	f := Frame{OrgID: "org", Namespace: "ns", Seq: 1, Op: "put", Key: "k", Value: []byte("v")}
+	p := proposal{frame: f, proposer: n1}
+	id, _ := f.blockID(nil)
+	g := f
+	g.Value = []byte("w")
+	pg := proposal{frame: g, proposer: n2}
+	gid, _ := g.blockID(nil)
+	f2 := f
+	f2.Seq = 2
+	p2 := proposal{frame: f2, prev: 1, after: []nsRef{{"org", "elsewhere", 4}}, proposer: n1}
+	vote := func(block [idLen]byte, voter nodeID, typ byte) record {
+		return record{typ: recVote, vote: vote{block: block, voter: voter, typ: typ}}
+	}
+	seeds := []quasarReceiveSeed{
+		{"proposal", true, 1, encodeMessage([]record{{typ: recProposal, prop: p}})},
+		{"proposal and vote", true, 1, encodeMessage([]record{{typ: recProposal, prop: p}, vote(id, n1, voteCommit)})},
+		{"proposal and votes of two", true, -1, encodeMessage([]record{{typ: recProposal, prop: p}, vote(id, n1, voteCommit), vote(id, n2, voteCommit)})},
+		{"vote from another sender", true, 2, encodeMessage([]record{{typ: recProposal, prop: p}, vote(id, n1, voteCommit)})},
+		{"competing proposals", true, -1, encodeMessage([]record{{typ: recProposal, prop: p}, {typ: recProposal, prop: pg}, vote(gid, n2, voteCommit), vote(id, n1, voteCancel)})},
+		{"certificate", true, 1, encodeMessage([]record{{typ: recCertificate, prop: p, voters: []nodeID{n1, n2}}})},
+		{"certificate chain", true, 1, encodeMessage([]record{{typ: recCertificate, prop: p, voters: []nodeID{n1, n2}}, {typ: recCertificate, prop: p2, voters: []nodeID{n0, n1}}})},
+		{"certificate too few voters", true, 1, encodeMessage([]record{{typ: recCertificate, prop: p, voters: []nodeID{n1}}})},
+		{"votes for an unknown block", true, -1, encodeMessage([]record{vote(gid, n1, voteCommit), vote(gid, n2, voteCancel)})},
+		{"fetch", true, 2, encodeMessage([]record{{typ: recFetch, block: id}})},
+		{"sync", true, 2, encodeMessage([]record{{typ: recSync, ref: nsRef{"org", "ns", 0}, who: n2}})},
+		{"behind", true, 1, encodeMessage([]record{{typ: recBehind, ref: nsRef{"org", "ns", 0}, who: n0}})},
+		{"digest", true, 2, encodeMessage([]record{{typ: recDigest, digest: []nsRef{{"org", "ns", 5}}}})},
+		{"single node proposal", false, -1, encodeMessage([]record{{typ: recProposal, prop: p}})},
+	}
+	for _, tc := range wireMalformed() {
+		seeds = append(seeds, quasarReceiveSeed{"malformed " + tc.name, true, 1, tc.msg})
+	}
+	return seeds
+}
+
+// TestWire_WriteFuzzCorpus regenerates the committed seed corpora under
+// testdata/fuzz (the same seeds as the f.Add calls, as files, so that they
+// are visible and survive a change to the code that builds them). It runs
+// only with REPLICATION_WRITE_FUZZ_CORPUS=1.
+func TestWire_WriteFuzzCorpus(t *testing.T) {
+	if os.Getenv("REPLICATION_WRITE_FUZZ_CORPUS") == "" {
+		t.Skip("set REPLICATION_WRITE_FUZZ_CORPUS=1 to regenerate testdata/fuzz seeds")
+	}
+	write := func(target, name string, lines ...string) {
+		dir := filepath.Join("testdata", "fuzz", target)
+		require.NoError(t, os.MkdirAll(dir, 0o755))
+		body := "go test fuzz v1\n" + strings.Join(lines, "\n") + "\n"
+		require.NoError(t, os.WriteFile(filepath.Join(dir, corpusName(name)), []byte(body), 0o644))
+	}
+	for _, s := range wireSamples() {
+		write("FuzzDecodeMessage", "valid "+s.name, fmt.Sprintf("[]byte(%q)", encodeMessage([]record{s.rec})))
+	}
+	for _, tc := range wireMalformed() {
+		write("FuzzDecodeMessage", tc.name, fmt.Sprintf("[]byte(%q)", tc.msg))
+	}
+	for _, s := range quasarReceiveSeeds() {
+		write("FuzzQuasarReceive", s.name, fmt.Sprintf("bool(%t)", s.three), fmt.Sprintf("int8(%d)", s.sender), fmt.Sprintf("[]byte(%q)", s.msg))
+	}
+}
+
+func corpusName(name string) string {
+	return strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
+			return r
+		}
+		return '_'
+	}, strings.ToLower(name))
+}
+
+// TestWire_DecodeDoesNotAllocateByClaim checks that huge counts and lengths
+// are refused before anything is allocated for them.
+func TestWire_DecodeDoesNotAllocateByClaim(t *testing.T) {
+	for _, tc := range wireMalformed() {
+		allocs := testing.AllocsPerRun(20, func() {
+			_, _ = decodeMessage(tc.msg, 0, make([]record, 0, 4))
+		})
+		// One error value (and its formatted text), one record buffer.
+		require.LessOrEqual(t, allocs, float64(8), "%s: %v allocations", tc.name, allocs)
+	}
+}
