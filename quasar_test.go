@@ -308,7 +308,7 @@ func TestQuasar_ForgedAndDuplicateVotesNeverCount(t *testing.T) {
 		t.Cleanup(func() { _ = r.Close() })
 		rs = append(rs, r)
 	}
-	forger := hub.Connect("node-2")   // a validator's transport, driven by the test
+	forger := hub.Connect("node-2")    // a validator's transport, driven by the test
 	outsider := hub.Connect("mallory") // not a validator at all
 
 	f := Frame{OrgID: "org", Namespace: "ns", Seq: 1, Op: "put", Key: "k", Value: []byte("v")}
