@@ -198,6 +198,10 @@ func (c *raftCluster) report(*testing.B, int) {}
 
 // close shuts every node down; Shutdown().Error() also closes the node's
 // transport. Transports whose raft was never created are closed directly.
+//
+// NetworkTransport.Close stops the listener but leaves the pooled outbound
+// connections open, so each peer's handler goroutine for them stays blocked
+// in Read; CloseStreams closes them.
 func (c *raftCluster) close() error {
 	c.closeOnce.Do(func() {
 		var errs []error
@@ -207,6 +211,11 @@ func (c *raftCluster) close() error {
 		for _, tr := range c.trans[len(c.rafts):] {
 			if wc, ok := tr.(raft.WithClose); ok {
 				errs = append(errs, wc.Close())
+			}
+		}
+		for _, tr := range c.trans {
+			if nt, ok := tr.(*raft.NetworkTransport); ok {
+				nt.CloseStreams()
 			}
 		}
 		c.closeErr = errors.Join(errs...)
