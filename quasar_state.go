@@ -205,6 +205,12 @@ type state struct {
 	// At most one frame per namespace: the namespace chain orders the rest.
 	frontier map[*nsState]uint64
 
+	// forgot: this validator's votes on frames it forgot (see remember).
+	forgot    map[[idLen]byte]forgotVote
+	forgotQ   []forgotRef
+	forgotGen uint64
+	forgotCap int
+
 	behindEvents []error
 	lastDigest   int64
 	scratch      []byte
@@ -220,6 +226,8 @@ func (st *state) init(r *QuasarReplicator) {
 	st.spaces = make(map[spaceKey]*nsState)
 	st.orphans = make(map[[idLen]byte]*orphan)
 	st.frontier = make(map[*nsState]uint64)
+	st.forgot = make(map[[idLen]byte]forgotVote)
+	st.forgotCap = 4 * r.cfg.RetainFrames
 }
 
 func (st *state) newEpoch(ctx context.Context) error {
@@ -427,9 +435,18 @@ func (st *state) add(e *entry) {
 		st.entries[e.id] = e
 	}
 	st.undecided.pushBack(e)
+	if v, ok := st.forgot[e.id]; ok {
+		// A frame this validator voted on and forgot: same vote again.
+		delete(st.forgot, e.id)
+		e.myVote, e.lastVoted = v.typ, now
+		st.countVote(e, st.r.self, v.typ)
+	}
 	if o := st.orphans[e.id]; o != nil {
 		delete(st.orphans, e.id)
 		for i := range o.voters {
+			if e.state != stUndecided {
+				break
+			}
 			st.countVote(e, int(o.voters[i]), byte(o.types[i]))
 		}
 	}
@@ -461,7 +478,7 @@ func (st *state) castVote(e *entry) {
 			return
 		}
 		typ = voteCancel
-	case ns.voted != nil && ns.voted != e:
+	case ns.voted != nil && ns.voted.id != e.id:
 		typ = voteCancel
 	default:
 		typ = voteCommit
@@ -555,7 +572,7 @@ func (st *state) reject(e *entry) {
 	st.decided(e)
 	st.r.m.framesRejected.Add(1)
 	ns := e.ns
-	if ns.voted == e {
+	if ns.voted != nil && ns.voted.id == e.id {
 		ns.voted = nil // the position is free again: e can never be accepted
 	}
 	if w := e.w; w != nil {
@@ -1003,6 +1020,7 @@ func (st *state) tick(wall time.Time) {
 		}
 		st.retained.remove(e)
 		delete(st.entries, e.id)
+		st.remember(e)
 		if e.ns.chain[e.p.prev] == e {
 			delete(e.ns.chain, e.p.prev)
 		}
@@ -1057,7 +1075,40 @@ func (st *state) forget(e *entry) {
 	e.forgotten = true
 	e.ep = nil
 	delete(st.entries, e.id)
+	st.remember(e)
 	st.r.m.expired.Add(1)
+}
+
+// remember keeps this validator's vote on a frame it forgets, so that if the
+// frame comes back (a late re-send, a fetch answer) it gets the same vote
+// again: a validator that voted commit and later cancel on one frame could
+// let one node count the commit and another the cancel, breaking S1.
+// The memory is bounded (forgotCap votes, oldest dropped first); a frame
+// older than that is hopelessly stale.
+func (st *state) remember(e *entry) {
+	if e.myVote == 0 {
+		return
+	}
+	if len(st.forgotQ) >= st.forgotCap {
+		old := st.forgotQ[0]
+		st.forgotQ = st.forgotQ[1:]
+		if v, ok := st.forgot[old.id]; ok && v.gen == old.gen {
+			delete(st.forgot, old.id)
+		}
+	}
+	st.forgotGen++
+	st.forgot[e.id] = forgotVote{typ: e.myVote, gen: st.forgotGen}
+	st.forgotQ = append(st.forgotQ, forgotRef{id: e.id, gen: st.forgotGen})
+}
+
+type forgotVote struct {
+	typ byte
+	gen uint64
+}
+
+type forgotRef struct {
+	id  [idLen]byte
+	gen uint64
 }
 
 // Outbox: records are appended to the current message; a message is cut at

@@ -262,6 +262,10 @@ func TestQuasar_FellBehindRetentionWindow(t *testing.T) {
 	for i := 0; i < 50; i++ {
 		c.requireAccept(0, put("ns", fmt.Sprint(i), "v"))
 	}
+	// Retention is enforced periodically: reconnect once the window moved.
+	require.Eventually(t, func() bool {
+		return c.nodes[0].r.Metrics().Retained <= 10 && c.nodes[1].r.Metrics().Retained <= 10
+	}, 5*time.Second, time.Millisecond)
 	c.hub.Reconnect("node-2")
 	var err error
 	select {
@@ -284,7 +288,8 @@ func TestQuasar_FellBehindRetentionWindow(t *testing.T) {
 	c.nodes[2].r.ResetNamespace("org", "ns", log[len(log)-1].Seq)
 	c.requireAccept(1, put("ns", "after-restore", "v"))
 	require.Eventually(t, func() bool {
-		return len(c.nodes[2].kv.find("ns", "after-restore")) == 1
+		return len(c.nodes[2].kv.find("ns", "after-restore")) == 1 &&
+			len(c.nodes[0].kv.find("ns", "after-restore")) == 1
 	}, 5*time.Second, 5*time.Millisecond)
 	got, _ := c.nodes[2].kv.snapshot()
 	want, _ := c.nodes[0].kv.snapshot()
