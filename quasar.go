@@ -53,15 +53,22 @@ import (
 //     node decides and applies without a goroutine hand-off.
 //   - tickLoop: every WitnessAfter/2, re-sends, asks for undecided frames,
 //     forgets frames past the retention window, and sends digests.
+//   - sendLoop: woken by sendKick under load (more than a couple of frames
+//     undecided), sends the outbox; with little load the goroutine that
+//     added a record sends it itself, saving a hand-off.
 //   - Transport callbacks decode outside mu, then take mu to update state;
-//     they never wait for consensus or run handlers.
+//     they never wait for consensus or run handlers, and never block on
+//     anything but mu. A Propose caller whose frame is ready is woken and
+//     applies the queue itself.
 //
 // mu guards all protocol state (entries, namespaces, chain index, queues,
-// outbox, the engine epochs); counters are atomics; handlers are a
-// copy-on-write slice. Outgoing records are batched in the outbox and sent
-// by whichever goroutine finds it unsent (flushing, under mu), so many votes
-// share one transport message under load. Close closes closing, cancels the
-// handler context, and waits for both loops.
+// outbox, the engine epochs: everything in state); counters are atomics;
+// handlers are a copy-on-write slice. Outgoing records are batched in the
+// outbox and sent by whichever goroutine finds it unsent (the flushing flag,
+// under mu, which is released around each Broadcast), so many votes share
+// one transport message under load. Close sets closed, cancels the handler
+// context, closes closing and waits for the three loops; Propose calls
+// waiting on closing return ErrClosed.
 type QuasarReplicator struct {
 	cfg      QuasarConfig
 	log      *slog.Logger
