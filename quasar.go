@@ -256,10 +256,9 @@ func (r *QuasarReplicator) Propose(ctx context.Context, f Frame) (Decision, erro
 		}
 	}
 	reentrant := ctx.Value(applyMarker{}) == r
+	// The timer covers ProposeWait only: a ctx deadline fires ctx.Done(),
+	// so that the error names ctx.Err() (SPEC §3).
 	deadline := time.Now().Add(r.cfg.ProposeWait)
-	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
-		deadline = dl
-	}
 	if len(f.Value) > 0 {
 		f.Value = append([]byte(nil), f.Value...) // the caller may reuse its buffer
 	}
@@ -304,7 +303,7 @@ func (r *QuasarReplicator) waitTurn(ctx context.Context, t *turn, deadline time.
 	case <-ctx.Done():
 		cause = ctx.Err()
 	case <-timer.C:
-		cause = errProposeWait
+		cause = timeoutCause(ctx)
 	}
 	r.mu.Lock()
 	r.st.abandonTurn(t)
@@ -359,7 +358,7 @@ func (r *QuasarReplicator) wait(ctx context.Context, w *waiter, deadline time.Ti
 		case <-ctx.Done():
 			cause = ctx.Err()
 		case <-timer.C:
-			cause = errProposeWait
+			cause = timeoutCause(ctx)
 		}
 	}
 	r.mu.Lock()
@@ -391,6 +390,15 @@ func (r *QuasarReplicator) result(w *waiter) (Decision, error) {
 }
 
 var errProposeWait = errors.New("ProposeWait elapsed")
+
+// timeoutCause is why the ProposeWait timer fired: ctx, if it ended at the
+// same moment (errors.Is(err, ctx.Err()) must then hold), else ProposeWait.
+func timeoutCause(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return errProposeWait
+}
 
 // timerPool recycles the timers of waiting Propose calls. Since Go 1.23 a
 // stopped or reset timer never delivers a stale tick, so reuse is safe.
@@ -560,9 +568,14 @@ func (r *QuasarReplicator) drainApply() {
 		if e == nil {
 			break
 		}
-		r.mu.Unlock()
-		err := r.apply(e)
-		r.mu.Lock()
+		var err error
+		if e.skip {
+			r.m.skipped.Add(1) // covered by a restored snapshot
+		} else {
+			r.mu.Unlock()
+			err = r.apply(e)
+			r.mu.Lock()
+		}
 		r.st.applied(e, err)
 	}
 	r.st.applying = false

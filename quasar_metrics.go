@@ -63,6 +63,12 @@ type QuasarMetrics struct {
 	// DroppedUnapplied accepted frames forgotten before they could be
 	// applied; Conflicts broken invariants (must stay 0); Engines the
 	// consensus engines started.
+	// Superseded counts undecided frames rejected here because another
+	// frame was accepted at their chain position; SkippedByReset accepted
+	// frames not applied because ResetNamespace covered them.
+	Superseded     uint64 `json:"superseded"`
+	SkippedByReset uint64 `json:"skipped_by_reset"`
+
 	Stale            uint64 `json:"stale"`
 	Expired          uint64 `json:"expired"`
 	Behind           uint64 `json:"behind"`
@@ -91,6 +97,7 @@ type metrics struct {
 	unknownSender, proposalsDropped                atomic.Uint64
 	proposalsConflicting, certificatesBad          atomic.Uint64
 	stale, expired, behind, droppedUnapplied       atomic.Uint64
+	superseded, skipped                            atomic.Uint64
 	conflicts, engines                             atomic.Uint64
 }
 
@@ -110,5 +117,6 @@ func (m *metrics) snapshot() QuasarMetrics {
 		ProposalsConflicting: m.proposalsConflicting.Load(), CertificatesBad: m.certificatesBad.Load(),
 		Stale: m.stale.Load(), Expired: m.expired.Load(), Behind: m.behind.Load(),
 		DroppedUnapplied: m.droppedUnapplied.Load(), Conflicts: m.conflicts.Load(), Engines: m.engines.Load(),
+		Superseded: m.superseded.Load(), SkippedByReset: m.skipped.Load(),
 	}
 }

@@ -76,6 +76,7 @@ type entry struct {
 	myVote byte
 
 	linked, dispatched, deferred, forgotten bool
+	skip                                    bool // queued for apply, but a ResetNamespace covers it
 
 	commits, cancels voterSet
 	nCommit, nCancel int
@@ -156,6 +157,23 @@ type nsState struct {
 	// chain holds the accepted frames this node retains, by the Seq they
 	// extend (their position): how links are followed and syncs served.
 	chain map[uint64]*entry
+	// open: the namespace's undecided frames, so that the frames competing
+	// for a position are rejected as soon as another frame is accepted
+	// there.
+	open []*entry
+}
+
+// close removes e from the open list.
+func (ns *nsState) close(e *entry) {
+	for i, x := range ns.open {
+		if x == e {
+			last := len(ns.open) - 1
+			ns.open[i] = ns.open[last]
+			ns.open[last] = nil
+			ns.open = ns.open[:last]
+			return
+		}
+	}
 }
 
 func (ns *nsState) at(prev uint64) *entry {
@@ -433,6 +451,7 @@ func (st *state) add(e *entry) {
 	e.born, e.next = now, now+st.witness
 	if !st.solo {
 		st.entries[e.id] = e
+		e.ns.open = append(e.ns.open, e)
 	}
 	st.undecided.pushBack(e)
 	if v, ok := st.forgot[e.id]; ok {
@@ -525,6 +544,7 @@ func (st *state) decided(e *entry) {
 	e.ep = nil
 	e.deferred = false
 	st.undecided.remove(e)
+	e.ns.close(e)
 	if st.solo {
 		return // nobody to repair: nothing is retained
 	}
@@ -568,6 +588,11 @@ func (st *state) accept(e *entry) {
 }
 
 func (st *state) reject(e *entry) {
+	st.rejectErr(e, fmt.Errorf("%w: %d of %d validators cancelled %s/%s seq %d (quorum %d)",
+		ErrRejected, e.nCancel, st.r.n, e.key.org, e.key.ns, e.p.frame.Seq, st.r.q))
+}
+
+func (st *state) rejectErr(e *entry, err error) {
 	e.state = stRejected
 	st.decided(e)
 	st.r.m.framesRejected.Add(1)
@@ -577,8 +602,7 @@ func (st *state) reject(e *entry) {
 	}
 	if w := e.w; w != nil {
 		e.w = nil
-		st.resolve(w, DecisionReject, fmt.Errorf("%w: %d of %d validators cancelled %s/%s seq %d (quorum %d)",
-			ErrRejected, e.nCancel, st.r.n, e.key.org, e.key.ns, e.p.frame.Seq, st.r.q))
+		st.resolve(w, DecisionReject, err)
 	}
 	if ns.inflight == e {
 		st.releaseNS(ns)
@@ -589,6 +613,7 @@ func (st *state) reject(e *entry) {
 func (st *state) link(ns *nsState, e *entry) {
 	for e != nil {
 		e.linked = true
+		st.rejectCompetitors(ns, e)
 		ns.head = e.p.frame.Seq
 		ns.maxSeen = max(ns.maxSeen, ns.head)
 		ns.voted = nil
@@ -604,6 +629,26 @@ func (st *state) link(ns *nsState, e *entry) {
 			return
 		}
 		e = nx
+	}
+}
+
+// rejectCompetitors rejects the undecided frames that compete with the
+// accepted frame e for its position. They can never be accepted: q
+// validators committed e there, each commits one frame per position, so
+// at most n-q < q commits remain for any other. Rejecting now tells their
+// proposer at once instead of leaving it to time out when the votes that
+// would cancel them cannot arrive (a validator down).
+func (st *state) rejectCompetitors(ns *nsState, e *entry) {
+	for i := 0; i < len(ns.open); {
+		x := ns.open[i]
+		if x.p.prev != e.p.prev || x.id == e.id || x.state != stUndecided {
+			i++
+			continue
+		}
+		st.r.m.superseded.Add(1)
+		// reject removes x from ns.open (swapping the last one in at i).
+		st.rejectErr(x, fmt.Errorf("%w: %s/%s seq %d: another frame (seq %d) was accepted on top of seq %d",
+			ErrRejected, x.key.org, x.key.ns, x.p.frame.Seq, e.p.frame.Seq, e.p.prev))
 	}
 }
 
@@ -956,6 +1001,13 @@ func (st *state) onBehind(ref nsRef, who nodeID, sender int) {
 
 func (st *state) resetNamespace(key spaceKey, seq uint64) {
 	ns := st.space(key)
+	// Frames already queued for apply that the snapshot contains must not
+	// be applied on top of it.
+	for _, e := range st.applyQ[st.applyHead:] {
+		if e.ns == ns && e.p.frame.Seq <= seq {
+			e.skip = true
+		}
+	}
 	ns.head = seq
 	ns.dispatched = max(ns.dispatched, seq)
 	ns.maxSeen = max(ns.maxSeen, seq)
@@ -1074,6 +1126,7 @@ func (st *state) tick(wall time.Time) {
 func (st *state) forget(e *entry) {
 	e.forgotten = true
 	e.ep = nil
+	e.ns.close(e)
 	delete(st.entries, e.id)
 	st.remember(e)
 	st.r.m.expired.Add(1)

@@ -352,3 +352,72 @@ func TestQuasar_ForgedAndDuplicateVotesNeverCount(t *testing.T) {
 	require.Eventually(t, func() bool { return rs[0].Metrics().VotesDuplicate >= 1 }, 5*time.Second, time.Millisecond)
 	require.Zero(t, rs[0].Metrics().Conflicts)
 }
+
+// SPEC §3: a ctx deadline shorter than ProposeWait is reported as the ctx's
+// error, not as ProposeWait elapsing.
+func TestQuasar_CtxDeadlineIsTheCause(t *testing.T) {
+	c := newTestCluster(t, 3, clusterOpts{})
+	c.hub.Partition([]string{"node-0"}, []string{"node-1", "node-2"})
+	for i := 0; i < 5; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		d, err := c.nodes[0].r.Propose(ctx, put(fmt.Sprintf("ns-%d", i), "k", "v"))
+		cancel()
+		require.Equal(t, DecisionTimeout, d)
+		require.ErrorIs(t, err, ErrTimeout)
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+	}
+}
+
+// A node proposing on a stale head (it missed the frame accepted at that
+// position) is rejected as soon as it learns that frame, even when the
+// validator whose vote would cancel it is down, instead of timing out.
+func TestQuasar_StaleHeadRejectedNotStuck(t *testing.T) {
+	c := newTestCluster(t, 3, clusterOpts{proposeWait: 5 * time.Second})
+	c.hub.Partition([]string{"node-0"}, []string{"node-1", "node-2"})
+	c.requireAccept(2, put("ns", "first", "c"))
+	c.waitAllApplied(1, 5*time.Second, 1, 2)
+	c.hub.Disconnect("node-2")
+	c.hub.Heal()
+
+	start := time.Now()
+	d, err := c.propose(0, put("ns", "second", "a"))
+	require.Equal(t, DecisionReject, d, "err: %v", err)
+	require.ErrorIs(t, err, ErrRejected)
+	require.Less(t, time.Since(start), 5*time.Second)
+	require.Positive(t, c.nodes[0].r.Metrics().Superseded)
+
+	// A retry builds on the frame it learned, and is accepted.
+	c.requireAccept(0, put("ns", "second", "a"))
+	c.waitAllApplied(2, 5*time.Second, 0, 1)
+	data, _ := c.nodes[0].kv.snapshot()
+	require.Equal(t, "c", data["org/ns/first"])
+}
+
+// ResetNamespace drops frames of the namespace that are already queued for
+// apply and covered by the restored snapshot.
+func TestQuasar_ResetNamespaceSkipsQueuedFrames(t *testing.T) {
+	c := newTestCluster(t, 3, clusterOpts{})
+	release := make(chan struct{})
+	blocked := make(chan struct{})
+	var once sync.Once
+	var mu sync.Mutex
+	var seqs []uint64
+	c.nodes[2].r.Subscribe(func(_ context.Context, f Frame) error {
+		once.Do(func() { close(blocked); <-release })
+		mu.Lock()
+		seqs = append(seqs, f.Seq)
+		mu.Unlock()
+		return nil
+	})
+	for i := 0; i < 10; i++ {
+		c.requireAccept(0, put("x", fmt.Sprint(i), "v"))
+	}
+	<-blocked
+	require.Eventually(t, func() bool { return c.nodes[2].r.Metrics().FramesAccepted == 10 }, 5*time.Second, time.Millisecond)
+	c.nodes[2].r.ResetNamespace("org", "x", 10)
+	close(release)
+	require.Eventually(t, func() bool { return c.nodes[2].r.Metrics().SkippedByReset == 9 }, 5*time.Second, time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	require.Equal(t, []uint64{1}, seqs, "frames covered by the snapshot were applied on top of it")
+}

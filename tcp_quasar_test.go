@@ -406,10 +406,9 @@ func TestQuasarTCP_RestartBeyondRetention(t *testing.T) {
 	// what c had of the namespace, copy a's, ResetNamespace, and let the
 	// apply goroutine go on.
 	//
-	// The floor guard in c's handler works around a driver bug:
-	// ResetNamespace drops the namespace's frames up to seq that wait for
-	// their turn, but not those already queued for apply (applyQ), which
-	// are then applied on top of the restored state.
+	// The floor check in c's handler catches a regression: ResetNamespace
+	// must drop the namespace's frames up to seq, including those already
+	// queued for apply, or they land on top of the restored state.
 	snapSeq := aLog[len(aLog)-1].Seq
 	floor.Store(snapSeq)
 	c2.kv.mu.Lock()
@@ -430,9 +429,7 @@ func TestQuasarTCP_RestartBeyondRetention(t *testing.T) {
 	want, _ := c.nodes["a"].kv.snapshot()
 	got, _ := c2.kv.snapshot()
 	require.Equal(t, want, got, "the restored node converges with its peers")
-	if n := ignored.Load(); n > 0 {
-		t.Logf("driver bug: c applied %d frames at or below its ResetNamespace seq %d after the reset (ignored by the handler)", n, snapSeq)
-	}
+	require.Zero(t, ignored.Load(), "c applied frames at or below its ResetNamespace seq %d after the reset", snapSeq)
 	c.requireHealthy()
 }
 
