@@ -1025,3 +1025,89 @@ func TestChecker_DetectsViolations(t *testing.T) {
 		})
 	}
 }
+
+// TestChaos_ResetNamespaceSkipsQueuedFrames replays, deterministically, a
+// history the chaos test's restore path can produce: frames of a namespace
+// are queued for apply (the handler is busy) when a peer reports that the
+// node fell behind there. OnBehind runs before the queued frames, the
+// application restores a snapshot at the reported head and calls
+// ResetNamespace; the queued frames are covered by the snapshot ("frames up
+// to seq are considered applied") and must not be applied again (S3).
+func TestChaos_ResetNamespaceSkipsQueuedFrames(t *testing.T) {
+	ids := []string{"node-0", "node-1", "node-2"}
+	hub := NewMemoryHub()
+	defer hub.Close()
+	tr := hub.Connect(ids[0])
+	hub.Connect(ids[1])
+	hub.Connect(ids[2])
+	var self atomic.Pointer[QuasarReplicator]
+	resets := make(chan uint64, 4)
+	r, err := NewQuasar(context.Background(), QuasarConfig{
+		NodeID: ids[0], Validators: ids, Transport: tr,
+		OnBehind: func(err error) {
+			var be *BehindError
+			if errors.As(err, &be) {
+				// Restore a snapshot taken at the reported head.
+				self.Load().ResetNamespace(be.OrgID, be.Namespace, be.From)
+				resets <- be.From
+			}
+		},
+	})
+	require.NoError(t, err)
+	defer r.Close()
+	self.Store(r)
+
+	var mu sync.Mutex
+	var applied []uint64
+	started, release := make(chan struct{}), make(chan struct{})
+	r.Subscribe(func(_ context.Context, f Frame) error {
+		if f.Seq == 1 {
+			close(started)
+			<-release // the handler is busy while more frames queue up
+		}
+		mu.Lock()
+		applied = append(applied, f.Seq)
+		mu.Unlock()
+		return nil
+	})
+
+	// Frames 1..3 of org/ns arrive as certificates (commit votes of
+	// node-1 and node-2): all accepted and queued for apply.
+	voters := []nodeID{validatorNodeID(ids[1]), validatorNodeID(ids[2])}
+	var recs []record
+	for seq := uint64(1); seq <= 3; seq++ {
+		f := Frame{OrgID: "org", Namespace: "ns", Seq: seq, Op: "put", Key: "k", Value: fmt.Appendf(nil, "v%d", seq)}
+		recs = append(recs, record{typ: recCertificate, prop: proposal{frame: f, prev: seq - 1, proposer: voters[0]}, voters: voters})
+	}
+	require.NoError(t, r.receive(1, encodeMessage(recs)))
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("frame 1 was never applied")
+	}
+	// While frame 1 is being applied, node-1 reports that node-0's sync
+	// from head 3 asked for frames it no longer retains.
+	behind := record{typ: recBehind, ref: nsRef{"org", "ns", 3}, who: validatorNodeID(ids[0])}
+	require.NoError(t, r.receive(1, encodeMessage([]record{behind})))
+	close(release)
+	select {
+	case from := <-resets:
+		require.EqualValues(t, 3, from)
+	case <-time.After(10 * time.Second):
+		t.Fatal("OnBehind was never called")
+	}
+	// Frame 4 extends the restored head; once it is applied, frames 2 and 3
+	// would have been applied before it (one apply goroutine, in order).
+	f4 := Frame{OrgID: "org", Namespace: "ns", Seq: 4, Op: "put", Key: "k", Value: []byte("v4")}
+	cert := record{typ: recCertificate, prop: proposal{frame: f4, prev: 3, proposer: voters[0]}, voters: voters}
+	require.NoError(t, r.receive(1, encodeMessage([]record{cert})))
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Contains(applied, 4)
+	}, 10*time.Second, time.Millisecond, "frame 4 was never applied after the reset")
+	mu.Lock()
+	defer mu.Unlock()
+	require.Equal(t, []uint64{1, 4}, applied,
+		"frames 2 and 3 were applied after ResetNamespace(org, ns, 3) declared them applied (snapshot restored in OnBehind)")
+}
