@@ -1,0 +1,32 @@
+package replication
+
+import (
+	"fmt"
+	"strings"
+)
+
+// debugDump describes a replicator's namespace state (tests only).
+func (r *QuasarReplicator) debugDump() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var b strings.Builder
+	for _, ns := range r.st.spaces {
+		fmt.Fprintf(&b, "ns %s/%s head=%d dispatched=%d maxSeen=%d behind=%v busy=%v pending=%d deferred=%d open=%d voted=%v\n",
+			ns.key.org, ns.key.ns, ns.head, ns.dispatched, ns.maxSeen, ns.behind, ns.busy, len(ns.pending), len(ns.deferred), len(ns.open), ns.voted != nil)
+		if len(ns.pending) > 0 {
+			e := ns.pending[0]
+			fmt.Fprintf(&b, "   front pending seq=%d prev=%d after=%v\n", e.p.frame.Seq, e.p.prev, e.p.after)
+			for _, a := range e.p.after {
+				if d := r.st.spaces[spaceKey{a.org, a.ns}]; d != nil {
+					fmt.Fprintf(&b, "     dep %s/%s need %d: head=%d dispatched=%d behind=%v\n", a.org, a.ns, a.seq, d.head, d.dispatched, d.behind)
+				}
+			}
+		}
+		for prev, e := range ns.chain {
+			if e.p.prev >= ns.head && !e.linked {
+				fmt.Fprintf(&b, "   unlinked accepted at prev=%d seq=%d\n", prev, e.p.frame.Seq)
+			}
+		}
+	}
+	return b.String()
+}
