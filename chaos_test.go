@@ -36,8 +36,10 @@ import (
 //   - S1 agreement: a frame whose Propose returned DecisionReject is applied
 //     nowhere (frames are identified by a token unique to each Propose,
 //     carried in Frame.Value).
-//   - S2 quorum: when a node applies a frame, it was delivered commit votes
-//     (vote records, or voters listed in certificates) of at least q-1
+//   - S2 quorum: no node sends a certificate (a frame it accepted, with the
+//     voters whose commits decided it) naming fewer than q validators; and
+//     when a node applies a frame, it was delivered commit votes (vote
+//     records, or voters listed in certificates) of at least q-1
 //     validators other than itself; its own vote is never delivered to it,
 //     so q-1 others plus itself is the quorum. Checked at apply time, as the
 //     hook runs before the handler that could count a vote.
@@ -74,7 +76,8 @@ type chaosChecker struct {
 	violations []string
 	changed    chan struct{} // closed and replaced on every apply
 	undecoded  int           // delivered quasar messages that failed to decode
-	restores   int           // namespaces restored from a peer after OnBehind
+	restores   []string      // namespaces restored from a peer after OnBehind
+	badCerts   int           // certificates below quorum reported (capped)
 }
 
 // chaosReplica is one node's state as its handler built it.
@@ -127,7 +130,7 @@ func (c *chaosChecker) violatef(format string, args ...any) {
 
 // onDeliver is the MemoryHub.OnDeliver hook: it records the commit votes
 // that reach each node, in vote records and in certificates.
-func (c *chaosChecker) onDeliver(_, to, kind string, payload []byte) {
+func (c *chaosChecker) onDeliver(from, to, kind string, payload []byte) {
 	if kind != quasarKind {
 		return
 	}
@@ -155,10 +158,19 @@ func (c *chaosChecker) onDeliver(_, to, kind string, payload []byte) {
 			}
 		case recCertificate:
 			id, _ := r.prop.frame.blockID(nil)
+			var voters uint64
 			for _, voter := range r.voters {
 				if v, ok := c.byNID[voter]; ok {
-					seen[id] |= 1 << v
+					voters |= 1 << v
 				}
+			}
+			seen[id] |= voters
+			// A certificate claims the frame was accepted: an honest node
+			// sends one only with the commit votes of a quorum.
+			if k := bits.OnesCount64(voters); k < c.q && c.badCerts < 20 {
+				c.badCerts++
+				c.violatef("S2: %s sent %s a certificate for %s/%s seq %d (prev %d) naming %d validators, quorum %d",
+					from, to, r.prop.frame.OrgID, r.prop.frame.Namespace, r.prop.frame.Seq, r.prop.prev, k, c.q)
 			}
 		}
 	}
@@ -254,8 +266,9 @@ func (c *chaosChecker) restore(node int, org, ns string) (uint64, bool) {
 		rep.bySlot[a.slot] = len(rep.log)
 		rep.log = append(rep.log, chaosApplied{token: a.token, slot: a.slot, restored: true})
 	}
+	c.restores = append(c.restores, fmt.Sprintf("%s restored %s/%s from %s: seq %d..%d (log position %d)",
+		c.ids[node], org, ns, c.ids[donor], from, head, len(rep.log)))
 	rep.heads[key] = head
-	c.restores++
 	close(c.changed)
 	c.changed = make(chan struct{})
 	return head, true
@@ -470,7 +483,7 @@ func (c *chaosChecker) checkProposerOrderLocked() {
 func (c *chaosChecker) stats() (proposed, accepted, rejected, timedOut, applied, restores int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	restores = c.restores
+	restores = len(c.restores)
 	for _, op := range c.ops {
 		proposed++
 		switch op.decision {
@@ -630,13 +643,18 @@ func runChaos(t *testing.T, seed uint64) chaosResult {
 	fail := func(format string, args ...any) {
 		t.Helper()
 		t.Logf("fault schedule of seed %d:\n%s", seed, trace.String())
+		chk.mu.Lock()
+		if len(chk.restores) > 0 {
+			t.Logf("restores:\n%s", strings.Join(chk.restores, "\n"))
+		}
+		chk.mu.Unlock()
 		behindMu.Lock()
 		if len(unfixed) > 0 {
 			t.Logf("behind reports with no peer ahead to restore from: %q", unfixed)
 		}
 		behindMu.Unlock()
 		for _, node := range c.nodes {
-			t.Logf("%s metrics: %+v", node.id, node.r.Metrics())
+			t.Logf("%s metrics: %+v\n%s", node.id, node.r.Metrics(), node.r.debugDump())
 		}
 		t.Fatalf("seed %d: "+format, append([]any{seed}, args...)...)
 	}
@@ -914,6 +932,11 @@ func TestChecker_DetectsViolations(t *testing.T) {
 			c.onDeliver(ids[0], ids[1], quasarKind, finishMessage(msg, 1))
 			c.applied(1, f)
 		}, "S2:"},
+		{"S2 certificate below quorum", func(c *chaosChecker) {
+			f := frame(1, "a", "x")
+			msg := appendCertificateRecord(newMessage(nil), &proposal{frame: f}, []nodeID{validatorNodeID(ids[0])})
+			c.onDeliver(ids[0], ids[1], quasarKind, finishMessage(msg, 1))
+		}, "S2: node-0 sent node-1 a certificate"},
 		{"S2 votes for another block do not count", func(c *chaosChecker) {
 			f := frame(1, "a", "x")
 			votes(c, 1, frame(1, "a", "other"), 0, 2)
