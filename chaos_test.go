@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"bytes"
 	"context"
 	crand "crypto/rand"
 	"encoding/binary"
@@ -19,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -1133,4 +1135,76 @@ func TestChaos_ResetNamespaceSkipsQueuedFrames(t *testing.T) {
 	defer mu.Unlock()
 	require.Equal(t, []uint64{1, 4}, applied,
 		"frames 2 and 3 were applied after ResetNamespace(org, ns, 3) declared them applied (snapshot restored in OnBehind)")
+}
+
+// TestChaos_ForgottenFrameNeedsQuorumAgain replays, deterministically, the
+// history behind the S2 violations TestChaos found (certificates naming one
+// validator): a decided frame falls out of the retention window, the same
+// frame arrives again (a proposer that has not learned the outcome re-sends
+// it), and the driver adds its block again to the consensus engine, which
+// still holds the votes of the first time. Here the frame was rejected
+// (both peers cancelled it); re-added, it must not be accepted on the
+// strength of this node's own commit counted twice (S1, S2).
+func TestChaos_ForgottenFrameNeedsQuorumAgain(t *testing.T) {
+	ids := []string{"node-0", "node-1", "node-2"}
+	hub := NewMemoryHub()
+	defer hub.Close()
+	tr := hub.Connect(ids[0])
+	hub.Connect(ids[1])
+	hub.Connect(ids[2])
+	r, err := NewQuasar(context.Background(), QuasarConfig{
+		NodeID: ids[0], Validators: ids, Transport: tr,
+		WitnessAfter: 10 * time.Millisecond, RetainFrames: 1,
+	})
+	require.NoError(t, err)
+	defer r.Close()
+	applied := make(chan Frame, 16)
+	r.Subscribe(func(_ context.Context, f Frame) error {
+		f.Value = bytes.Clone(f.Value)
+		applied <- f
+		return nil
+	})
+	n1, n2 := validatorNodeID(ids[1]), validatorNodeID(ids[2])
+	send := func(from int, recs ...record) {
+		t.Helper()
+		require.NoError(t, r.receive(from, encodeMessage(recs)))
+	}
+	waitApplied := func(want Frame) {
+		t.Helper()
+		select {
+		case f := <-applied:
+			require.Equal(t, want, f, "applied frames")
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%+v was never applied", want)
+		}
+	}
+
+	// node-1 proposes g; node-0 commits it, node-1 and node-2 cancel it:
+	// g is rejected.
+	g := Frame{OrgID: "org", Namespace: "lock", Seq: 1, Op: "put", Key: "owner", Value: []byte("g")}
+	gid, _ := g.blockID(nil)
+	pg := record{typ: recProposal, prop: proposal{frame: g, proposer: n1}}
+	send(1, pg)
+	send(1, record{typ: recVote, vote: vote{block: gid, voter: n1, typ: voteCancel}})
+	send(2, record{typ: recVote, vote: vote{block: gid, voter: n2, typ: voteCancel}})
+	require.EqualValues(t, 1, r.Metrics().FramesRejected)
+
+	// Two frames of another namespace are accepted (certificates of
+	// node-1 and node-2); with RetainFrames 1, g falls out of the window.
+	for seq := uint64(1); seq <= 2; seq++ {
+		f := Frame{OrgID: "org", Namespace: "other", Seq: seq, Op: "put", Key: "k", Value: fmt.Appendf(nil, "v%d", seq)}
+		send(1, record{typ: recCertificate, prop: proposal{frame: f, prev: seq - 1, proposer: n1}, voters: []nodeID{n1, n2}})
+		waitApplied(f)
+	}
+	require.Eventually(t, func() bool { return r.Metrics().Retained <= 1 }, 10*time.Second, time.Millisecond)
+
+	// node-1 re-sends g (it has not learned that g was rejected).
+	send(1, pg)
+	m := r.Metrics()
+	assert.EqualValues(t, 2, m.FramesAccepted, "a rejected frame was accepted after it was forgotten and re-sent (only node-0's own commit counts for it)")
+	// Frames are applied in order: once a later frame is applied, g would
+	// have been too.
+	f3 := Frame{OrgID: "org", Namespace: "other", Seq: 3, Op: "put", Key: "k", Value: []byte("v3")}
+	send(1, record{typ: recCertificate, prop: proposal{frame: f3, prev: 2, proposer: n1}, voters: []nodeID{n1, n2}})
+	waitApplied(f3)
 }
