@@ -433,7 +433,10 @@ func (st *state) takeKick() bool {
 
 // add registers a new undecided entry and its block.
 func (st *state) add(e *entry) {
-	if st.ep.added >= epochBlocks {
+	// A block ID the current engine has seen before (a forgotten frame that
+	// came back) must go to a fresh engine: the engine keeps the votes it
+	// recorded for a block and would count them again.
+	if st.ep.added >= epochBlocks || st.ep.eng.GetStatus(e.id) != consensus.StatusUnknown {
 		if err := st.newEpoch(context.Background()); err != nil {
 			st.r.log.Error("starting a new consensus engine failed; keeping the current one", "err", err)
 		}
