@@ -1176,7 +1176,8 @@ func TestChaos_ResetNamespaceSkipsQueuedFrames(t *testing.T) {
 // it), and the driver adds its block again to the consensus engine, which
 // still holds the votes of the first time. Here the frame was rejected
 // (both peers cancelled it); re-added, it must not be accepted on the
-// strength of this node's own commit counted twice (S1, S2).
+// strength of this node's own commit counted twice (S1, S2). Fixed in the
+// driver by giving such a block a fresh engine.
 func TestChaos_ForgottenFrameNeedsQuorumAgain(t *testing.T) {
 	ids := []string{"node-0", "node-1", "node-2"}
 	hub := NewMemoryHub()

@@ -72,7 +72,7 @@ func encodeMessage(recs []record) []byte {
 	return finishMessage(b, len(recs))
 }
 
-// comparable strips what an encoder cannot reproduce: the raw body (record
+// comparableRecords strips what an encoder cannot reproduce: the raw body (record
 // lengths are written 4 bytes wide, a sender may use fewer) and a vote's
 // signature (appendVoteRecord writes none; the driver ignores it).
 func comparableRecords(recs []record) []record {
