@@ -624,8 +624,20 @@ func (r *QuasarReplicator) tickLoop() {
 // ResetNamespace tells the replicator that the application restored the
 // namespace (OrgID, Namespace) from a snapshot taken at Seq seq (the Seq of
 // the last frame the snapshot contains). Frames of the namespace up to seq
-// are considered applied, replication continues after it, and the
-// namespace's behind state is cleared. Use it after OnBehind.
+// are considered applied (queued ones are skipped), replication continues
+// after it, and the namespace's behind state is cleared. Use it after
+// OnBehind.
+//
+// If replication had already gone past seq here, the frames after seq that
+// were applied are applied again (in order, before anything else), so that
+// the restored state catches up; if some of them are no longer retained,
+// OnBehind is called again and a newer snapshot is needed.
+//
+// Proposer order across namespaces (S5) cannot be vouched for across a
+// restore: frames that their proposer ordered after frames the snapshot
+// contains may be applied before frames of other namespaces that came
+// earlier still. Restore snapshots of every namespace taken at one moment
+// to keep it.
 func (r *QuasarReplicator) ResetNamespace(org, ns string, seq uint64) {
 	r.mu.Lock()
 	r.st.resetNamespace(spaceKey{org, ns}, seq)

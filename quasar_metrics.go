@@ -68,6 +68,9 @@ type QuasarMetrics struct {
 	// frames not applied because ResetNamespace covered them.
 	Superseded     uint64 `json:"superseded"`
 	SkippedByReset uint64 `json:"skipped_by_reset"`
+	// Replayed counts frames applied again because ResetNamespace named a
+	// snapshot older than what had been applied.
+	Replayed uint64 `json:"replayed"`
 
 	Stale            uint64 `json:"stale"`
 	Expired          uint64 `json:"expired"`
@@ -97,7 +100,7 @@ type metrics struct {
 	unknownSender, proposalsDropped                atomic.Uint64
 	proposalsConflicting, certificatesBad          atomic.Uint64
 	stale, expired, behind, droppedUnapplied       atomic.Uint64
-	superseded, skipped                            atomic.Uint64
+	superseded, skipped, replayed                  atomic.Uint64
 	conflicts, engines                             atomic.Uint64
 }
 
@@ -117,6 +120,6 @@ func (m *metrics) snapshot() QuasarMetrics {
 		ProposalsConflicting: m.proposalsConflicting.Load(), CertificatesBad: m.certificatesBad.Load(),
 		Stale: m.stale.Load(), Expired: m.expired.Load(), Behind: m.behind.Load(),
 		DroppedUnapplied: m.droppedUnapplied.Load(), Conflicts: m.conflicts.Load(), Engines: m.engines.Load(),
-		Superseded: m.superseded.Load(), SkippedByReset: m.skipped.Load(),
+		Superseded: m.superseded.Load(), SkippedByReset: m.skipped.Load(), Replayed: m.replayed.Load(),
 	}
 }

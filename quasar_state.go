@@ -77,6 +77,7 @@ type entry struct {
 
 	linked, dispatched, deferred, forgotten bool
 	skip                                    bool // queued for apply, but a ResetNamespace covers it
+	applied                                 bool // handlers ran (or skip)
 
 	commits, cancels voterSet
 	nCommit, nCancel int
@@ -135,8 +136,10 @@ type nsState struct {
 	// head is the Seq of the last accepted frame of the chain that this
 	// node holds without gaps; voting and proposing build on it.
 	head uint64
-	// dispatched is the Seq of the last frame queued for apply.
+	// dispatched is the Seq of the last frame queued for apply; applied of
+	// the last frame applied (or covered by ResetNamespace).
 	dispatched uint64
+	applied    uint64
 	maxSeen    uint64
 	// voted is the frame this validator committed on top of head, if any.
 	voted *entry
@@ -762,7 +765,11 @@ func (st *state) pendingApply() int { return len(st.applyQ) - st.applyHead + st.
 
 // applied records that e's handlers ran (err is the first handler error).
 func (st *state) applied(e *entry, err error) {
-	st.r.m.applied.Add(1)
+	e.applied = true
+	e.ns.applied = max(e.ns.applied, e.p.frame.Seq)
+	if !e.skip {
+		st.r.m.applied.Add(1)
+	}
 	if w := e.w; w != nil {
 		e.w = nil
 		st.resolve(w, DecisionAccept, err)
@@ -1011,6 +1018,10 @@ func (st *state) resetNamespace(key spaceKey, seq uint64) {
 			e.skip = true
 		}
 	}
+	if seq < ns.head {
+		st.replay(ns, seq)
+		return
+	}
 	ns.head = seq
 	ns.dispatched = max(ns.dispatched, seq)
 	ns.maxSeen = max(ns.maxSeen, seq)
@@ -1036,6 +1047,39 @@ func (st *state) resetNamespace(key spaceKey, seq uint64) {
 	st.reevaluate(ns)
 	st.drainPending(ns)
 	st.wakeAfterWaiters(ns)
+}
+
+// replay handles a ResetNamespace to a snapshot older than this node's head
+// (replication moved on while the application fetched it): the frames
+// after seq that were applied here are applied again, in chain order, ahead
+// of anything queued, so the application's state catches up with the head.
+// If some of them are no longer retained, the namespace is reported behind
+// again (the application needs a newer snapshot).
+func (st *state) replay(ns *nsState, seq uint64) {
+	var again []*entry
+	last := seq
+	for e := ns.at(seq); e != nil && e.state == stAccepted && e.linked && e.applied; e = ns.at(last) {
+		again = append(again, e)
+		last = e.p.frame.Seq
+	}
+	if last < ns.applied {
+		st.r.m.behind.Add(1)
+		st.behindEvents = append(st.behindEvents, &BehindError{
+			OrgID: ns.key.org, Namespace: ns.key.ns, From: seq, Peer: st.r.cfg.NodeID,
+		})
+	}
+	if len(again) == 0 {
+		return
+	}
+	for _, e := range again {
+		e.applied = false
+	}
+	st.r.m.replayed.Add(uint64(len(again)))
+	q := make([]*entry, 0, len(again)+len(st.applyQ)-st.applyHead)
+	q = append(q, again...)
+	q = append(q, st.applyQ[st.applyHead:]...)
+	st.applyQ, st.applyHead = q, 0
+	st.needKick = true
 }
 
 // tick runs the periodic work: repair, expiry, retention, anti-entropy.
