@@ -344,7 +344,7 @@ func (st *state) propose(f *Frame, reentrant, granted bool) (*waiter, error) {
 	e.p.proposer = st.r.ids[st.r.self]
 	w := &waiter{reentrant: reentrant, e: e}
 	e.w, ns.inflight = w, e
-	st.add(e)
+	st.add(e, bytes.Clone(st.scratch[8:])) // st.scratch: Seq ‖ JSON, from blockID
 	st.sendProposal(&e.p)
 	st.castVote(e)
 	return w, nil
@@ -435,7 +435,9 @@ func (st *state) takeKick() bool {
 }
 
 // add registers a new undecided entry and its block.
-func (st *state) add(e *entry) {
+// add registers a new undecided entry; payload is the frame's JSON (the
+// block's payload), owned by the engine from now on.
+func (st *state) add(e *entry, payload []byte) {
 	// A block ID the current engine has seen before (a forgotten frame that
 	// came back) must go to a fresh engine: the engine keeps the votes it
 	// recorded for a block and would count them again.
@@ -444,8 +446,6 @@ func (st *state) add(e *entry) {
 			st.r.log.Error("starting a new consensus engine failed; keeping the current one", "err", err)
 		}
 	}
-	// st.scratch holds Seq ‖ JSON of this frame (from blockID).
-	payload := append([]byte(nil), st.scratch[8:]...)
 	ep := st.ep
 	ep.added++
 	_ = ep.eng.Add(context.Background(), &consensus.Block{
@@ -780,9 +780,9 @@ func (st *state) applied(e *entry, err error) {
 func (st *state) handle(rec *record, sender int) {
 	switch rec.typ {
 	case recProposal:
-		st.onProposal(&rec.prop, nil)
+		st.onProposal(&rec.prop, nil, rec.id, rec.payload)
 	case recCertificate:
-		st.onProposal(&rec.prop, rec.voters)
+		st.onProposal(&rec.prop, rec.voters, rec.id, rec.payload)
 	case recVote:
 		st.onVote(&rec.vote, sender)
 	case recFetch:
@@ -802,10 +802,11 @@ func (st *state) handle(rec *record, sender int) {
 	}
 }
 
-func (st *state) onProposal(p *proposal, cert []nodeID) {
+// onProposal handles a received proposal or certificate. id and payload
+// are the frame's block ID and JSON, computed by the receiving goroutine
+// before it took mu.
+func (st *state) onProposal(p *proposal, cert []nodeID, id [idLen]byte, payload []byte) {
 	m := &st.r.m
-	var id [idLen]byte
-	id, st.scratch = p.frame.blockID(st.scratch)
 	e := st.entries[id]
 	if e == nil {
 		if st.undecided.n >= maxUndecided {
@@ -816,7 +817,7 @@ func (st *state) onProposal(p *proposal, cert []nodeID) {
 		e = &entry{id: id, key: ns.key, ns: ns, p: *p}
 		st.own(&e.p, ns)
 		ns.maxSeen = max(ns.maxSeen, p.frame.Seq)
-		st.add(e)
+		st.add(e, payload)
 	} else if e.p.prev != p.prev {
 		m.proposalsConflicting.Add(1)
 		return

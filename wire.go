@@ -108,6 +108,10 @@ type record struct {
 	who     nodeID      // sync, behind: requester
 	digest  []nsRef     // digest (seq = head)
 	rawBody []byte
+	// Filled by the driver, not the decoder: the block ID and JSON payload
+	// of a proposal's or certificate's frame.
+	id      [idLen]byte
+	payload []byte
 }
 
 // appendUvarint and friends build records into a reused buffer.
