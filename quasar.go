@@ -277,15 +277,24 @@ func (r *QuasarReplicator) Propose(ctx context.Context, f Frame) (Decision, erro
 		r.mu.Lock()
 		w, err = r.st.propose(&f, reentrant, true)
 	}
-	r.mu.Unlock()
 	if err != nil {
+		r.mu.Unlock()
 		r.m.rejected.Add(1)
 		return DecisionReject, fmt.Errorf("quasar propose: %w", err)
 	}
-	r.flush()
+	// One critical section sends, applies (a single node decides at once)
+	// and checks the outcome: under load every extra lock hand-off counts.
+	r.sendLocked()
 	if !reentrant {
-		r.drainApply()
-	} else {
+		r.applyLocked()
+	}
+	if w.resolved {
+		r.mu.Unlock()
+		return r.result(w)
+	}
+	w.wake = make(chan struct{}, 1)
+	r.mu.Unlock()
+	if reentrant {
 		r.kickApply()
 	}
 	return r.wait(ctx, w, deadline)
@@ -329,25 +338,19 @@ func (r *QuasarReplicator) failed(cause error) (Decision, error) {
 // replicator closes. The waiter is woken when its frame is ready to apply
 // (it then applies the queue itself, saving a hand-off to applyLoop) and
 // when it is resolved.
+//
+// The caller made w.wake, under mu, after checking that w was not resolved.
 func (r *QuasarReplicator) wait(ctx context.Context, w *waiter, deadline time.Time) (Decision, error) {
-	r.mu.Lock()
-	if w.resolved {
-		r.mu.Unlock()
-		return r.result(w)
-	}
-	w.wake = make(chan struct{}, 1)
-	r.mu.Unlock()
-
 	timer := getTimer(time.Until(deadline))
 	defer putTimer(timer)
 	var cause error
 	for cause == nil {
 		select {
 		case <-w.wake:
-			if !w.reentrant {
-				r.drainApply()
-			}
 			r.mu.Lock()
+			if !w.reentrant {
+				r.applyLocked()
+			}
 			resolved := w.resolved
 			r.mu.Unlock()
 			if resolved {
@@ -447,11 +450,11 @@ func (r *QuasarReplicator) receive(sender int, payload []byte) error {
 		r.st.handle(&recs[i], sender)
 	}
 	kick := r.st.takeKick()
+	r.sendLocked()
 	r.mu.Unlock()
 	clear(recs)
 	*rb = recs[:0]
 	recordPool.Put(rb)
-	r.flush()
 	if kick {
 		r.kickApply()
 	}
@@ -466,13 +469,17 @@ var recordPool = sync.Pool{New: func() any { s := make([]record, 0, 16); return 
 // joined the message, so one transport message carries many of them.
 func (r *QuasarReplicator) flush() {
 	r.mu.Lock()
+	r.sendLocked()
+	r.mu.Unlock()
+}
+
+// sendLocked is flush with mu held (released around each Broadcast).
+func (r *QuasarReplicator) sendLocked() {
 	o := &r.st.out
 	if o.flushing || (o.count == 0 && len(o.full) == 0) {
-		r.mu.Unlock()
 		return
 	}
 	if r.st.undecided.n > inlineFlushMax {
-		r.mu.Unlock()
 		select {
 		case r.sendKick <- struct{}{}:
 		default:
@@ -480,7 +487,6 @@ func (r *QuasarReplicator) flush() {
 		return
 	}
 	r.flushLocked()
-	r.mu.Unlock()
 }
 
 // flushLocked sends every queued message; mu is held on entry and exit and
@@ -555,8 +561,14 @@ func (r *QuasarReplicator) applyLoop() {
 // goroutine is already doing so.
 func (r *QuasarReplicator) drainApply() {
 	r.mu.Lock()
+	r.applyLocked()
+	r.mu.Unlock()
+}
+
+// applyLocked is drainApply with mu held (released around handlers and
+// OnBehind).
+func (r *QuasarReplicator) applyLocked() {
 	if r.st.applying {
-		r.mu.Unlock()
 		return
 	}
 	r.st.applying = true
@@ -589,7 +601,6 @@ func (r *QuasarReplicator) drainApply() {
 		r.st.applied(e, err)
 	}
 	r.st.applying = false
-	r.mu.Unlock()
 }
 
 // apply runs every handler for e's frame, stopping at the first error.
@@ -624,8 +635,8 @@ func (r *QuasarReplicator) tickLoop() {
 		case now := <-t.C:
 			r.mu.Lock()
 			r.st.tick(now)
+			r.sendLocked()
 			r.mu.Unlock()
-			r.flush()
 			r.kickApply()
 		}
 	}
