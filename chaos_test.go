@@ -1365,3 +1365,50 @@ func TestChaos_ProposerOrderAcrossRestoredNamespace(t *testing.T) {
 	}
 	require.Equal(t, []string{"a", "c"}, order, "S5: y (namespace c) applied before x (namespace a), whose Propose returned before y's began")
 }
+
+// TestChaos_ResetNamespaceBelowHeadDropsCoveredPending replays the double
+// applies TestChaos found after restores (S3): frames of a namespace are
+// linked but wait for a frame of another namespace that their proposer
+// ordered first (pending), and the application resets the namespace to a
+// snapshot below the driver's head that contains some of them. Those must
+// not be applied on top of the snapshot when their dependency arrives.
+func TestChaos_ResetNamespaceBelowHeadDropsCoveredPending(t *testing.T) {
+	ids := []string{"node-0", "node-1", "node-2"}
+	hub := NewMemoryHub()
+	defer hub.Close()
+	tr := hub.Connect(ids[0])
+	hub.Connect(ids[1])
+	hub.Connect(ids[2])
+	r, err := NewQuasar(context.Background(), QuasarConfig{NodeID: ids[0], Validators: ids, Transport: tr})
+	require.NoError(t, err)
+	defer r.Close()
+	applied := make(chan string, 16)
+	r.Subscribe(func(_ context.Context, f Frame) error {
+		applied <- fmt.Sprintf("%s/%d", f.Namespace, f.Seq)
+		return nil
+	})
+	voters := []nodeID{validatorNodeID(ids[1]), validatorNodeID(ids[2])}
+	certify := func(ns string, seq uint64, after ...nsRef) {
+		t.Helper()
+		f := Frame{OrgID: "org", Namespace: ns, Seq: seq, Op: "put", Key: "k", Value: fmt.Appendf(nil, "%s%d", ns, seq)}
+		rec := record{typ: recCertificate, prop: proposal{frame: f, prev: seq - 1, after: after, proposer: voters[0]}, voters: voters}
+		require.NoError(t, r.receive(1, encodeMessage([]record{rec})))
+	}
+	// a/1 and a/2 are accepted and linked (head 2), but a/1 waits for z/1.
+	certify("a", 1, nsRef{"org", "z", 1})
+	certify("a", 2)
+	require.Equal(t, 2, r.Metrics().PendingApply)
+	// The application restores a snapshot of a taken at seq 1.
+	r.ResetNamespace("org", "a", 1)
+	certify("z", 1)
+	var got []string
+	for len(got) < 2 {
+		select {
+		case s := <-applied:
+			got = append(got, s)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("applied %q, then nothing for 5s", got)
+		}
+	}
+	require.Equal(t, []string{"z/1", "a/2"}, got, "a/1 is in the snapshot the namespace was reset to: applying it again breaks S3")
+}
