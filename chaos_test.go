@@ -864,8 +864,11 @@ func runChaos(t *testing.T, seed uint64) chaosResult {
 	}
 	proposed, accepted, rejected, timedOut, applied, restores := chk.stats()
 	hs := c.hub.Stats()
-	t.Logf("seed %d: %d proposals: %d accepted, %d rejected, %d timed out; %d frames applied per node; %d behind reports, %d namespaces restored; hub: %d sent, %d dropped, %d duplicated, %d lost",
-		seed, proposed, accepted, rejected, timedOut, applied, behind.Load(), restores, hs.Sent, hs.Dropped, hs.Duplicated, hs.Lost)
+	chk.mu.Lock()
+	reorders := chk.restoreReorders
+	chk.mu.Unlock()
+	t.Logf("seed %d: %d proposals: %d accepted, %d rejected, %d timed out; %d frames applied per node; %d behind reports, %d namespaces restored, %d proposer orders broken only through a restored frame (documented limit); hub: %d sent, %d dropped, %d duplicated, %d lost",
+		seed, proposed, accepted, rejected, timedOut, applied, behind.Load(), restores, reorders, hs.Sent, hs.Dropped, hs.Duplicated, hs.Lost)
 	return chaosResult{proposals: proposed, frames: applied}
 }
 
