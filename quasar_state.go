@@ -1019,8 +1019,23 @@ func (st *state) resetNamespace(key spaceKey, seq uint64) {
 			e.skip = true
 		}
 	}
+	// So must the linked frames still waiting for their turn.
+	kept := ns.pending[:0]
+	for _, e := range ns.pending {
+		if e.p.frame.Seq > seq {
+			kept = append(kept, e)
+		} else {
+			st.nPending--
+			e.skip, e.applied = true, true
+			st.r.m.skipped.Add(1)
+		}
+	}
+	clear(ns.pending[len(kept):])
+	ns.pending = kept
 	if seq < ns.head {
 		st.replay(ns, seq)
+		ns.behind = false
+		st.drainPending(ns)
 		return
 	}
 	ns.head = seq
@@ -1028,16 +1043,6 @@ func (st *state) resetNamespace(key spaceKey, seq uint64) {
 	ns.maxSeen = max(ns.maxSeen, seq)
 	ns.voted = nil
 	ns.behind = false
-	kept := ns.pending[:0]
-	for _, e := range ns.pending {
-		if e.p.frame.Seq > seq {
-			kept = append(kept, e)
-		} else {
-			st.nPending--
-		}
-	}
-	clear(ns.pending[len(kept):])
-	ns.pending = kept
 	if !ns.listed {
 		ns.listed = true
 		st.spaceList = append(st.spaceList, ns)
