@@ -1032,25 +1032,26 @@ func (st *state) resetNamespace(key spaceKey, seq uint64) {
 	}
 	clear(ns.pending[len(kept):])
 	ns.pending = kept
+	// Whatever the snapshot covers counts as applied, also for the frames
+	// that wait for it (their proposer ordered them after it).
+	ns.dispatched = max(ns.dispatched, seq)
+	ns.applied = max(ns.applied, seq)
+	ns.behind = false
 	if seq < ns.head {
 		st.replay(ns, seq)
-		ns.behind = false
-		st.drainPending(ns)
-		return
+	} else {
+		ns.head = seq
+		ns.maxSeen = max(ns.maxSeen, seq)
+		ns.voted = nil
+		if !ns.listed {
+			ns.listed = true
+			st.spaceList = append(st.spaceList, ns)
+		}
+		if e := ns.at(seq); e != nil && e.state == stAccepted && !e.linked {
+			st.link(ns, e)
+		}
+		st.reevaluate(ns)
 	}
-	ns.head = seq
-	ns.dispatched = max(ns.dispatched, seq)
-	ns.maxSeen = max(ns.maxSeen, seq)
-	ns.voted = nil
-	ns.behind = false
-	if !ns.listed {
-		ns.listed = true
-		st.spaceList = append(st.spaceList, ns)
-	}
-	if e := ns.at(seq); e != nil && e.state == stAccepted && !e.linked {
-		st.link(ns, e)
-	}
-	st.reevaluate(ns)
 	st.drainPending(ns)
 	st.wakeAfterWaiters(ns)
 }
