@@ -10,6 +10,9 @@ func (r *QuasarReplicator) debugDump() string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var b strings.Builder
+	fmt.Fprintf(&b, "outbox flushing=%v count=%d full=%d bytes=%d; applying=%v applyQ=%d; undecided=%d\n",
+		r.st.out.flushing, r.st.out.count, len(r.st.out.full), len(r.st.out.buf), r.st.applying,
+		len(r.st.applyQ)-r.st.applyHead, r.st.undecided.n)
 	for _, ns := range r.st.spaces {
 		fmt.Fprintf(&b, "ns %s/%s head=%d dispatched=%d maxSeen=%d behind=%v busy=%v pending=%d deferred=%d open=%d voted=%v\n",
 			ns.key.org, ns.key.ns, ns.head, ns.dispatched, ns.maxSeen, ns.behind, ns.busy, len(ns.pending), len(ns.deferred), len(ns.open), ns.voted != nil)
