@@ -86,6 +86,7 @@ type entry struct {
 	w  *waiter // the local Propose waiting for it, if any
 
 	born, next, decidedAt, lastServed, lastVoted int64
+	repairAt, backoff                            int64 // repair backoff (tick)
 
 	prevL, nextL *entry // in state.undecided or state.retained
 }
@@ -1099,6 +1100,11 @@ func (st *state) tick(wall time.Time) {
 			st.forget(e)
 			continue
 		}
+		e.next = now + st.witness
+		if e.w == nil && now < e.repairAt {
+			st.undecided.pushBack(e) // backing off
+			continue
+		}
 		switch ns := e.ns; {
 		case e.w != nil:
 			m.resent.Add(1)
@@ -1113,7 +1119,14 @@ func (st *state) tick(wall time.Time) {
 			e.lastVoted = now
 			st.sendVote(e)
 		}
-		e.next = now + st.witness
+		if e.w == nil {
+			// Nobody waits for this frame here: repair it with exponential
+			// backoff (up to 32 WitnessAfter), so that many frames left
+			// undecided by a partition do not flood the network once it
+			// heals. A proposer keeps re-sending every WitnessAfter.
+			e.backoff = min(max(2*e.backoff, st.witness), 32*st.witness)
+			e.repairAt = now + e.backoff
+		}
 		st.undecided.pushBack(e)
 	}
 	for e := st.retained.head; e != nil; e = st.retained.head {
