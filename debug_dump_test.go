@@ -13,6 +13,14 @@ func (r *QuasarReplicator) debugDump() string {
 	fmt.Fprintf(&b, "outbox flushing=%v count=%d full=%d bytes=%d; applying=%v applyQ=%d; undecided=%d\n",
 		r.st.out.flushing, r.st.out.count, len(r.st.out.full), len(r.st.out.buf), r.st.applying,
 		len(r.st.applyQ)-r.st.applyHead, r.st.undecided.n)
+	for _, e := range r.st.applyQ[r.st.applyHead:] {
+		w := "none"
+		if e.w != nil {
+			w = fmt.Sprintf("waiter(wake=%v resolved=%v reentrant=%v)", e.w.wake != nil, e.w.resolved, e.w.reentrant)
+		}
+		fmt.Fprintf(&b, "  queued %s/%s seq=%d skip=%v applied=%v %s\n", e.key.org, e.key.ns, e.p.frame.Seq, e.skip, e.applied, w)
+	}
+	fmt.Fprintf(&b, "  kick pending=%d needKick=%v sendKick pending=%d\n", len(r.kick), r.st.needKick, len(r.sendKick))
 	for _, ns := range r.st.spaces {
 		fmt.Fprintf(&b, "ns %s/%s head=%d dispatched=%d maxSeen=%d behind=%v busy=%v pending=%d deferred=%d open=%d voted=%v\n",
 			ns.key.org, ns.key.ns, ns.head, ns.dispatched, ns.maxSeen, ns.behind, ns.busy, len(ns.pending), len(ns.deferred), len(ns.open), ns.voted != nil)
