@@ -896,9 +896,11 @@ func (st *state) onVote(v *vote, sender int) {
 	}
 	again := e.commits.has(voter) || e.cancels.has(voter)
 	st.countVote(e, voter, v.typ)
-	if again && e.state != stUndecided {
-		// A repeated vote is a re-send: its voter has not learned the
-		// decision yet.
+	if again && e.state == stAccepted {
+		// A repeated vote is a re-send: its voter has not learned that the
+		// frame was accepted; the certificate tells it. (A rejected frame
+		// is served on fetch only: serving it re-sends a vote, and answering
+		// repeated votes with votes would echo between decided nodes.)
 		st.serve(e)
 	}
 }
