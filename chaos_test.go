@@ -1430,3 +1430,85 @@ func TestChaos_ResetNamespaceBelowHeadDropsCoveredPending(t *testing.T) {
 	case <-time.After(50 * time.Millisecond):
 	}
 }
+
+// TestChaos_ForgottenCancelStaysCancel replays the S1 violation TestChaos
+// found with a small retention window (seed 7735554100816131037: a frame
+// whose Propose returned Reject, 3 of 5 validators having cancelled it,
+// then applied on every node). A validator cancels frame e (it committed
+// x at the same position), x is rejected (the position is free again), the
+// validator forgets e and, after enough other frames, its remembered vote
+// on e too, while its head stays below e's position. When e comes back
+// (re-sent by a node that still holds it), the validator must not commit
+// it: it cancelled e before, and a commit now lets e reach a quorum of
+// commits although a quorum of cancels rejected it elsewhere.
+func TestChaos_ForgottenCancelStaysCancel(t *testing.T) {
+	ids := []string{"node-0", "node-1", "node-2"}
+	hub := NewMemoryHub()
+	defer hub.Close()
+	tr := hub.Connect(ids[0])
+	hub.Connect(ids[1])
+	hub.Connect(ids[2])
+	r, err := NewQuasar(context.Background(), QuasarConfig{
+		NodeID: ids[0], Validators: ids, Transport: tr,
+		WitnessAfter: 10 * time.Millisecond, RetainFrames: 1,
+	})
+	require.NoError(t, err)
+	defer r.Close()
+	applied := make(chan string, 64)
+	r.Subscribe(func(_ context.Context, f Frame) error {
+		applied <- fmt.Sprintf("%s/%d/%s", f.Namespace, f.Seq, f.Value)
+		return nil
+	})
+	n1, n2 := validatorNodeID(ids[1]), validatorNodeID(ids[2])
+	send := func(from int, recs ...record) {
+		t.Helper()
+		require.NoError(t, r.receive(from, encodeMessage(recs)))
+	}
+	voteRec := func(f Frame, voter nodeID, typ byte) record {
+		id, _ := f.blockID(nil)
+		return record{typ: recVote, vote: vote{block: id, voter: voter, typ: typ}}
+	}
+	propRec := func(f Frame, prev uint64, proposer nodeID) record {
+		return record{typ: recProposal, prop: proposal{frame: f, prev: prev, proposer: proposer}}
+	}
+	x := Frame{OrgID: "org", Namespace: "s", Seq: 1, Op: "put", Key: "k", Value: []byte("x")}
+	e := Frame{OrgID: "org", Namespace: "s", Seq: 1, Op: "put", Key: "k", Value: []byte("e")}
+
+	send(1, propRec(x, 0, n1))                             // node-0 commits x
+	send(2, propRec(e, 0, n2), voteRec(e, n2, voteCommit)) // node-0 cancels e
+	send(1, voteRec(e, n1, voteCancel))                    // e: 2 cancels, rejected
+	send(1, voteRec(x, n1, voteCancel))
+	send(2, voteRec(x, n2, voteCancel)) // x rejected: position 0 of s is free
+	require.EqualValues(t, 2, r.Metrics().FramesRejected)
+
+	// Frames of another namespace, each voted on by node-0, push e and x
+	// out of the retention window and their votes out of its memory.
+	for seq := uint64(1); seq <= 12; seq++ {
+		o := Frame{OrgID: "org", Namespace: "o", Seq: seq, Op: "put", Key: "k", Value: fmt.Appendf(nil, "o%d", seq)}
+		send(1, propRec(o, seq-1, n1), voteRec(o, n1, voteCommit))
+		select {
+		case got := <-applied:
+			require.Equal(t, fmt.Sprintf("o/%d/o%d", seq, seq), got)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("o/%d was never applied", seq)
+		}
+		// Let retention run before the next one (tick: WitnessAfter/2).
+		require.Eventually(t, func() bool { return r.Metrics().Retained <= 1 }, 5*time.Second, time.Millisecond)
+	}
+
+	// e comes back, with node-2's commit (it proposed e).
+	send(2, propRec(e, 0, n2), voteRec(e, n2, voteCommit))
+	o := Frame{OrgID: "org", Namespace: "o", Seq: 13, Op: "put", Key: "k", Value: []byte("o13")}
+	send(1, propRec(o, 12, n1), voteRec(o, n1, voteCommit))
+	for {
+		select {
+		case got := <-applied:
+			require.NotEqual(t, "s/1/e", got, "S1: e was applied (node-0 cancelled it, then committed it after forgetting)")
+			if got == "o/13/o13" {
+				return
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("o/13 was never applied")
+		}
+	}
+}
