@@ -1203,29 +1203,43 @@ func (st *state) forget(e *entry) {
 
 // remember keeps this validator's vote on a frame it forgets, so that if the
 // frame comes back (a late re-send, a fetch answer) it gets the same vote
-// again: a validator that voted commit and later cancel on one frame could
-// let one node count the commit and another the cancel, breaking S1.
-// The memory is bounded (forgotCap votes, oldest dropped first); a frame
-// older than that is hopelessly stale.
+// again: a validator that voted cancel and later commit on one frame could
+// let one node count the cancel and another the commit, breaking S1.
+//
+// Only votes at positions the namespace has not passed matter: a validator
+// commits only on top of its head, and a frame at a passed position can
+// never be accepted (another frame holds q commits there), so a different
+// vote on it is harmless. The memory therefore drops the oldest votes beyond
+// forgotCap only once their position is passed; votes at a current position
+// are kept whatever their number (they are bounded by the frames racing for
+// the heads of the namespaces).
 func (st *state) remember(e *entry) {
 	if e.myVote == 0 {
 		return
 	}
-	if len(st.forgotQ) >= st.forgotCap {
+	for n := min(len(st.forgotQ), 8); n > 0 && len(st.forgotQ) >= st.forgotCap; n-- { // bounded work per call
 		old := st.forgotQ[0]
 		st.forgotQ = st.forgotQ[1:]
-		if v, ok := st.forgot[old.id]; ok && v.gen == old.gen {
-			delete(st.forgot, old.id)
+		v, ok := st.forgot[old.id]
+		if !ok || v.gen != old.gen {
+			continue // restored or re-forgotten since
 		}
+		if v.ns.head <= v.prev {
+			st.forgotQ = append(st.forgotQ, old) // still current: keep
+			continue
+		}
+		delete(st.forgot, old.id)
 	}
 	st.forgotGen++
-	st.forgot[e.id] = forgotVote{typ: e.myVote, gen: st.forgotGen}
+	st.forgot[e.id] = forgotVote{typ: e.myVote, gen: st.forgotGen, ns: e.ns, prev: e.p.prev}
 	st.forgotQ = append(st.forgotQ, forgotRef{id: e.id, gen: st.forgotGen})
 }
 
 type forgotVote struct {
-	typ byte
-	gen uint64
+	typ  byte
+	gen  uint64
+	ns   *nsState
+	prev uint64
 }
 
 type forgotRef struct {
