@@ -1214,8 +1214,8 @@ func (st *state) forget(e *entry) {
 // are kept whatever their number (they are bounded by the frames racing for
 // the heads of the namespaces).
 func (st *state) remember(e *entry) {
-	if e.myVote == 0 {
-		return
+	if e.myVote == 0 || e.p.prev < e.ns.head {
+		return // no vote, or a passed position: nothing to protect
 	}
 	for n := min(len(st.forgotQ), 8); n > 0 && len(st.forgotQ) >= st.forgotCap; n-- { // bounded work per call
 		old := st.forgotQ[0]
