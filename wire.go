@@ -99,15 +99,14 @@ type vote struct {
 
 // record is one decoded record. Only the fields of its type are set.
 type record struct {
-	typ     byte
-	prop    proposal    // proposal, certificate
-	vote    vote        // vote
-	block   [idLen]byte // fetch
-	voters  []nodeID    // certificate
-	ref     nsRef       // sync, behind (seq = from)
-	who     nodeID      // sync, behind: requester
-	digest  []nsRef     // digest (seq = head)
-	rawBody []byte
+	typ    byte
+	prop   proposal    // proposal, certificate
+	vote   vote        // vote
+	block  [idLen]byte // fetch
+	voters []nodeID    // certificate
+	ref    nsRef       // sync, behind (seq = from)
+	who    nodeID      // sync, behind: requester
+	digest []nsRef     // digest (seq = head)
 	// Filled by the driver, not the decoder: the block ID and JSON payload
 	// of a proposal's or certificate's frame.
 	id      [idLen]byte
@@ -346,7 +345,7 @@ func decodeMessage(msg []byte, maxFrame int, recs []record) ([]record, error) {
 		if d.err != nil {
 			break
 		}
-		r := record{typ: typ, rawBody: body.b}
+		r := record{typ: typ}
 		switch typ {
 		case recProposal:
 			body.proposal(&r.prop, maxFrame)

@@ -72,13 +72,11 @@ func encodeMessage(recs []record) []byte {
 	return finishMessage(b, len(recs))
 }
 
-// comparableRecords strips what an encoder cannot reproduce: the raw body (record
-// lengths are written 4 bytes wide, a sender may use fewer) and a vote's
+// comparableRecords strips what an encoder cannot reproduce: a vote's
 // signature (appendVoteRecord writes none; the driver ignores it).
 func comparableRecords(recs []record) []record {
 	out := make([]record, len(recs))
 	for i, r := range recs {
-		r.rawBody = nil
 		r.vote.sig = nil
 		out[i] = r
 	}
