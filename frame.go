@@ -75,6 +75,13 @@ func (f *Frame) blockID(scratch []byte) (id [32]byte, buf []byte) {
 	return sha256.Sum256(buf), buf
 }
 
+// block returns the frame's block ID and its JSON encoding (the block's
+// payload), built in one allocation of exactly the right size.
+func (f *Frame) block() (id [32]byte, payload []byte) {
+	id, buf := f.blockID(make([]byte, 0, 8+f.size()))
+	return id, buf[8:]
+}
+
 const hexDigits = "0123456789abcdef"
 
 // appendJSONString appends s as a JSON string exactly as encoding/json does

@@ -1,7 +1,6 @@
 package replication
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -438,11 +437,9 @@ func (r *QuasarReplicator) receive(sender int, payload []byte) error {
 	}
 	// Hash the frames before taking mu: the block ID is the costliest part
 	// of a proposal and needs no shared state.
-	var scratch []byte
 	for i := range recs {
 		if rec := &recs[i]; rec.typ == recProposal || rec.typ == recCertificate {
-			rec.id, scratch = rec.prop.frame.blockID(scratch)
-			rec.payload = bytes.Clone(scratch[8:])
+			rec.id, rec.payload = rec.prop.frame.block()
 		}
 	}
 	r.mu.Lock()

@@ -158,6 +158,10 @@ type nsState struct {
 	lastSync int64
 	behind   bool
 	listed   bool
+	// frontierSeq is the Seq of this namespace's frame in state.frontier,
+	// at index frontierAt-1 (0: not in it).
+	frontierSeq uint64
+	frontierAt  int
 	// chain holds the accepted frames this node retains, by the Seq they
 	// extend (their position): how links are followed and syncs served.
 	chain map[uint64]*entry
@@ -222,10 +226,12 @@ type state struct {
 	orphans map[[idLen]byte]*orphan
 	orphanQ [][idLen]byte
 
-	// frontier: own frames whose Propose returned DecisionAccept and that
-	// no accepted later proposal names in its after list yet.
-	// At most one frame per namespace: the namespace chain orders the rest.
-	frontier map[*nsState]uint64
+	// frontier: the namespaces of own frames whose Propose returned
+	// DecisionAccept and that no accepted later proposal names in its
+	// after list yet (nsState.frontierSeq, frontierAt). At most one frame
+	// per namespace: the namespace chain orders the rest. A slice, not a
+	// map: every proposal copies it, so iterating it is the hot path.
+	frontier []*nsState
 
 	// forgot: this validator's votes on frames it forgot (see remember).
 	forgot    map[[idLen]byte]forgotVote
@@ -235,7 +241,6 @@ type state struct {
 
 	behindEvents []error
 	lastDigest   int64
-	scratch      []byte
 	vote         consensus.Vote
 }
 
@@ -247,7 +252,6 @@ func (st *state) init(r *QuasarReplicator) {
 	st.entries = make(map[[idLen]byte]*entry)
 	st.spaces = make(map[spaceKey]*nsState)
 	st.orphans = make(map[[idLen]byte]*orphan)
-	st.frontier = make(map[*nsState]uint64)
 	st.forgot = make(map[[idLen]byte]forgotVote)
 	st.forgotCap = 4 * r.cfg.RetainFrames
 }
@@ -293,11 +297,13 @@ func (st *state) own(p *proposal, ns *nsState) {
 	}
 	if len(p.after) > 0 {
 		after := make([]nsRef, len(p.after))
+		deps := make([]*nsState, len(p.after))
 		for i, a := range p.after {
 			dep := st.space(spaceKey{a.org, a.ns})
 			after[i] = nsRef{dep.key.org, dep.key.ns, a.seq}
+			deps[i] = dep
 		}
-		p.after = after
+		p.after, p.deps = after, deps
 	}
 }
 
@@ -319,8 +325,7 @@ func (st *state) propose(f *Frame, reentrant, granted bool) (*waiter, error) {
 	}
 	f.Seq = seq
 	ns.maxSeen = max(ns.maxSeen, seq)
-	var id [idLen]byte
-	id, st.scratch = f.blockID(st.scratch)
+	id, payload := f.block()
 	if e := st.entries[id]; e != nil && !st.solo {
 		// The very same frame (content and Seq) is already held: wait for
 		// it, unless it cannot be accepted on top of our head.
@@ -336,16 +341,21 @@ func (st *state) propose(f *Frame, reentrant, granted bool) (*waiter, error) {
 	e := &entry{id: id, key: key, ns: ns}
 	e.p.frame = *f
 	e.p.prev = ns.head
-	if len(st.frontier) > 0 {
-		e.p.after = make([]nsRef, 0, len(st.frontier))
-		for dep, seq := range st.frontier {
-			e.p.after = append(e.p.after, nsRef{dep.key.org, dep.key.ns, seq})
+	for _, dep := range st.frontier {
+		if dep == ns && dep.frontierSeq <= ns.head {
+			continue // e extends the chain through it
 		}
+		if e.p.after == nil {
+			e.p.after = make([]nsRef, 0, len(st.frontier))
+			e.p.deps = make([]*nsState, 0, len(st.frontier))
+		}
+		e.p.after = append(e.p.after, nsRef{dep.key.org, dep.key.ns, dep.frontierSeq})
+		e.p.deps = append(e.p.deps, dep)
 	}
 	e.p.proposer = st.r.ids[st.r.self]
 	w := &waiter{reentrant: reentrant, e: e}
 	e.w, ns.inflight = w, e
-	st.add(e, bytes.Clone(st.scratch[8:])) // st.scratch: Seq ‖ JSON, from blockID
+	st.add(e, payload)
 	st.sendProposal(&e.p)
 	st.castVote(e)
 	return w, nil
@@ -406,16 +416,28 @@ func (st *state) resolve(w *waiter, d Decision, err error) {
 		// The Propose returns Accept: later proposals of this node are
 		// applied after this frame everywhere (S5).
 		e := w.e
-		for _, a := range e.p.after {
-			dep := st.spaces[spaceKey{a.org, a.ns}]
-			if seq, ok := st.frontier[dep]; ok && seq <= a.seq {
-				delete(st.frontier, dep)
+		for i, a := range e.p.after {
+			if dep := e.p.deps[i]; dep.frontierAt != 0 && dep.frontierSeq <= a.seq {
+				st.leaveFrontier(dep)
 			}
 		}
-		if seq := e.p.frame.Seq; seq > st.frontier[e.ns] {
-			st.frontier[e.ns] = seq
+		if ns := e.ns; ns.frontierAt == 0 {
+			st.frontier = append(st.frontier, ns)
+			ns.frontierAt, ns.frontierSeq = len(st.frontier), e.p.frame.Seq
+		} else {
+			ns.frontierSeq = max(ns.frontierSeq, e.p.frame.Seq)
 		}
 	}
+}
+
+// leaveFrontier removes ns from state.frontier.
+func (st *state) leaveFrontier(ns *nsState) {
+	i, last := ns.frontierAt-1, len(st.frontier)-1
+	moved := st.frontier[last]
+	st.frontier[i], moved.frontierAt = moved, i+1
+	st.frontier[last] = nil
+	st.frontier = st.frontier[:last]
+	ns.frontierAt, ns.frontierSeq = 0, 0
 }
 
 func (w *waiter) signal() {
@@ -690,9 +712,8 @@ func (st *state) enqueueApply(ns *nsState, e *entry) {
 // afterOK reports whether every frame that e's proposer ordered before it
 // was queued for apply here (or its namespace is known to be lost).
 func (st *state) afterOK(e *entry) bool {
-	for _, a := range e.p.after {
-		ns := st.spaces[spaceKey{a.org, a.ns}]
-		if ns == nil || (ns.dispatched < a.seq && !ns.behind) {
+	for i, a := range e.p.after {
+		if ns := e.p.deps[i]; ns.dispatched < a.seq && !ns.behind {
 			return false
 		}
 	}
@@ -700,9 +721,8 @@ func (st *state) afterOK(e *entry) bool {
 }
 
 func (st *state) waitAfter(ns *nsState, e *entry) {
-	for _, a := range e.p.after {
-		dep := st.space(spaceKey{a.org, a.ns})
-		if dep.dispatched < a.seq && !dep.behind {
+	for i, a := range e.p.after {
+		if dep := e.p.deps[i]; dep.dispatched < a.seq && !dep.behind {
 			dep.afterWaiters = append(dep.afterWaiters, ns)
 			if dep.head < a.seq {
 				st.requestSync(dep)
@@ -1181,7 +1201,7 @@ func (st *state) tick(wall time.Time) {
 		for i := 0; i < len(st.spaceList) && len(heads) < digestBatch; i++ {
 			st.digestAt = (st.digestAt + 1) % len(st.spaceList)
 			ns := st.spaceList[st.digestAt]
-			heads = append(heads, nsRef{ns.key.org, ns.key.ns, ns.head})
+			heads = append(heads, nsRef{org: ns.key.org, ns: ns.key.ns, seq: ns.head})
 		}
 		st.out.begin()
 		st.out.buf = appendDigestRecord(st.out.buf, heads)

@@ -84,9 +84,13 @@ type nsRef struct {
 
 // proposal is a decoded proposal record.
 type proposal struct {
-	frame    Frame
-	prev     uint64
-	after    []nsRef
+	frame Frame
+	prev  uint64
+	after []nsRef
+	// deps[i] is the state of after[i]'s namespace on this node: set when
+	// a proposal is made or owned (never by the decoder), so that the
+	// apply path follows pointers instead of looking names up again.
+	deps     []*nsState
 	proposer nodeID
 }
 
