@@ -25,7 +25,7 @@ const (
 )
 
 const (
-	epochBlocks    = 1024      // blocks fed to one engine before a fresh one takes over
+	epochBlocks    = 256       // blocks fed to one engine before a fresh one takes over (its maps stay small)
 	inlineFlushMax = 2         // above this many undecided frames, sendLoop sends
 	maxBatchBytes  = 256 << 10 // a message is cut once it holds this much
 	maxOrphans     = 4096      // votes for unknown blocks held, by block
