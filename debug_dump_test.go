@@ -26,11 +26,10 @@ func (r *QuasarReplicator) debugDump() string {
 			ns.key.org, ns.key.ns, ns.head, ns.dispatched, ns.maxSeen, ns.behind, ns.busy, len(ns.pending), len(ns.deferred), len(ns.open), ns.voted != nil)
 		if len(ns.pending) > 0 {
 			e := ns.pending[0]
-			fmt.Fprintf(&b, "   front pending seq=%d prev=%d after=%v\n", e.p.frame.Seq, e.p.prev, e.p.after)
-			for _, a := range e.p.after {
-				if d := r.st.spaces[spaceKey{a.org, a.ns}]; d != nil {
-					fmt.Fprintf(&b, "     dep %s/%s need %d: head=%d dispatched=%d behind=%v\n", a.org, a.ns, a.seq, d.head, d.dispatched, d.behind)
-				}
+			fmt.Fprintf(&b, "   front pending seq=%d prev=%d after=%d refs\n", e.p.frame.Seq, e.p.prev, len(e.p.deps))
+			for _, a := range e.p.deps {
+				d := a.ns
+				fmt.Fprintf(&b, "     dep %s/%s need %d: head=%d dispatched=%d behind=%v\n", d.key.org, d.key.ns, a.seq, d.head, d.dispatched, d.behind)
 			}
 		}
 		for prev, e := range ns.chain {

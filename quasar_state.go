@@ -296,14 +296,11 @@ func (st *state) own(p *proposal, ns *nsState) {
 		f.Value = bytes.Clone(f.Value)
 	}
 	if len(p.after) > 0 {
-		after := make([]nsRef, len(p.after))
-		deps := make([]*nsState, len(p.after))
+		p.deps = make([]depRef, len(p.after))
 		for i, a := range p.after {
-			dep := st.space(spaceKey{a.org, a.ns})
-			after[i] = nsRef{dep.key.org, dep.key.ns, a.seq}
-			deps[i] = dep
+			p.deps[i] = depRef{st.space(spaceKey{a.org, a.ns}), a.seq}
 		}
-		p.after, p.deps = after, deps
+		p.after = nil
 	}
 }
 
@@ -345,12 +342,10 @@ func (st *state) propose(f *Frame, reentrant, granted bool) (*waiter, error) {
 		if dep == ns && dep.frontierSeq <= ns.head {
 			continue // e extends the chain through it
 		}
-		if e.p.after == nil {
-			e.p.after = make([]nsRef, 0, len(st.frontier))
-			e.p.deps = make([]*nsState, 0, len(st.frontier))
+		if e.p.deps == nil {
+			e.p.deps = make([]depRef, 0, len(st.frontier))
 		}
-		e.p.after = append(e.p.after, nsRef{dep.key.org, dep.key.ns, dep.frontierSeq})
-		e.p.deps = append(e.p.deps, dep)
+		e.p.deps = append(e.p.deps, depRef{dep, dep.frontierSeq})
 	}
 	e.p.proposer = st.r.ids[st.r.self]
 	w := &waiter{reentrant: reentrant, e: e}
@@ -416,8 +411,8 @@ func (st *state) resolve(w *waiter, d Decision, err error) {
 		// The Propose returns Accept: later proposals of this node are
 		// applied after this frame everywhere (S5).
 		e := w.e
-		for i, a := range e.p.after {
-			if dep := e.p.deps[i]; dep.frontierAt != 0 && dep.frontierSeq <= a.seq {
+		for _, a := range e.p.deps {
+			if dep := a.ns; dep.frontierAt != 0 && dep.frontierSeq <= a.seq {
 				st.leaveFrontier(dep)
 			}
 		}
@@ -712,8 +707,8 @@ func (st *state) enqueueApply(ns *nsState, e *entry) {
 // afterOK reports whether every frame that e's proposer ordered before it
 // was queued for apply here (or its namespace is known to be lost).
 func (st *state) afterOK(e *entry) bool {
-	for i, a := range e.p.after {
-		if ns := e.p.deps[i]; ns.dispatched < a.seq && !ns.behind {
+	for _, a := range e.p.deps {
+		if ns := a.ns; ns.dispatched < a.seq && !ns.behind {
 			return false
 		}
 	}
@@ -721,8 +716,8 @@ func (st *state) afterOK(e *entry) bool {
 }
 
 func (st *state) waitAfter(ns *nsState, e *entry) {
-	for i, a := range e.p.after {
-		if dep := e.p.deps[i]; dep.dispatched < a.seq && !dep.behind {
+	for _, a := range e.p.deps {
+		if dep := a.ns; dep.dispatched < a.seq && !dep.behind {
 			dep.afterWaiters = append(dep.afterWaiters, ns)
 			if dep.head < a.seq {
 				st.requestSync(dep)

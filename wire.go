@@ -82,15 +82,24 @@ type nsRef struct {
 	seq     uint64
 }
 
-// proposal is a decoded proposal record.
+// depRef is an after-list entry a node holds: the namespace's state on
+// this node and the Seq. It replaces the names (nsRef) once a proposal is
+// made or owned, so that the apply path follows a pointer instead of
+// looking the names up again, and a held entry costs 16 bytes and one
+// pointer per reference instead of two strings.
+type depRef struct {
+	ns  *nsState
+	seq uint64
+}
+
+// proposal is a proposal record. A decoded one names its after-list in
+// after (aliasing the message); a held one (made by propose or owned from
+// a decoded one) in deps, with after nil. Both encode alike.
 type proposal struct {
-	frame Frame
-	prev  uint64
-	after []nsRef
-	// deps[i] is the state of after[i]'s namespace on this node: set when
-	// a proposal is made or owned (never by the decoder), so that the
-	// apply path follows pointers instead of looking names up again.
-	deps     []*nsState
+	frame    Frame
+	prev     uint64
+	after    []nsRef
+	deps     []depRef
 	proposer nodeID
 }
 
@@ -138,11 +147,16 @@ func appendProposal(b []byte, p *proposal) []byte {
 	b = appendStr(b, f.Key)
 	b = appendBytes(b, f.Value)
 	b = binary.AppendUvarint(b, p.prev)
-	b = binary.AppendUvarint(b, uint64(len(p.after)))
+	b = binary.AppendUvarint(b, uint64(len(p.after)+len(p.deps))) // one is empty
 	for _, a := range p.after {
 		b = appendStr(b, a.org)
 		b = appendStr(b, a.ns)
 		b = binary.AppendUvarint(b, a.seq)
+	}
+	for _, d := range p.deps {
+		b = appendStr(b, d.ns.key.org)
+		b = appendStr(b, d.ns.key.ns)
+		b = binary.AppendUvarint(b, d.seq)
 	}
 	return append(b, p.proposer[:]...)
 }
