@@ -331,9 +331,6 @@ func (st *state) propose(f *Frame, reentrant, granted bool) (*waiter, error) {
 	e.p.frame = *f
 	e.p.prev = ns.head
 	for _, dep := range st.frontier {
-		if dep == ns && dep.frontierSeq <= ns.head {
-			continue // e extends the chain through it
-		}
 		if e.p.deps == nil {
 			e.p.deps = make([]depRef, 0, len(st.frontier))
 		}
