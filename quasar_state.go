@@ -331,6 +331,11 @@ func (st *state) propose(f *Frame, reentrant, granted bool) (*waiter, error) {
 	e.p.frame = *f
 	e.p.prev = ns.head
 	for _, dep := range st.frontier {
+		if dep == ns && dep.frontierSeq <= ns.head {
+			// e extends the chain through that frame: every node applies
+			// the namespace in chain order, so naming it adds nothing.
+			continue
+		}
 		if e.p.deps == nil {
 			e.p.deps = make([]depRef, 0, len(st.frontier))
 		}

@@ -37,9 +37,11 @@ import (
 // prev is the Seq of the frame this one extends in its namespace's chain (0:
 // the start); the after list names frames of the same proposer whose Propose
 // calls returned DecisionAccept before this one began (those not already
-// implied by an earlier proposal's list): every node applies them first
-// (proposer order, S5). A
-// certificate is an accepted frame with the validators whose commit votes
+// implied by an earlier proposal's list, nor by the chain this frame
+// extends): every node applies them first (proposer order, S5). The list
+// holds at most one frame per namespace, and a frame leaves it once an
+// accepted proposal names it, so under a steady load its length is about
+// the number of namespaces the proposer writes concurrently. A certificate is an accepted frame with the validators whose commit votes
 // decided it: it is how a node catches up on frames whose votes it missed.
 // fetch asks for a block by ID; sync asks for the accepted frames of a
 // namespace after Seq from; digest advertises namespace heads (anti-entropy);
