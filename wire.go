@@ -41,7 +41,9 @@ import (
 // extends): every node applies them first (proposer order, S5). The list
 // holds at most one frame per namespace, and a frame leaves it once an
 // accepted proposal names it, so under a steady load its length is about
-// the number of namespaces the proposer writes concurrently. A certificate is an accepted frame with the validators whose commit votes
+// the number of namespaces the proposer writes concurrently.
+//
+// A certificate is an accepted frame with the validators whose commit votes
 // decided it: it is how a node catches up on frames whose votes it missed.
 // fetch asks for a block by ID; sync asks for the accepted frames of a
 // namespace after Seq from; digest advertises namespace heads (anti-entropy);
