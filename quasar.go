@@ -301,23 +301,32 @@ func (r *QuasarReplicator) Propose(ctx context.Context, f Frame) (Decision, erro
 
 // waitTurn waits until the namespace is free for this proposal.
 func (r *QuasarReplicator) waitTurn(ctx context.Context, t *turn, deadline time.Time) (Decision, error) {
-	timer := time.NewTimer(time.Until(deadline))
-	defer timer.Stop()
-	var cause error
-	select {
-	case <-t.ch:
+	timer := getTimer(time.Until(deadline))
+	defer putTimer(timer)
+	cause := r.await(ctx, t.ch, timer)
+	if cause == nil {
 		return DecisionUndecided, nil
-	case <-r.closing:
-		cause = ErrClosed
-	case <-ctx.Done():
-		cause = ctx.Err()
-	case <-timer.C:
-		cause = timeoutCause(ctx)
 	}
 	r.mu.Lock()
 	r.st.abandonTurn(t)
 	r.mu.Unlock()
 	return r.failed(cause)
+}
+
+// await waits for a signal on ch and returns nil, or returns why the wait
+// for it ended first: ErrClosed, ctx's error, or timeoutCause when the
+// ProposeWait timer fired.
+func (r *QuasarReplicator) await(ctx context.Context, ch <-chan struct{}, timer *time.Timer) error {
+	select {
+	case <-ch:
+		return nil
+	case <-r.closing:
+		return ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-timer.C:
+		return timeoutCause(ctx)
+	}
 }
 
 func (r *QuasarReplicator) failed(cause error) (Decision, error) {
@@ -343,25 +352,18 @@ func (r *QuasarReplicator) wait(ctx context.Context, w *waiter, deadline time.Ti
 	timer := getTimer(time.Until(deadline))
 	defer putTimer(timer)
 	var cause error
-	for cause == nil {
-		select {
-		case <-w.wake:
-			r.mu.Lock()
-			if !w.reentrant {
-				r.applyLocked()
-			}
-			resolved := w.resolved
-			r.mu.Unlock()
-			if resolved {
-				return r.result(w)
-			}
-			continue
-		case <-r.closing:
-			cause = ErrClosed
-		case <-ctx.Done():
-			cause = ctx.Err()
-		case <-timer.C:
-			cause = timeoutCause(ctx)
+	for {
+		if cause = r.await(ctx, w.wake, timer); cause != nil {
+			break
+		}
+		r.mu.Lock()
+		if !w.reentrant {
+			r.applyLocked()
+		}
+		resolved := w.resolved
+		r.mu.Unlock()
+		if resolved {
+			return r.result(w)
 		}
 	}
 	r.mu.Lock()
