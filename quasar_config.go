@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"cmp"
 	"fmt"
 	"log/slog"
 	"time"
@@ -83,29 +84,18 @@ func (c QuasarConfig) withDefaults() QuasarConfig {
 		c.Validators = c.Transport.Validators()
 	}
 	c.Validators = append([]string(nil), c.Validators...)
-	if c.ProposeWait == 0 {
-		c.ProposeWait = DefaultProposeWait
-	}
-	if c.WitnessAfter == 0 {
-		c.WitnessAfter = DefaultWitnessAfter
-	}
-	if c.Quorum == 0 {
-		c.Quorum = len(c.Validators)/2 + 1
-	}
-	if c.MaxFrameBytes == 0 {
+	c.ProposeWait = cmp.Or(c.ProposeWait, DefaultProposeWait)
+	c.WitnessAfter = cmp.Or(c.WitnessAfter, DefaultWitnessAfter)
+	c.Quorum = cmp.Or(c.Quorum, len(c.Validators)/2+1)
+	switch {
+	case c.MaxFrameBytes == 0:
 		c.MaxFrameBytes = DefaultMaxFrameBytes
-	} else if c.MaxFrameBytes < 0 {
-		c.MaxFrameBytes = 0
+	case c.MaxFrameBytes < 0:
+		c.MaxFrameBytes = 0 // no limit (the driver checks only a positive limit)
 	}
-	if c.RetainFrames == 0 {
-		c.RetainFrames = DefaultRetainFrames
-	}
-	if c.RetainFor == 0 {
-		c.RetainFor = DefaultRetainFor
-	}
-	if c.AntiEntropyInterval == 0 {
-		c.AntiEntropyInterval = DefaultAntiEntropyInterval
-	}
+	c.RetainFrames = cmp.Or(c.RetainFrames, DefaultRetainFrames)
+	c.RetainFor = cmp.Or(c.RetainFor, DefaultRetainFor)
+	c.AntiEntropyInterval = cmp.Or(c.AntiEntropyInterval, DefaultAntiEntropyInterval)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}

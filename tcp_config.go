@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"cmp"
 	"crypto/tls"
 	"fmt"
 	"log/slog"
@@ -144,27 +145,13 @@ type TCPConfig struct {
 
 // withDefaults returns a copy of c with defaults filled in and Peers copied.
 func (c TCPConfig) withDefaults() TCPConfig {
-	if c.MaxMessageBytes == 0 {
-		c.MaxMessageBytes = DefaultTCPMaxMessageBytes
-	}
-	if c.SendQueue == 0 {
-		c.SendQueue = DefaultTCPSendQueue
-	}
-	if c.DialTimeout == 0 {
-		c.DialTimeout = DefaultTCPDialTimeout
-	}
-	if c.HandshakeTimeout == 0 {
-		c.HandshakeTimeout = DefaultTCPHandshakeTimeout
-	}
-	if c.MinBackoff == 0 {
-		c.MinBackoff = DefaultTCPMinBackoff
-	}
-	if c.MaxBackoff == 0 {
-		c.MaxBackoff = DefaultTCPMaxBackoff
-	}
-	if c.WriteTimeout == 0 {
-		c.WriteTimeout = DefaultTCPWriteTimeout
-	}
+	c.MaxMessageBytes = cmp.Or(c.MaxMessageBytes, DefaultTCPMaxMessageBytes)
+	c.SendQueue = cmp.Or(c.SendQueue, DefaultTCPSendQueue)
+	c.DialTimeout = cmp.Or(c.DialTimeout, DefaultTCPDialTimeout)
+	c.HandshakeTimeout = cmp.Or(c.HandshakeTimeout, DefaultTCPHandshakeTimeout)
+	c.MinBackoff = cmp.Or(c.MinBackoff, DefaultTCPMinBackoff)
+	c.MaxBackoff = cmp.Or(c.MaxBackoff, DefaultTCPMaxBackoff)
+	c.WriteTimeout = cmp.Or(c.WriteTimeout, DefaultTCPWriteTimeout)
 	peers := make(map[string]string, len(c.Peers))
 	for id, addr := range c.Peers {
 		peers[id] = addr
