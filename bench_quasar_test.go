@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
 )
 
 // benchValue is the 256-byte value every Propose benchmark uses.
@@ -20,81 +23,96 @@ func BenchmarkQuasarPropose1Node(b *testing.B) {
 	defer r.Close()
 	var applied atomic.Int64
 	r.Subscribe(func(context.Context, Frame) error { applied.Add(1); return nil })
-	ctx := context.Background()
-	f := Frame{OrgID: "org", Namespace: "ns", Op: "put", Key: "k", Value: benchValue}
-	b.ReportAllocs()
-	b.SetBytes(int64(len(benchValue)))
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		if d, err := r.Propose(ctx, f); d != DecisionAccept {
-			b.Fatal(d, err)
-		}
-	}
-	b.StopTimer()
+	benchProposeSequential(b, r)
 	if applied.Load() != int64(b.N) {
 		b.Fatalf("applied %d of %d", applied.Load(), b.N)
 	}
 }
 
-// benchCluster starts n validators on a MemoryHub, each with a counting
-// handler, for the multi-node benchmarks.
-func benchCluster(b *testing.B, n int) ([]*QuasarReplicator, *atomic.Int64, func()) {
-	hub := NewMemoryHub()
-	ids := make([]string, n)
-	for i := range ids {
-		ids[i] = fmt.Sprintf("node-%d", i)
-	}
-	var applied atomic.Int64
-	var rs []*QuasarReplicator
-	for _, id := range ids {
-		r, err := NewQuasar(context.Background(), QuasarConfig{NodeID: id, Validators: ids, Transport: hub.Connect(id)})
-		if err != nil {
-			b.Fatal(err)
-		}
-		r.Subscribe(func(context.Context, Frame) error { applied.Add(1); return nil })
-		rs = append(rs, r)
-	}
-	return rs, &applied, func() {
-		for _, r := range rs {
-			r.Close()
-		}
-		hub.Close()
-	}
-}
-
-func BenchmarkQuasarPropose3Node(b *testing.B) {
-	rs, _, stop := benchCluster(b, 3)
-	defer stop()
+// benchProposeSequential times b.N Propose calls on r, one after the
+// other, into one namespace, and stops the timer.
+func benchProposeSequential(b *testing.B, r *QuasarReplicator) {
 	ctx := context.Background()
 	f := Frame{OrgID: "org", Namespace: "ns", Op: "put", Key: "k", Value: benchValue}
 	b.ReportAllocs()
 	b.SetBytes(int64(len(benchValue)))
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if d, err := rs[0].Propose(ctx, f); d != DecisionAccept {
+		if d, err := r.Propose(ctx, f); d != DecisionAccept || err != nil {
 			b.Fatal(d, err)
 		}
 	}
+	b.StopTimer()
 }
 
-func BenchmarkQuasarPropose3NodeParallel(b *testing.B) {
-	rs, _, stop := benchCluster(b, 3)
-	defer stop()
+// benchProposeParallel times b.N Propose calls by 64 proposers
+// (SetParallelism 32 on this 2-core machine), each with a namespace of its
+// own, spread over rs, and stops the timer.
+func benchProposeParallel(b *testing.B, rs []*QuasarReplicator) {
 	ctx := context.Background()
 	var next atomic.Int64
 	b.ReportAllocs()
 	b.SetBytes(int64(len(benchValue)))
-	b.SetParallelism(32) // 64 proposers on this 2-core machine
+	b.SetParallelism(32)
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		i := next.Add(1)
 		r := rs[int(i)%len(rs)]
 		f := Frame{OrgID: "org", Namespace: fmt.Sprintf("ns-%d", i), Op: "put", Key: "k", Value: benchValue}
 		for pb.Next() {
-			if d, err := r.Propose(ctx, f); d != DecisionAccept {
+			if d, err := r.Propose(ctx, f); d != DecisionAccept || err != nil {
 				b.Error(d, err)
 				return
 			}
 		}
 	})
+	b.StopTimer()
+}
+
+// benchCluster starts n validators on a MemoryHub, each with a counting
+// handler, for the multi-node benchmarks. finish checks, after the timed
+// loop, that every node applied every frame.
+func benchCluster(b *testing.B, n int) (rs []*QuasarReplicator, finish func()) {
+	hub := NewMemoryHub()
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("node-%d", i)
+	}
+	applied := make([]atomic.Int64, n)
+	for i, id := range ids {
+		r, err := NewQuasar(context.Background(), QuasarConfig{NodeID: id, Validators: ids, Transport: hub.Connect(id)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		r.Subscribe(func(context.Context, Frame) error { applied[i].Add(1); return nil })
+		rs = append(rs, r)
+	}
+	b.Cleanup(func() {
+		for _, r := range rs {
+			r.Close()
+		}
+		hub.Close()
+	})
+	return rs, func() {
+		require.Eventually(b, func() bool {
+			for i := range applied {
+				if applied[i].Load() != int64(b.N) {
+					return false
+				}
+			}
+			return true
+		}, 10*time.Second, time.Millisecond, "not every node applied exactly the %d frames", b.N)
+	}
+}
+
+func BenchmarkQuasarPropose3Node(b *testing.B) {
+	rs, finish := benchCluster(b, 3)
+	benchProposeSequential(b, rs[0])
+	finish()
+}
+
+func BenchmarkQuasarPropose3NodeParallel(b *testing.B) {
+	rs, finish := benchCluster(b, 3)
+	benchProposeParallel(b, rs)
+	finish()
 }

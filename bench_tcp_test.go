@@ -2,16 +2,12 @@ package replication
 
 import (
 	"context"
-	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 )
-
-// tcpBenchValue is the 256-byte value of the TCP Propose benchmarks.
-var tcpBenchValue = make([]byte, 256)
 
 // benchTQCluster starts three Quasar validators over mutual-TLS
 // TCPTransports on loopback, each counting the frames it applies, and
@@ -65,18 +61,8 @@ func tqSent(c *tqCluster) (sent uint64) {
 // trip to a quorum and the local apply).
 func BenchmarkQuasarProposeTCP3Node(b *testing.B) {
 	c, applied := benchTQCluster(b)
-	r := c.nodes["a"].r
-	ctx := context.Background()
-	f := Frame{OrgID: "org", Namespace: "ns", Op: "put", Key: "k", Value: tcpBenchValue}
 	sent := tqSent(c)
-	b.ReportAllocs()
-	b.SetBytes(int64(len(tcpBenchValue)))
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		if d, err := r.Propose(ctx, f); d != DecisionAccept || err != nil {
-			b.Fatal(d, err)
-		}
-	}
+	benchProposeSequential(b, c.nodes["a"].r)
 	benchTQFinish(b, c, applied, sent)
 }
 
@@ -85,24 +71,7 @@ func BenchmarkQuasarProposeTCP3Node(b *testing.B) {
 // throughput when many decisions share connections and messages.
 func BenchmarkQuasarProposeTCP3NodeParallel(b *testing.B) {
 	c, applied := benchTQCluster(b)
-	rs := []*QuasarReplicator{c.nodes["a"].r, c.nodes["b"].r, c.nodes["c"].r}
-	ctx := context.Background()
-	var next atomic.Int64
 	sent := tqSent(c)
-	b.ReportAllocs()
-	b.SetBytes(int64(len(tcpBenchValue)))
-	b.SetParallelism(32)
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		i := next.Add(1)
-		r := rs[int(i)%len(rs)]
-		f := Frame{OrgID: "org", Namespace: fmt.Sprintf("ns-%d", i), Op: "put", Key: "k", Value: tcpBenchValue}
-		for pb.Next() {
-			if d, err := r.Propose(ctx, f); d != DecisionAccept || err != nil {
-				b.Error(d, err)
-				return
-			}
-		}
-	})
+	benchProposeParallel(b, []*QuasarReplicator{c.nodes["a"].r, c.nodes["b"].r, c.nodes["c"].r})
 	benchTQFinish(b, c, applied, sent)
 }
