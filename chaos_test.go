@@ -1445,15 +1445,7 @@ func TestChaos_ProposerOrderAcrossRestoredNamespace(t *testing.T) {
 	require.NoError(t, r.receive(1, encodeMessage([]record{behind})))
 	require.NoError(t, r.receive(1, encodeMessage([]record{y})))
 	require.NoError(t, r.receive(1, encodeMessage([]record{x})))
-	var order []string
-	for len(order) < 2 {
-		select {
-		case ns := <-applied:
-			order = append(order, ns)
-		case <-time.After(5 * time.Second):
-			t.Fatalf("applied %q, then nothing for 5s", order)
-		}
-	}
+	order := receiveN(t, applied, 2)
 	require.Equal(t, []string{"a", "c"}, order, "S5: y (namespace c) applied before x (namespace a), whose Propose returned before y's began")
 }
 
@@ -1484,15 +1476,7 @@ func TestChaos_ResetNamespaceBelowHeadDropsCoveredPending(t *testing.T) {
 	// The application restores a snapshot of a taken at seq 1.
 	r.ResetNamespace("org", "a", 1)
 	certify("z", 1)
-	var got []string
-	for len(got) < 2 {
-		select {
-		case s := <-applied:
-			got = append(got, s)
-		case <-time.After(5 * time.Second):
-			t.Fatalf("applied %q, then nothing for 5s", got)
-		}
-	}
+	got := receiveN(t, applied, 2)
 	// Order between z/1 and a/2 is not checked: a/2's link to z/1 ran
 	// through a/1, which the snapshot covers (the S5 limit documented on
 	// ResetNamespace).
@@ -1575,6 +1559,22 @@ func TestChaos_ForgottenCancelStaysCancel(t *testing.T) {
 			t.Fatal("o/13 was never applied")
 		}
 	}
+}
+
+// receiveN returns the next n values applied reports, failing the test
+// if it waits more than 5s for one.
+func receiveN(t *testing.T, applied <-chan string, n int) []string {
+	t.Helper()
+	var got []string
+	for len(got) < n {
+		select {
+		case s := <-applied:
+			got = append(got, s)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("applied %q, then nothing for 5s", got)
+		}
+	}
+	return got
 }
 
 // newLoneValidator starts node-0 of the validator set node-0, node-1,
