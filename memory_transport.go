@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -460,13 +461,6 @@ type memMsg struct {
 	topo    *memTopology // the snapshot it was sent under
 }
 
-// memHandler is the handler registered for one kind: exactly one of plain
-// (OnReceive) and from (OnReceiveFrom) is set.
-type memHandler struct {
-	plain func([]byte) error
-	from  func(string, []byte) error
-}
-
 // MemoryTransport is a deterministic in-process Transport used by tests and by single-node embedded mode. It implements broadcast as a fan-out across peers registered against the same hub.
 //
 // Delivery is asynchronous: a handler never runs on the goroutine that
@@ -490,7 +484,7 @@ type MemoryTransport struct {
 	// handlers is replaced, never modified, under hmu, so the delivery
 	// goroutine reads it without locking.
 	hmu      sync.Mutex
-	handlers atomic.Pointer[map[string]memHandler]
+	handlers atomic.Pointer[map[string]memHandler] // OnReceive handlers are wrapped
 
 	// qmu guards queue: messages not yet taken by the delivery goroutine.
 	qmu   sync.Mutex
@@ -529,42 +523,32 @@ func (t *MemoryTransport) Validators() []string {
 // Debug level, and delivery goes on.
 func (t *MemoryTransport) OnReceive(kind string, h func([]byte) error) {
 	if h == nil {
-		t.setHandler(kind, nil)
+		t.OnReceiveFrom(kind, nil)
 		return
 	}
-	t.setHandler(kind, &memHandler{plain: h})
+	t.OnReceiveFrom(kind, func(_ string, payload []byte) error { return h(payload) })
 }
 
 // OnReceiveFrom is OnReceive with the sender's id, as given to Connect. It
 // implements SenderAware, and replaces any handler registered for kind
 // with OnReceive or OnReceiveFrom.
 func (t *MemoryTransport) OnReceiveFrom(kind string, h func(from string, payload []byte) error) {
-	if h == nil {
-		t.setHandler(kind, nil)
-		return
-	}
-	t.setHandler(kind, &memHandler{from: h})
-}
-
-func (t *MemoryTransport) setHandler(kind string, h *memHandler) {
 	t.hmu.Lock()
 	defer t.hmu.Unlock()
-	var m map[string]memHandler
+	m := make(map[string]memHandler)
 	if old := t.handlers.Load(); old != nil {
-		m = make(map[string]memHandler, len(*old)+1)
-		for k, v := range *old {
-			m[k] = v
-		}
-	} else {
-		m = make(map[string]memHandler, 1)
+		maps.Copy(m, *old)
 	}
 	if h == nil {
 		delete(m, kind)
 	} else {
-		m[kind] = *h
+		m[kind] = h
 	}
 	t.handlers.Store(&m)
 }
+
+// memHandler is the handler registered for one kind.
+type memHandler = func(from string, payload []byte) error
 
 // Broadcast queues payload for every other connected node and returns
 // without waiting for delivery; it never blocks and ignores its context.
@@ -748,12 +732,7 @@ func (t *MemoryTransport) deliver(m *memMsg) {
 	if fn := h.onDeliver.Load(); fn != nil {
 		(*fn)(m.from.id, t.id, m.kind, m.payload)
 	}
-	var err error
-	if hd.from != nil {
-		err = hd.from(m.from.id, m.payload)
-	} else {
-		err = hd.plain(m.payload)
-	}
+	err := hd(m.from.id, m.payload)
 	h.stats.delivered.Add(1)
 	if err != nil {
 		h.stats.handlerErrors.Add(1)
