@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
+	"fmt"
 	"strconv"
 	"unicode/utf8"
 )
@@ -41,6 +42,18 @@ func (f *Frame) size() int {
 		n += len(`,"val":""`) + base64.StdEncoding.EncodedLen(len(f.Value))
 	}
 	return n
+}
+
+// checkSize returns an error wrapping ErrRejected and ErrTooLarge when the
+// frame's size is above limit; a limit of 0 or less means none.
+func (f *Frame) checkSize(limit int64) error {
+	if limit <= 0 {
+		return nil
+	}
+	if n := f.size(); int64(n) > limit {
+		return fmt.Errorf("%w: %w: %d bytes, limit %d", ErrRejected, ErrTooLarge, n, limit)
+	}
+	return nil
 }
 
 // appendJSON appends the frame's JSON encoding to dst. The output is byte for

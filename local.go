@@ -191,11 +191,9 @@ func (r *LocalReplicator) Propose(ctx context.Context, f Frame) (Decision, error
 	if err := ctx.Err(); err != nil {
 		return DecisionTimeout, fmt.Errorf("%w: %w", ErrTimeout, err)
 	}
-	if limit := r.maxBytes.Load(); limit > 0 {
-		if n := f.size(); int64(n) > limit {
-			r.rejected.Add(1)
-			return DecisionReject, fmt.Errorf("%w: %w: %d bytes, limit %d", ErrRejected, ErrTooLarge, n, limit)
-		}
+	if err := f.checkSize(r.maxBytes.Load()); err != nil {
+		r.rejected.Add(1)
+		return DecisionReject, err
 	}
 	r.mu.Lock()
 	if r.closed {

@@ -248,12 +248,9 @@ func (r *QuasarReplicator) Propose(ctx context.Context, f Frame) (Decision, erro
 	if err := ctx.Err(); err != nil {
 		return DecisionTimeout, fmt.Errorf("quasar propose: %w: %w", ErrTimeout, err)
 	}
-	if r.maxFrame > 0 {
-		if sz := f.size(); sz > r.maxFrame {
-			r.m.rejected.Add(1)
-			return DecisionReject, fmt.Errorf("quasar propose: %w: %w: %d bytes, limit %d",
-				ErrRejected, ErrTooLarge, sz, r.maxFrame)
-		}
+	if err := f.checkSize(int64(r.maxFrame)); err != nil {
+		r.m.rejected.Add(1)
+		return DecisionReject, fmt.Errorf("quasar propose: %w", err)
 	}
 	reentrant := ctx.Value(applyMarker{}) == r
 	// The timer covers ProposeWait only: a ctx deadline fires ctx.Done(),
