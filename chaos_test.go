@@ -186,8 +186,8 @@ func (c *chaosChecker) onDeliver(from, to, kind string, payload []byte) {
 		case recCertificate:
 			id, _ := r.prop.frame.blockID(nil)
 			var voters uint64
-			for _, voter := range r.voters {
-				if v, ok := c.byNID[voter]; ok {
+			for k := range r.voters.len() {
+				if v, ok := c.byNID[r.voters.at(k)]; ok {
 					voters |= 1 << v
 				}
 			}
@@ -212,7 +212,7 @@ func (c *chaosChecker) recordOrder(p *proposal) {
 	}
 	f := &p.frame
 	o := chaosOrder{prev: nsRef{strings.Clone(f.OrgID), strings.Clone(f.Namespace), p.prev}}
-	for _, a := range p.after {
+	for a := range p.after.all() {
 		o.after = append(o.after, nsRef{strings.Clone(a.org), strings.Clone(a.ns), a.seq})
 	}
 	c.orders[token] = o
@@ -999,7 +999,7 @@ func TestChecker_DetectsViolations(t *testing.T) {
 	}
 	// propose delivers f's proposal, naming after, to every node.
 	propose := func(c *chaosChecker, f Frame, after ...nsRef) {
-		msg := encodeMessage([]record{{typ: recProposal, prop: proposal{frame: f, prev: f.Seq - 1, after: after, proposer: validatorNodeID(ids[0])}}})
+		msg := encodeMessage([]record{{typ: recProposal, prop: proposal{frame: f, prev: f.Seq - 1, after: refs(after...), proposer: validatorNodeID(ids[0])}}})
 		for to := 1; to < len(ids); to++ {
 			c.onDeliver(ids[0], ids[to], quasarKind, msg)
 		}
@@ -1053,7 +1053,7 @@ func TestChecker_DetectsViolations(t *testing.T) {
 			f := frame(1, "a", "x")
 			op := c.begin(0, f)
 			msg := appendCertificateRecord(newMessage(nil), &proposal{frame: f},
-				[]nodeID{validatorNodeID(ids[0]), validatorNodeID(ids[1])})
+				nodes(validatorNodeID(ids[0]), validatorNodeID(ids[1])))
 			for to := range ids {
 				c.onDeliver(ids[(to+1)%3], ids[to], quasarKind, finishMessage(slices.Clone(msg), 1))
 				c.applied(to, f)
@@ -1087,7 +1087,7 @@ func TestChecker_DetectsViolations(t *testing.T) {
 		}, "S2:"},
 		{"S2 certificate below quorum", func(c *chaosChecker) {
 			f := frame(1, "a", "x")
-			msg := appendCertificateRecord(newMessage(nil), &proposal{frame: f}, []nodeID{validatorNodeID(ids[0])})
+			msg := appendCertificateRecord(newMessage(nil), &proposal{frame: f}, nodes(validatorNodeID(ids[0])))
 			c.onDeliver(ids[0], ids[1], quasarKind, finishMessage(msg, 1))
 		}, "S2: node-0 sent node-1 a certificate"},
 		{"S2 votes for another block do not count", func(c *chaosChecker) {
@@ -1257,11 +1257,11 @@ func TestChaos_ResetNamespaceSkipsQueuedFrames(t *testing.T) {
 
 	// Frames 1..3 of org/ns arrive as certificates (commit votes of
 	// node-1 and node-2): all accepted and queued for apply.
-	voters := []nodeID{validatorNodeID(ids[1]), validatorNodeID(ids[2])}
+	voters := nodes(validatorNodeID(ids[1]), validatorNodeID(ids[2]))
 	var recs []record
 	for seq := uint64(1); seq <= 3; seq++ {
 		f := Frame{OrgID: "org", Namespace: "ns", Seq: seq, Op: "put", Key: "k", Value: fmt.Appendf(nil, "v%d", seq)}
-		recs = append(recs, record{typ: recCertificate, prop: proposal{frame: f, prev: seq - 1, proposer: voters[0]}, voters: voters})
+		recs = append(recs, record{typ: recCertificate, prop: proposal{frame: f, prev: seq - 1, proposer: voters.at(0)}, voters: voters})
 	}
 	require.NoError(t, r.receive(1, encodeMessage(recs)))
 	select {
@@ -1283,7 +1283,7 @@ func TestChaos_ResetNamespaceSkipsQueuedFrames(t *testing.T) {
 	// Frame 4 extends the restored head; once it is applied, frames 2 and 3
 	// would have been applied before it (one apply goroutine, in order).
 	f4 := Frame{OrgID: "org", Namespace: "ns", Seq: 4, Op: "put", Key: "k", Value: []byte("v4")}
-	cert := record{typ: recCertificate, prop: proposal{frame: f4, prev: 3, proposer: voters[0]}, voters: voters}
+	cert := record{typ: recCertificate, prop: proposal{frame: f4, prev: 3, proposer: voters.at(0)}, voters: voters}
 	require.NoError(t, r.receive(1, encodeMessage([]record{cert})))
 	require.Eventually(t, func() bool {
 		mu.Lock()
@@ -1344,7 +1344,7 @@ func TestChaos_ForgottenFrameNeedsQuorumAgain(t *testing.T) {
 	// node-1 and node-2); with RetainFrames 1, g falls out of the window.
 	for seq := uint64(1); seq <= 2; seq++ {
 		f := Frame{OrgID: "org", Namespace: "other", Seq: seq, Op: "put", Key: "k", Value: fmt.Appendf(nil, "v%d", seq)}
-		send(1, record{typ: recCertificate, prop: proposal{frame: f, prev: seq - 1, proposer: n1}, voters: []nodeID{n1, n2}})
+		send(1, record{typ: recCertificate, prop: proposal{frame: f, prev: seq - 1, proposer: n1}, voters: nodes(n1, n2)})
 		waitApplied(f)
 	}
 	require.Eventually(t, func() bool { return r.Metrics().Retained <= 1 }, 10*time.Second, time.Millisecond)
@@ -1356,7 +1356,7 @@ func TestChaos_ForgottenFrameNeedsQuorumAgain(t *testing.T) {
 	// Frames are applied in order: once a later frame is applied, g would
 	// have been too.
 	f3 := Frame{OrgID: "org", Namespace: "other", Seq: 3, Op: "put", Key: "k", Value: []byte("v3")}
-	send(1, record{typ: recCertificate, prop: proposal{frame: f3, prev: 2, proposer: n1}, voters: []nodeID{n1, n2}})
+	send(1, record{typ: recCertificate, prop: proposal{frame: f3, prev: 2, proposer: n1}, voters: nodes(n1, n2)})
 	waitApplied(f3)
 }
 
@@ -1373,11 +1373,11 @@ func TestChaos_ResetNamespaceBelowHeadKeepsReplicating(t *testing.T) {
 		applied <- f.Seq
 		return nil
 	})
-	voters := []nodeID{validatorNodeID(ids[1]), validatorNodeID(ids[2])}
+	voters := nodes(validatorNodeID(ids[1]), validatorNodeID(ids[2]))
 	certify := func(seq uint64) {
 		t.Helper()
 		f := Frame{OrgID: "org", Namespace: "ns", Seq: seq, Op: "put", Key: "k", Value: fmt.Appendf(nil, "v%d", seq)}
-		rec := record{typ: recCertificate, prop: proposal{frame: f, prev: seq - 1, proposer: voters[0]}, voters: voters}
+		rec := record{typ: recCertificate, prop: proposal{frame: f, prev: seq - 1, proposer: voters.at(0)}, voters: voters}
 		require.NoError(t, r.receive(1, encodeMessage([]record{rec})))
 	}
 	next := func() uint64 {
@@ -1436,7 +1436,7 @@ func TestChaos_ProposerOrderAcrossRestoredNamespace(t *testing.T) {
 		return Frame{OrgID: "org", Namespace: ns, Seq: 1, Op: "put", Key: "k", Value: []byte(ns)}
 	}
 	certificate := func(f Frame, after ...nsRef) record {
-		return record{typ: recCertificate, prop: proposal{frame: f, after: after, proposer: n1}, voters: []nodeID{n1, n2}}
+		return record{typ: recCertificate, prop: proposal{frame: f, after: refs(after...), proposer: n1}, voters: nodes(n1, n2)}
 	}
 	x := certificate(frame("a"))
 	y := certificate(frame("c"), nsRef{"org", "b", 1}) // e = b/1 names a/1
@@ -1462,11 +1462,11 @@ func TestChaos_ResetNamespaceBelowHeadDropsCoveredPending(t *testing.T) {
 		applied <- fmt.Sprintf("%s/%d", f.Namespace, f.Seq)
 		return nil
 	})
-	voters := []nodeID{validatorNodeID(ids[1]), validatorNodeID(ids[2])}
+	voters := nodes(validatorNodeID(ids[1]), validatorNodeID(ids[2]))
 	certify := func(ns string, seq uint64, after ...nsRef) {
 		t.Helper()
 		f := Frame{OrgID: "org", Namespace: ns, Seq: seq, Op: "put", Key: "k", Value: fmt.Appendf(nil, "%s%d", ns, seq)}
-		rec := record{typ: recCertificate, prop: proposal{frame: f, prev: seq - 1, after: after, proposer: voters[0]}, voters: voters}
+		rec := record{typ: recCertificate, prop: proposal{frame: f, prev: seq - 1, after: refs(after...), proposer: voters.at(0)}, voters: voters}
 		require.NoError(t, r.receive(1, encodeMessage([]record{rec})))
 	}
 	// a/1 and a/2 are accepted and linked (head 2), but a/1 waits for z/1.

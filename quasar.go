@@ -425,15 +425,33 @@ func (r *QuasarReplicator) receive(sender int, payload []byte) error {
 	if r.closed.Load() {
 		return ErrClosed
 	}
-	rb := recordPool.Get().(*[]record)
-	recs, err := decodeMessage(payload, r.maxFrame, (*rb)[:0])
-	if err != nil {
-		*rb = recs[:0]
-		recordPool.Put(rb)
-		r.m.malformed.Add(1)
-		r.log.Debug("dropped malformed message", "err", err)
-		return err
+	m, err := readMessage(payload, r.maxFrame)
+	if err == nil && m.left > recordChunk {
+		// Check the whole message before acting on any record of it; the
+		// records are then decoded again, a chunk at a time.
+		err = checkMessage(payload, r.maxFrame)
 	}
+	rb := recordPool.Get().(*[]record)
+	defer recordPool.Put(rb)
+	for err == nil {
+		var recs []record
+		if recs, err = m.read((*rb)[:0], recordChunk); err != nil {
+			break // the first chunk is the whole message: nothing was done
+		}
+		r.handleChunk(sender, recs)
+		clear(recs)
+		*rb = recs[:0]
+		if !m.more() {
+			return nil
+		}
+	}
+	r.m.malformed.Add(1)
+	r.log.Debug("dropped malformed message", "err", err)
+	return err
+}
+
+// handleChunk acts on decoded records of one message.
+func (r *QuasarReplicator) handleChunk(sender int, recs []record) {
 	// Hash the frames before taking mu: the block ID is the costliest part
 	// of a proposal and needs no shared state.
 	for i := range recs {
@@ -448,16 +466,12 @@ func (r *QuasarReplicator) receive(sender int, payload []byte) error {
 	kick := r.st.takeKick()
 	r.sendLocked()
 	r.mu.Unlock()
-	clear(recs)
-	*rb = recs[:0]
-	recordPool.Put(rb)
 	if kick {
 		r.kickApply()
 	}
-	return nil
 }
 
-var recordPool = sync.Pool{New: func() any { s := make([]record, 0, 16); return &s }}
+var recordPool = sync.Pool{New: func() any { s := make([]record, 0, recordChunk); return &s }}
 
 // flush sends the outbox unless another goroutine is already sending it.
 // Under load (more than inlineFlushMax frames undecided) it leaves the work

@@ -49,10 +49,10 @@ func (st *state) sendCertificate(e *entry) {
 	if st.r.n == 1 {
 		return
 	}
-	voters := make([]nodeID, 0, e.nCommit)
+	voters := make(nodeList, 0, e.nCommit*nodeIDLen)
 	for i := 0; i < st.r.n; i++ {
 		if e.commits.has(i) {
-			voters = append(voters, st.r.ids[i])
+			voters = append(voters, st.r.ids[i][:]...)
 		}
 	}
 	st.out.begin()

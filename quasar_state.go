@@ -167,6 +167,10 @@ type nsState struct {
 	// at index frontierAt-1 (0: not in it).
 	frontierSeq uint64
 	frontierAt  int
+	// depPass and depAt: the after list being owned (state.depPass) names
+	// this namespace at deps[depAt].
+	depPass uint64
+	depAt   int
 	// chain holds the accepted frames this node retains, by the Seq they
 	// extend (their position): how links are followed and syncs served.
 	chain map[uint64]*entry
@@ -202,6 +206,7 @@ type state struct {
 	entries   map[[idLen]byte]*entry
 	spaces    map[spaceKey]*nsState
 	spaceList []*nsState // namespaces with a head, for digests
+	depPass   uint64     // counts own calls, to spot a namespace an after list names twice
 	digestAt  int
 	undecided entryList // ordered by next
 	retained  entryList // decided, ordered by decidedAt
@@ -287,12 +292,22 @@ func (st *state) own(p *proposal, ns *nsState) {
 	if len(f.Value) > 0 {
 		f.Value = bytes.Clone(f.Value)
 	}
-	if len(p.after) > 0 {
-		p.deps = make([]depRef, len(p.after))
-		for i, a := range p.after {
-			p.deps[i] = depRef{st.space(spaceKey{a.org, a.ns}), a.seq}
+	if p.after.n > 0 {
+		// One reference per namespace, its highest Seq, as a proposer
+		// sends them: a list naming a namespace over and over costs no
+		// more than naming it once.
+		st.depPass++
+		p.deps = make([]depRef, 0, min(p.after.n, 16))
+		for a := range p.after.all() {
+			ns := st.space(spaceKey{a.org, a.ns})
+			if ns.depPass == st.depPass {
+				p.deps[ns.depAt].seq = max(p.deps[ns.depAt].seq, a.seq)
+				continue
+			}
+			ns.depPass, ns.depAt = st.depPass, len(p.deps)
+			p.deps = append(p.deps, depRef{ns, a.seq})
 		}
-		p.after = nil
+		p.after = refList{}
 	}
 }
 

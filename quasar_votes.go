@@ -221,7 +221,7 @@ func (st *state) handle(rec *record, sender int) {
 	case recProposal:
 		st.onProposal(&rec.prop, nil, rec.id, rec.payload)
 	case recCertificate:
-		st.onProposal(&rec.prop, rec.voters, rec.id, rec.payload)
+		st.onProposal(&rec.prop, &rec.voters, rec.id, rec.payload)
 	case recVote:
 		st.onVote(&rec.vote, sender)
 	case recFetch:
@@ -231,7 +231,7 @@ func (st *state) handle(rec *record, sender int) {
 	case recSync:
 		st.onSync(rec.ref, rec.who)
 	case recDigest:
-		for _, h := range rec.digest {
+		for h := range rec.digest.all() {
 			if ns := st.space(spaceKey{h.org, h.ns}); h.seq > ns.head {
 				st.requestSync(ns)
 			}
@@ -241,10 +241,11 @@ func (st *state) handle(rec *record, sender int) {
 	}
 }
 
-// onProposal handles a received proposal or certificate. id and payload
+// onProposal handles a received proposal, or a certificate (cert: its
+// voters; nil for a proposal). id and payload
 // are the frame's block ID and JSON, computed by the receiving goroutine
 // before it took mu.
-func (st *state) onProposal(p *proposal, cert []nodeID, id [idLen]byte, payload []byte) {
+func (st *state) onProposal(p *proposal, cert *nodeList, id [idLen]byte, payload []byte) {
 	m := &st.r.m
 	e := st.entries[id]
 	if e == nil {
@@ -262,7 +263,7 @@ func (st *state) onProposal(p *proposal, cert []nodeID, id [idLen]byte, payload 
 		return
 	}
 	if cert != nil {
-		st.applyCertificate(e, cert)
+		st.applyCertificate(e, *cert)
 	}
 	switch {
 	case e.state == stUndecided && e.myVote == 0:
@@ -276,12 +277,16 @@ func (st *state) onProposal(p *proposal, cert []nodeID, id [idLen]byte, payload 
 	}
 }
 
-func (st *state) applyCertificate(e *entry, voters []nodeID) {
+func (st *state) applyCertificate(e *entry, voters nodeList) {
 	m := &st.r.m
+	if voters.len() > st.r.n {
+		m.certificatesBad.Add(1)
+		return
+	}
 	var seen voterSet
-	idx := make([]int, 0, len(voters))
-	for _, v := range voters {
-		i, ok := st.r.byNodeID[v]
+	idx := make([]int, 0, voters.len())
+	for k := range voters.len() {
+		i, ok := st.r.byNodeID[voters.at(k)]
 		if !ok || seen.has(i) {
 			m.certificatesBad.Add(1)
 			return

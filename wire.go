@@ -3,6 +3,7 @@ package replication
 import (
 	"encoding/binary"
 	"fmt"
+	"iter"
 	"unsafe"
 )
 
@@ -49,14 +50,18 @@ import (
 // namespace after Seq from; digest advertises namespace heads (anti-entropy);
 // behind tells requester that its sync asked for frames no longer retained.
 //
-// Decoded strings and values alias the message buffer: the driver copies
-// what it keeps before the transport callback returns.
+// Decoded strings, values and lists (after lists, certificate voters,
+// digests) alias the message buffer: the driver copies what it keeps before
+// the transport callback returns.
 //
 // Decoding treats every byte as hostile: every length is checked against what
-// remains before anything is sliced or allocated, a frame above the
-// configured limit is refused, and a message that fails anywhere is dropped
-// whole (decodeMessage validates the entire batch before the driver acts on
-// any record of it).
+// remains before anything is sliced, a frame above the configured limit is
+// refused, and a message that fails anywhere is dropped whole (the driver
+// checks the entire message before it acts on any record of it). Decoding
+// allocates nothing: lists stay encoded (refList, nodeList) and are walked
+// when used, and the driver decodes a message recordChunk records at a
+// time, so a small message cannot make a node hold much more than its own
+// size, whatever counts it claims.
 const (
 	quasarKind  = "quasar/1"
 	wireVersion = 1
@@ -97,14 +102,46 @@ type depRef struct {
 }
 
 // proposal is a proposal record. A decoded one names its after-list in
-// after (aliasing the message); a held one (made by propose or owned from
-// a decoded one) in deps, with after nil. Both encode alike.
+// after (encoded, aliasing the message); a held one (made by propose or
+// owned from a decoded one) in deps, with after empty. Both encode alike.
 type proposal struct {
 	frame    Frame
 	prev     uint64
-	after    []nsRef
+	after    refList
 	deps     []depRef
 	proposer nodeID
+}
+
+// refList is a list of n references (org:str ‖ ns:str ‖ seq:uvarint each)
+// as encoded. A decoded one was checked entry by entry and aliases the
+// message, so decoding a long list allocates nothing.
+type refList struct {
+	b []byte
+	n int
+}
+
+// all yields the references in order. The strings alias l's bytes.
+func (l refList) all() iter.Seq[nsRef] {
+	return func(yield func(nsRef) bool) {
+		d := decoder{b: l.b}
+		for range l.n {
+			org, ns := d.str("org"), d.str("ns")
+			if !yield(nsRef{org, ns, d.uvarint("seq")}) {
+				return
+			}
+		}
+	}
+}
+
+// nodeList is a list of NodeIDs as encoded (nodeIDLen bytes each): a
+// certificate's voters.
+type nodeList []byte
+
+func (l nodeList) len() int { return len(l) / nodeIDLen }
+
+func (l nodeList) at(i int) (id nodeID) {
+	copy(id[:], l[i*nodeIDLen:])
+	return id
 }
 
 type vote struct {
@@ -120,10 +157,10 @@ type record struct {
 	prop   proposal    // proposal, certificate
 	vote   vote        // vote
 	block  [idLen]byte // fetch
-	voters []nodeID    // certificate
+	voters nodeList    // certificate
 	ref    nsRef       // sync, behind (seq = from)
 	who    nodeID      // sync, behind: requester
-	digest []nsRef     // digest (seq = head)
+	digest refList     // digest (seq = head)
 	// Filled by the driver, not the decoder: the block ID and JSON payload
 	// of a proposal's or certificate's frame.
 	id      [idLen]byte
@@ -142,6 +179,12 @@ func appendBytes(b []byte, s []byte) []byte {
 	return append(b, s...)
 }
 
+func appendRef(b []byte, r nsRef) []byte {
+	b = appendStr(b, r.org)
+	b = appendStr(b, r.ns)
+	return binary.AppendUvarint(b, r.seq)
+}
+
 func appendProposal(b []byte, p *proposal) []byte {
 	f := &p.frame
 	b = binary.AppendUvarint(b, f.Seq)
@@ -151,16 +194,10 @@ func appendProposal(b []byte, p *proposal) []byte {
 	b = appendStr(b, f.Key)
 	b = appendBytes(b, f.Value)
 	b = binary.AppendUvarint(b, p.prev)
-	b = binary.AppendUvarint(b, uint64(len(p.after)+len(p.deps))) // one is empty
-	for _, a := range p.after {
-		b = appendStr(b, a.org)
-		b = appendStr(b, a.ns)
-		b = binary.AppendUvarint(b, a.seq)
-	}
+	b = binary.AppendUvarint(b, uint64(p.after.n+len(p.deps))) // one is empty
+	b = append(b, p.after.b...)
 	for _, d := range p.deps {
-		b = appendStr(b, d.ns.key.org)
-		b = appendStr(b, d.ns.key.ns)
-		b = binary.AppendUvarint(b, d.seq)
+		b = appendRef(b, nsRef{d.ns.key.org, d.ns.key.ns, d.seq})
 	}
 	return append(b, p.proposer[:]...)
 }
@@ -198,13 +235,11 @@ func appendVoteRecord(b []byte, block *[idLen]byte, voter *nodeID, typ byte) []b
 	return append(b, typ)
 }
 
-func appendCertificateRecord(b []byte, p *proposal, voters []nodeID) []byte {
+func appendCertificateRecord(b []byte, p *proposal, voters nodeList) []byte {
 	b, s := beginRecord(b, recCertificate)
 	b = appendBytes(b, appendProposal(nil, p))
-	b = binary.AppendUvarint(b, uint64(len(voters)))
-	for i := range voters {
-		b = append(b, voters[i][:]...)
-	}
+	b = binary.AppendUvarint(b, uint64(voters.len()))
+	b = append(b, voters...)
 	return endRecord(b, s)
 }
 
@@ -226,9 +261,7 @@ func appendDigestRecord(b []byte, heads []nsRef) []byte {
 	b, s := beginRecord(b, recDigest)
 	b = binary.AppendUvarint(b, uint64(len(heads)))
 	for _, h := range heads {
-		b = appendStr(b, h.org)
-		b = appendStr(b, h.ns)
-		b = binary.AppendUvarint(b, h.seq)
+		b = appendRef(b, h)
 	}
 	return endRecord(b, s)
 }
@@ -325,20 +358,7 @@ func (d *decoder) proposal(p *proposal, maxFrame int) {
 		f.Value = v // aliases the message, like str
 	}
 	p.prev = d.uvarint("prev")
-	n := d.uvarint("after count")
-	if d.err == nil && n > uint64(len(d.b))/3 {
-		d.fail("after count")
-	}
-	if d.err == nil && n > 0 {
-		p.after = make([]nsRef, 0, n)
-	}
-	for i := uint64(0); i < n && d.err == nil; i++ {
-		var a nsRef
-		a.org = d.str("after org")
-		a.ns = d.str("after ns")
-		a.seq = d.uvarint("after seq")
-		p.after = append(p.after, a)
-	}
+	p.after = d.refs("after count", "after entry")
 	p.proposer = d.node("proposer")
 	if d.err == nil {
 		if f.Seq == 0 || f.Seq <= p.prev {
@@ -349,80 +369,131 @@ func (d *decoder) proposal(p *proposal, maxFrame int) {
 	}
 }
 
-// decodeMessage validates a whole message and returns its records, appended
-// to recs (reused by the caller). maxFrame bounds a frame's JSON size (0: no
-// limit beyond the message's own length).
-func decodeMessage(msg []byte, maxFrame int, recs []record) ([]record, error) {
-	d := decoder{b: msg}
-	if v := d.byte1("version"); d.err == nil && v != wireVersion {
-		return recs, fmt.Errorf("%w: unknown version %d", ErrMalformed, v)
+// refs reads a count and that many references, checking each, and returns
+// them as an encoded list aliasing the message. count and entry name them
+// in errors.
+func (d *decoder) refs(count, entry string) refList {
+	n := d.uvarint(count)
+	if d.err == nil && n > uint64(len(d.b))/3 { // an entry takes 3 bytes at least
+		d.fail(count)
 	}
-	count := d.uvarint("count")
-	if d.err == nil && count > uint64(len(d.b))/2 {
-		d.fail("record count above message size")
+	start := d.b
+	for i := uint64(0); i < n && d.err == nil; i++ {
+		d.str(entry)
+		d.str(entry)
+		d.uvarint(entry)
 	}
-	for i := uint64(0); i < count && d.err == nil; i++ {
-		typ := d.byte1("record type")
-		body := decoder{b: d.take(d.uvarint("record length"), "record body")}
-		if d.err != nil {
-			break
-		}
-		r := record{typ: typ}
-		switch typ {
-		case recProposal:
-			body.proposal(&r.prop, maxFrame)
-		case recVote:
-			copy(r.vote.block[:], body.take(idLen, "vote block"))
-			r.vote.voter = body.node("vote voter")
-			r.vote.typ = body.byte1("vote type")
-			r.vote.sig = body.b
-			body.b = nil
-		case recCertificate:
-			inner := decoder{b: body.take(body.uvarint("certificate proposal length"), "certificate proposal")}
-			if body.err == nil {
-				inner.proposal(&r.prop, maxFrame)
-				inner.done("certificate proposal")
-				body.err = inner.err
-			}
-			n := body.uvarint("certificate voters")
-			if body.err == nil && n > uint64(len(body.b))/nodeIDLen {
-				body.fail("certificate voter count")
-			}
-			for j := uint64(0); j < n && body.err == nil; j++ {
-				r.voters = append(r.voters, body.node("certificate voter"))
-			}
-		case recFetch:
-			copy(r.block[:], body.take(idLen, "fetch block"))
-		case recSync, recBehind:
-			r.ref.org = body.str("sync org")
-			r.ref.ns = body.str("sync ns")
-			r.ref.seq = body.uvarint("sync from")
-			r.who = body.node("sync requester")
-		case recDigest:
-			n := body.uvarint("digest count")
-			if body.err == nil && n > uint64(len(body.b))/3 {
-				body.fail("digest count")
-			}
-			for j := uint64(0); j < n && body.err == nil; j++ {
-				var h nsRef
-				h.org = body.str("digest org")
-				h.ns = body.str("digest ns")
-				h.seq = body.uvarint("digest head")
-				r.digest = append(r.digest, h)
-			}
-		default:
-			body.fail(fmt.Sprintf("unknown record type %d", typ))
-		}
-		body.done("record")
-		if body.err != nil {
-			d.err = body.err
-			break
-		}
-		recs = append(recs, r)
+	if d.err != nil || n == 0 {
+		return refList{}
 	}
-	d.done("message")
+	return refList{b: start[: len(start)-len(d.b) : len(start)-len(d.b)], n: int(n)}
+}
+
+// record reads one record (type, length, body) into r.
+func (d *decoder) record(r *record, maxFrame int) {
+	typ := d.byte1("record type")
+	body := decoder{b: d.take(d.uvarint("record length"), "record body")}
 	if d.err != nil {
-		return recs[:0], d.err
+		return
+	}
+	*r = record{typ: typ}
+	switch typ {
+	case recProposal:
+		body.proposal(&r.prop, maxFrame)
+	case recVote:
+		copy(r.vote.block[:], body.take(idLen, "vote block"))
+		r.vote.voter = body.node("vote voter")
+		r.vote.typ = body.byte1("vote type")
+		r.vote.sig = body.b
+		body.b = nil
+	case recCertificate:
+		inner := decoder{b: body.take(body.uvarint("certificate proposal length"), "certificate proposal")}
+		if body.err == nil {
+			inner.proposal(&r.prop, maxFrame)
+			inner.done("certificate proposal")
+			body.err = inner.err
+		}
+		n := body.uvarint("certificate voters")
+		if body.err == nil && n > uint64(len(body.b))/nodeIDLen {
+			body.fail("certificate voter count")
+		}
+		if n > 0 {
+			r.voters = nodeList(body.take(n*nodeIDLen, "certificate voters"))
+		}
+	case recFetch:
+		copy(r.block[:], body.take(idLen, "fetch block"))
+	case recSync, recBehind:
+		r.ref.org = body.str("sync org")
+		r.ref.ns = body.str("sync ns")
+		r.ref.seq = body.uvarint("sync from")
+		r.who = body.node("sync requester")
+	case recDigest:
+		r.digest = body.refs("digest count", "digest entry")
+	default:
+		body.fail(fmt.Sprintf("unknown record type %d", typ))
+	}
+	body.done("record")
+	d.err = body.err
+}
+
+// recordChunk is how many records the driver decodes and handles at a time.
+const recordChunk = 64
+
+// messageReader reads a message's records a few at a time, so that a node
+// never holds more decoded records than it asked for, however many a
+// message claims.
+type messageReader struct {
+	d        decoder
+	left     uint64 // records not read yet
+	maxFrame int
+}
+
+// readMessage reads msg's header. maxFrame bounds a frame's JSON size (0:
+// no limit beyond the message's own length).
+func readMessage(msg []byte, maxFrame int) (messageReader, error) {
+	m := messageReader{d: decoder{b: msg}, maxFrame: maxFrame}
+	if v := m.d.byte1("version"); m.d.err == nil && v != wireVersion {
+		return m, fmt.Errorf("%w: unknown version %d", ErrMalformed, v)
+	}
+	m.left = m.d.uvarint("count")
+	if m.d.err == nil && m.left > uint64(len(m.d.b))/2 { // a record takes 2 bytes at least
+		m.d.fail("record count above message size")
+	}
+	if m.left == 0 {
+		m.d.done("message")
+	}
+	return m, m.d.err
+}
+
+// more reports whether records remain to be read.
+func (m *messageReader) more() bool { return m.left > 0 && m.d.err == nil }
+
+// read appends up to max more records to recs. After the last record it
+// checks that nothing trails. On error the message must be dropped whole.
+func (m *messageReader) read(recs []record, max int) ([]record, error) {
+	start := len(recs)
+	for ; max > 0 && m.more(); max-- {
+		recs = append(recs, record{})
+		m.d.record(&recs[len(recs)-1], m.maxFrame)
+		m.left--
+	}
+	if m.left == 0 {
+		m.d.done("message")
+	}
+	if m.d.err != nil {
+		clear(recs[start:]) // drop the aliases of a message being dropped
+		return recs[:start], m.d.err
 	}
 	return recs, nil
+}
+
+// checkMessage reads all of msg and keeps nothing: it reports whether the
+// whole message is well formed.
+func checkMessage(msg []byte, maxFrame int) error {
+	m, err := readMessage(msg, maxFrame)
+	var scratch [1]record
+	for err == nil && m.more() {
+		_, err = m.read(scratch[:0], 1)
+	}
+	return err
 }

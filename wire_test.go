@@ -5,9 +5,12 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"math"
 	"math/bits"
 	"os"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
@@ -18,6 +21,34 @@ import (
 // decoder (SPEC §6): decodeMessage, the proposal body, and the driver's
 // receive path fed with arbitrary bytes.
 
+// decodeMessage decodes the whole of msg at once.
+func decodeMessage(msg []byte, maxFrame int, recs []record) ([]record, error) {
+	m, err := readMessage(msg, maxFrame)
+	if err != nil {
+		return recs[:0], err
+	}
+	return m.read(recs, math.MaxInt)
+}
+
+// refs encodes references as a decoded after list or digest holds them.
+func refs(rs ...nsRef) refList {
+	var l refList
+	for _, r := range rs {
+		l.b = appendRef(l.b, r)
+	}
+	l.n = len(rs)
+	return l
+}
+
+// nodes encodes NodeIDs as a decoded certificate holds its voters.
+func nodes(ids ...nodeID) nodeList {
+	var l nodeList
+	for _, id := range ids {
+		l = append(l, id[:]...)
+	}
+	return l
+}
+
 // wireSample holds one valid record of each type, built with the encoders.
 type wireSample struct {
 	name string
@@ -26,7 +57,7 @@ type wireSample struct {
 
 func wireSamples() []wireSample {
 	f := Frame{OrgID: "org", Namespace: "ns", Seq: 7, Op: "put", Key: "k", Value: []byte("value")}
-	p := proposal{frame: f, prev: 6, after: []nsRef{{"org", "other", 3}, {"o2", "n2", 1 << 40}}, proposer: validatorNodeID("node-0")}
+	p := proposal{frame: f, prev: 6, after: refs(nsRef{"org", "other", 3}, nsRef{"o2", "n2", 1 << 40}), proposer: validatorNodeID("node-0")}
 	bare := proposal{frame: Frame{Seq: 1}, proposer: validatorNodeID("node-1")}
 	id, _ := f.blockID(nil)
 	return []wireSample{
@@ -34,12 +65,12 @@ func wireSamples() []wireSample {
 		{"proposal minimal", record{typ: recProposal, prop: bare}},
 		{"vote commit", record{typ: recVote, vote: vote{block: id, voter: validatorNodeID("node-1"), typ: voteCommit}}},
 		{"vote cancel", record{typ: recVote, vote: vote{block: id, voter: validatorNodeID("node-2"), typ: voteCancel}}},
-		{"certificate", record{typ: recCertificate, prop: p, voters: []nodeID{validatorNodeID("node-0"), validatorNodeID("node-1")}}},
+		{"certificate", record{typ: recCertificate, prop: p, voters: nodes(validatorNodeID("node-0"), validatorNodeID("node-1"))}},
 		{"certificate no voters", record{typ: recCertificate, prop: bare}},
 		{"fetch", record{typ: recFetch, block: id}},
 		{"sync", record{typ: recSync, ref: nsRef{"org", "ns", 42}, who: validatorNodeID("node-2")}},
 		{"behind", record{typ: recBehind, ref: nsRef{"org", "ns", 42}, who: validatorNodeID("node-0")}},
-		{"digest", record{typ: recDigest, digest: []nsRef{{"org", "ns", 9}, {"org", "ns2", 1}}}},
+		{"digest", record{typ: recDigest, digest: refs(nsRef{"org", "ns", 9}, nsRef{"org", "ns2", 1})}},
 		{"digest empty", record{typ: recDigest}},
 	}
 }
@@ -58,7 +89,7 @@ func appendRecord(b []byte, r *record) []byte {
 	case recSync, recBehind:
 		return appendSyncRecord(b, r.typ, r.ref.org, r.ref.ns, r.ref.seq, &r.who)
 	case recDigest:
-		return appendDigestRecord(b, r.digest)
+		return appendDigestRecord(b, slices.Collect(r.digest.all()))
 	}
 	panic(fmt.Sprintf("appendRecord: unknown type %d", r.typ))
 }
@@ -249,9 +280,11 @@ func FuzzProposalRoundTrip(f *testing.F) {
 		if len(p.frame.Value) == 0 {
 			p.frame.Value = nil
 		}
+		var after []nsRef
 		for i := range int(nAfter % 8) {
-			p.after = append(p.after, nsRef{afterOrg, afterNs, afterSeq + uint64(i)})
+			after = append(after, nsRef{afterOrg, afterNs, afterSeq + uint64(i)})
 		}
+		p.after = refs(after...)
 		p.proposer[0], p.proposer[nodeIDLen-1] = proposer, ^proposer
 		for _, typ := range []byte{recProposal, recCertificate} {
 			recs, err := decodeMessage(encodeMessage([]record{{typ: typ, prop: p}}), 0, nil)
@@ -343,8 +376,8 @@ func FuzzQuasarReceive(f *testing.F) {
 			case recProposal, recCertificate:
 				id, _ := rec.prop.frame.blockID(nil)
 				framed[id] = true
-				for _, voter := range rec.voters {
-					if v, ok := byNID[voter]; ok {
+				for k := range rec.voters.len() {
+					if v, ok := byNID[rec.voters.at(k)]; ok {
 						evidence[id] |= 1 << v
 					}
 				}
@@ -385,7 +418,7 @@ func quasarReceiveSeeds() []quasarReceiveSeed {
 	gid, _ := g.blockID(nil)
 	f2 := f
 	f2.Seq = 2
-	p2 := proposal{frame: f2, prev: 1, after: []nsRef{{"org", "elsewhere", 4}}, proposer: n1}
+	p2 := proposal{frame: f2, prev: 1, after: refs(nsRef{"org", "elsewhere", 4}), proposer: n1}
 	vote := func(block [idLen]byte, voter nodeID, typ byte) record {
 		return record{typ: recVote, vote: vote{block: block, voter: voter, typ: typ}}
 	}
@@ -395,14 +428,14 @@ func quasarReceiveSeeds() []quasarReceiveSeed {
 		{"proposal and votes of two", true, -1, encodeMessage([]record{{typ: recProposal, prop: p}, vote(id, n1, voteCommit), vote(id, n2, voteCommit)})},
 		{"vote from another sender", true, 2, encodeMessage([]record{{typ: recProposal, prop: p}, vote(id, n1, voteCommit)})},
 		{"competing proposals", true, -1, encodeMessage([]record{{typ: recProposal, prop: p}, {typ: recProposal, prop: pg}, vote(gid, n2, voteCommit), vote(id, n1, voteCancel)})},
-		{"certificate", true, 1, encodeMessage([]record{{typ: recCertificate, prop: p, voters: []nodeID{n1, n2}}})},
-		{"certificate chain", true, 1, encodeMessage([]record{{typ: recCertificate, prop: p, voters: []nodeID{n1, n2}}, {typ: recCertificate, prop: p2, voters: []nodeID{n0, n1}}})},
-		{"certificate too few voters", true, 1, encodeMessage([]record{{typ: recCertificate, prop: p, voters: []nodeID{n1}}})},
+		{"certificate", true, 1, encodeMessage([]record{{typ: recCertificate, prop: p, voters: nodes(n1, n2)}})},
+		{"certificate chain", true, 1, encodeMessage([]record{{typ: recCertificate, prop: p, voters: nodes(n1, n2)}, {typ: recCertificate, prop: p2, voters: nodes(n0, n1)}})},
+		{"certificate too few voters", true, 1, encodeMessage([]record{{typ: recCertificate, prop: p, voters: nodes(n1)}})},
 		{"votes for an unknown block", true, -1, encodeMessage([]record{vote(gid, n1, voteCommit), vote(gid, n2, voteCancel)})},
 		{"fetch", true, 2, encodeMessage([]record{{typ: recFetch, block: id}})},
 		{"sync", true, 2, encodeMessage([]record{{typ: recSync, ref: nsRef{"org", "ns", 0}, who: n2}})},
 		{"behind", true, 1, encodeMessage([]record{{typ: recBehind, ref: nsRef{"org", "ns", 0}, who: n0}})},
-		{"digest", true, 2, encodeMessage([]record{{typ: recDigest, digest: []nsRef{{"org", "ns", 5}}}})},
+		{"digest", true, 2, encodeMessage([]record{{typ: recDigest, digest: refs(nsRef{"org", "ns", 5})}})},
 		{"single node proposal", false, -1, encodeMessage([]record{{typ: recProposal, prop: p}})},
 	}
 	for _, tc := range wireMalformed() {
@@ -454,5 +487,83 @@ func TestWire_DecodeDoesNotAllocateByClaim(t *testing.T) {
 		})
 		// One error value (and its formatted text), one record buffer.
 		require.LessOrEqual(t, allocs, float64(8), "%s: %v allocations", tc.name, allocs)
+	}
+}
+
+// amplifiers returns well-formed messages of about size bytes made of the
+// smallest records there are, each claiming as much work as its bytes
+// allow: empty digests, one long digest, and one proposal whose after list
+// names the same frame over and over.
+func amplifiers(size int) map[string][]byte {
+	out := make(map[string][]byte)
+	msg := newMessage(nil)
+	n := 0
+	for len(msg) < size {
+		msg = append(msg, recDigest, 1, 0)
+		n++
+	}
+	out["empty digests"] = encodeCount(msg, n)
+
+	var heads []nsRef
+	for range size / 3 {
+		heads = append(heads, nsRef{seq: 1})
+	}
+	out["one long digest"] = encodeMessage([]record{{typ: recDigest, digest: refs(heads...)}})
+
+	var after []nsRef
+	for range size / 3 {
+		after = append(after, nsRef{org: "org", ns: "ns", seq: 1})
+	}
+	p := proposal{frame: Frame{OrgID: "org", Namespace: "other", Seq: 1}, after: refs(after...), proposer: validatorNodeID("node-1")}
+	out["long after list"] = encodeMessage([]record{{typ: recProposal, prop: p}})
+	return out
+}
+
+// encodeCount finishes a message whose record count needs more than the
+// four bytes newMessage reserves room for.
+func encodeCount(msg []byte, n int) []byte {
+	b := []byte{wireVersion}
+	b = binary.AppendUvarint(b, uint64(n))
+	return append(b, msg[5:]...)
+}
+
+// TestWire_DecodeDoesNotAmplify: decoding a message allocates nothing,
+// however many records or list entries it holds (the driver decodes
+// recordChunk records at a time into a reused buffer).
+func TestWire_DecodeDoesNotAmplify(t *testing.T) {
+	for name, msg := range amplifiers(1 << 20) {
+		require.NoError(t, checkMessage(msg, 0), name)
+		recs := make([]record, 0, recordChunk)
+		allocs := testing.AllocsPerRun(5, func() {
+			m, err := readMessage(msg, 0)
+			for err == nil && m.more() {
+				recs, err = m.read(recs[:0], recordChunk)
+			}
+			require.NoError(t, err)
+		})
+		require.Zero(t, allocs, name)
+	}
+}
+
+// TestQuasar_ReceiveDoesNotAmplify: a validator handed a message of the
+// smallest records there are allocates less than the message's own size
+// to act on it, and stays well-formed (SPEC §6: no decoder allocates
+// beyond the frame limit).
+func TestQuasar_ReceiveDoesNotAmplify(t *testing.T) {
+	const size = 1 << 20
+	ids := []string{"node-0", "node-1", "node-2"}
+	hub := NewMemoryHub()
+	defer hub.Close()
+	r, err := NewQuasar(context.Background(), QuasarConfig{NodeID: ids[0], Validators: ids, Transport: hub.Connect(ids[0])})
+	require.NoError(t, err)
+	defer r.Close()
+	for name, msg := range amplifiers(size) {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		require.NoError(t, r.receive(1, msg), name)
+		runtime.ReadMemStats(&after)
+		grew := after.TotalAlloc - before.TotalAlloc
+		t.Logf("%s: %d-byte message, %d bytes allocated", name, len(msg), grew)
+		require.Less(t, grew, uint64(len(msg)), name)
 	}
 }
