@@ -242,9 +242,8 @@ func (st *state) handle(rec *record, sender int) {
 }
 
 // onProposal handles a received proposal, or a certificate (cert: its
-// voters; nil for a proposal). id and payload
-// are the frame's block ID and JSON, computed by the receiving goroutine
-// before it took mu.
+// voters; nil for a proposal). id and payload are the frame's block ID and
+// JSON, computed by the receiving goroutine before it took mu.
 func (st *state) onProposal(p *proposal, cert *nodeList, id [idLen]byte, payload []byte) {
 	m := &st.r.m
 	e := st.entries[id]
