@@ -189,9 +189,15 @@ func (r *LocalReplicator) OnApplyError(fn func(f Frame, err error)) {
 // frame's Value after Propose returns (a handler's Propose keeps a copy).
 func (r *LocalReplicator) Propose(ctx context.Context, f Frame) (Decision, error) {
 	if err := ctx.Err(); err != nil {
+		if r.isClosed() {
+			return DecisionUndecided, ErrClosed
+		}
 		return DecisionTimeout, fmt.Errorf("%w: %w", ErrTimeout, err)
 	}
 	if err := f.checkSize(r.maxBytes.Load()); err != nil {
+		if r.isClosed() {
+			return DecisionUndecided, ErrClosed
+		}
 		r.rejected.Add(1)
 		return DecisionReject, err
 	}
@@ -205,6 +211,14 @@ func (r *LocalReplicator) Propose(ctx context.Context, f Frame) (Decision, error
 	}
 	r.applying = true
 	return r.lead(&f) // unlocks mu
+}
+
+// isClosed reports whether Close was called: Propose checks it first on
+// its error paths, so that a closed replicator always answers ErrClosed.
+func (r *LocalReplicator) isClosed() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.closed
 }
 
 // wait handles a Propose made while another goroutine applies. mu is held on

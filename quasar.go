@@ -246,7 +246,7 @@ func (r *QuasarReplicator) Propose(ctx context.Context, f Frame) (Decision, erro
 		return DecisionUndecided, fmt.Errorf("quasar propose: %w", ErrClosed)
 	}
 	if err := ctx.Err(); err != nil {
-		return DecisionTimeout, fmt.Errorf("quasar propose: %w: %w", ErrTimeout, err)
+		return r.failed(err)
 	}
 	if err := f.checkSize(int64(r.maxFrame)); err != nil {
 		r.m.rejected.Add(1)

@@ -66,8 +66,10 @@ func TestQuasar_ClusterSizes(t *testing.T) {
 	}
 }
 
-// S4: two writers racing on one slot: exactly one wins, on every node.
+// S4: two writers racing on one slot: exactly one wins, and the other is
+// rejected, on every node.
 func TestQuasar_ConflictingSlot(t *testing.T) {
+	rejectedAsFrame := 0
 	for round := 0; round < 20; round++ {
 		c := newTestCluster(t, 3, clusterOpts{})
 		a := Frame{OrgID: "org", Namespace: "lock", Seq: 1, Op: "put", Key: "owner", Value: []byte("a")}
@@ -77,29 +79,44 @@ func TestQuasar_ConflictingSlot(t *testing.T) {
 			d   Decision
 			err error
 		}
+		// Delays let both proposals leave before either is decided.
+		require.NoError(t, c.hub.SetFaults(MemoryFaults{Seed: int64(round), MinDelay: 2 * time.Millisecond, MaxDelay: 6 * time.Millisecond}))
+		start := make(chan struct{})
 		ra, rb := make(chan res, 1), make(chan res, 1)
-		go func() { d, err := c.propose(0, a); ra <- res{d, err} }()
-		go func() { d, err := c.propose(1, b); rb <- res{d, err} }()
+		go func() { <-start; d, err := c.propose(0, a); ra <- res{d, err} }()
+		go func() { <-start; d, err := c.propose(1, b); rb <- res{d, err} }()
+		close(start)
 		x, y := <-ra, <-rb
-		accepted := 0
-		for _, r := range []res{x, y} {
+		accepted, loser := 0, -1
+		for i, r := range []res{x, y} {
 			switch r.d {
 			case DecisionAccept:
 				accepted++
 				require.NoError(t, r.err)
 			case DecisionReject:
+				loser = i
 				require.ErrorIs(t, r.err, ErrRejected)
 			default:
 				t.Fatalf("round %d: unexpected decision %v (%v)", round, r.d, r.err)
 			}
 		}
-		require.LessOrEqual(t, accepted, 1, "round %d: both writers won one slot", round)
-		if accepted == 1 {
-			c.waitAllApplied(1, 5*time.Second)
-		}
+		// Every validator is up: the third breaks the tie, so one wins.
+		require.Equal(t, 1, accepted, "round %d: %v / %v", round, x, y)
+		c.waitAllApplied(1, 5*time.Second)
 		c.requireConverged()
+		// The loser was refused before it was sent (its node had already
+		// accepted the winner) or it was rejected by cancel votes: then
+		// every node learns them and rejects it too.
+		want := c.nodes[loser].r.Metrics().FramesRejected
+		for _, n := range c.nodes {
+			require.Eventually(t, func() bool { return n.r.Metrics().FramesRejected == want }, 5*time.Second, time.Millisecond,
+				"round %d: %s rejected %d frames, want %d", round, n.id, n.r.Metrics().FramesRejected, want)
+		}
+		rejectedAsFrame += int(want)
 		c.close()
 	}
+	t.Logf("%d of 20 losers were rejected by cancel votes, the others before they were sent", rejectedAsFrame)
+	require.Positive(t, rejectedAsFrame, "no race was close enough to send both frames")
 }
 
 func TestQuasar_ConfigErrors(t *testing.T) {
@@ -366,6 +383,24 @@ func TestQuasar_CtxDeadlineIsTheCause(t *testing.T) {
 		require.ErrorIs(t, err, ErrTimeout)
 		require.ErrorIs(t, err, context.DeadlineExceeded)
 	}
+}
+
+// Stats counts every Propose that returned DecisionTimeout, including one
+// whose ctx was done before the call.
+func TestQuasar_StatsCountEveryTimeout(t *testing.T) {
+	c := newTestCluster(t, 3, clusterOpts{})
+	canceled, cancel := context.WithCancel(context.Background())
+	cancel()
+	d, err := c.nodes[0].r.Propose(canceled, put("ns", "k", "v"))
+	require.Equal(t, DecisionTimeout, d)
+	require.ErrorIs(t, err, context.Canceled)
+	c.hub.Partition([]string{"node-0"}, []string{"node-1", "node-2"})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	d, _ = c.nodes[0].r.Propose(ctx, put("ns", "k", "v"))
+	require.Equal(t, DecisionTimeout, d)
+	accepted, rejected, timeouts := c.nodes[0].r.Stats()
+	require.Equal(t, [3]uint64{0, 0, 2}, [3]uint64{accepted, rejected, timeouts})
 }
 
 // A node proposing on a stale head (it missed the frame accepted at that

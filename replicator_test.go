@@ -286,14 +286,27 @@ func testReplicator(t *testing.T, newR func(t *testing.T) Replicator) {
 	})
 
 	t.Run("ClosedBeforeCall", func(t *testing.T) {
-		// §3: replicator closed: Undecided and ErrClosed, promptly.
+		// §3: replicator closed: Undecided and ErrClosed, promptly, even
+		// for a call that would otherwise time out or be refused.
 		r := newR(t)
 		log := newFrameLog()
 		r.Subscribe(log.handle)
 		require.NoError(t, r.Close())
-		d, err := r.Propose(context.Background(), Frame{OrgID: "o", Namespace: "n", Op: "put", Key: "k"})
-		require.Equal(t, DecisionUndecided, d)
-		require.ErrorIs(t, err, ErrClosed)
+		canceled, cancel := context.WithCancel(context.Background())
+		cancel()
+		f := Frame{OrgID: "o", Namespace: "n", Op: "put", Key: "k"}
+		tooLarge := f
+		tooLarge.Value = make([]byte, 2*DefaultMaxFrameBytes)
+		for name, call := range map[string]struct {
+			ctx context.Context
+			f   Frame
+		}{"live ctx": {context.Background(), f}, "ctx done": {canceled, f}, "frame above limit": {context.Background(), tooLarge}} {
+			t.Run(name, func(t *testing.T) {
+				d, err := r.Propose(call.ctx, call.f)
+				require.Equal(t, DecisionUndecided, d)
+				require.ErrorIs(t, err, ErrClosed)
+			})
+		}
 		assert.Empty(t, log.snapshot())
 	})
 
