@@ -8,8 +8,10 @@ var (
 	ErrTimeout  = errors.New("replication: consensus timeout")
 )
 
-// Further sentinels. Every error this package returns wraps one of them, so
-// match with errors.Is, never by comparing strings.
+// Further sentinels. Every failure of the package's own making wraps one
+// of them; a failure that comes from elsewhere (a ctx ending, a listener
+// that cannot bind) wraps that error instead. Match with errors.Is, never by
+// comparing strings.
 var (
 	// ErrClosed is returned by Propose (with DecisionUndecided) once the
 	// replicator or transport is closed, including for calls that were in

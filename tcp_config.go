@@ -160,8 +160,8 @@ func (c TCPConfig) withDefaults() TCPConfig {
 	return c
 }
 
-// Validate reports whether c is usable. Zero tuning fields are valid (they
-// mean the defaults). Every error wraps ErrInvalidConfig and names the
+// Validate reports whether c is usable, exactly as NewTCPTransport judges
+// it. Zero tuning fields are valid (they mean the defaults). Every error wraps ErrInvalidConfig and names the
 // offending values. Validate does not modify c and is safe for concurrent
 // use.
 func (c TCPConfig) Validate() error {
@@ -224,8 +224,9 @@ func (c TCPConfig) Validate() error {
 			return bad("negative %s %s", d.name, d.v)
 		}
 	}
-	if c.MinBackoff > 0 && c.MaxBackoff > 0 && c.MinBackoff > c.MaxBackoff {
-		return bad("MinBackoff %s > MaxBackoff %s", c.MinBackoff, c.MaxBackoff)
+	// Compared as NewTCPTransport will use them: a zero one is its default.
+	if lo, hi := cmp.Or(c.MinBackoff, DefaultTCPMinBackoff), cmp.Or(c.MaxBackoff, DefaultTCPMaxBackoff); lo > hi {
+		return bad("MinBackoff %s > MaxBackoff %s (a zero one is its default)", lo, hi)
 	}
 	return nil
 }

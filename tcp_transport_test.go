@@ -723,7 +723,7 @@ func TestTCPConfig_Validate(t *testing.T) {
 	t.Run("defaults applied before validation", func(t *testing.T) {
 		cfg := base()
 		cfg.MinBackoff = DefaultTCPMaxBackoff + time.Second // above the default max
-		require.NoError(t, cfg.Validate(), "zero MaxBackoff is not compared")
+		require.ErrorIs(t, cfg.Validate(), ErrInvalidConfig, "Validate judges as the constructor does")
 		_, err := NewTCPTransport(cfg)
 		require.ErrorIs(t, err, ErrInvalidConfig)
 	})
