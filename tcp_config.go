@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"net"
 	"slices"
 	"time"
 )
@@ -35,7 +36,8 @@ const (
 	maxTCPMessageBytes = 1 << 30
 	// tcpHelloLimit bounds the plaintext hello frame (kind "" and a node
 	// ID), independently of MaxMessageBytes.
-	tcpHelloLimit = tcpFrameMinBody + 1024
+	tcpHelloLimit = tcpFrameMinBody + tcpMaxHelloID
+	tcpMaxHelloID = 1024
 	// tcpReadBufferSize and tcpWriteBufferSize size the bufio buffers of a
 	// connection.
 	tcpReadBufferSize  = 32 << 10
@@ -70,15 +72,19 @@ type TCPConfig struct {
 	Peers map[string]string
 
 	// TLS is the mutual-TLS configuration: Certificates (this node's
-	// certificate, whose Subject CommonName or a DNS SAN is NodeID),
+	// certificate, whose Subject CommonName or a DNS SAN is NodeID, and
+	// which names no peer),
 	// RootCAs (the CA that signs peer certificates, used to check peers
 	// this node dials; required, the system roots are never used) and
 	// ClientCAs (used to check peers that dial this node; nil means
 	// RootCAs). LoadTLSConfig builds one.
 	//
 	// A peer's certificate must chain to the CA and name, in its CommonName
-	// or in a DNS SAN, the node ID expected: the peer dialed, or any
-	// configured peer for inbound connections. The transport works on a
+	// or in a DNS SAN, the node ID expected (the peer dialed, or any
+	// configured peer for inbound connections) and no other configured
+	// node: a certificate that names two could pass for either, and is
+	// refused. Names that are not node IDs (say, a host name) are ignored.
+	// The transport works on a
 	// clone and sets MinVersion to TLS 1.3, ClientAuth to
 	// RequireAndVerifyClientCert, SessionTicketsDisabled, ServerName (the
 	// peer's node ID), clears GetConfigForClient (which would bypass these
@@ -131,9 +137,9 @@ type TCPConfig struct {
 	MinBackoff time.Duration
 	MaxBackoff time.Duration
 
-	// WriteTimeout bounds each flush of queued messages to a peer; a peer
-	// that does not read in time is disconnected and redialed. Zero means
-	// DefaultTCPWriteTimeout (5s).
+	// WriteTimeout bounds each write to a peer's socket (a buffer's worth
+	// of queued messages, or less); a peer that does not take it in time is
+	// disconnected and redialed. Zero means DefaultTCPWriteTimeout (5s).
 	WriteTimeout time.Duration
 
 	// Logger receives connection events: Warn for refused peers
@@ -174,6 +180,9 @@ func (c TCPConfig) Validate() error {
 	if c.Listen == "" {
 		return bad("empty Listen address for node %q", c.NodeID)
 	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		return bad("Listen address %q: %v", c.Listen, err)
+	}
 	for id, addr := range c.Peers {
 		switch {
 		case id == "":
@@ -183,6 +192,15 @@ func (c TCPConfig) Validate() error {
 		case addr == "":
 			return bad("empty address for peer %q", id)
 		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return bad("address of peer %q: %v", id, err)
+		}
+		if c.Insecure && len(id) > tcpMaxHelloID {
+			return bad("peer ID of %d bytes exceeds the %d an Insecure hello carries", len(id), tcpMaxHelloID)
+		}
+	}
+	if c.Insecure && len(c.NodeID) > tcpMaxHelloID {
+		return bad("NodeID of %d bytes exceeds the %d an Insecure hello carries", len(c.NodeID), tcpMaxHelloID)
 	}
 	switch {
 	case c.TLS == nil && !c.Insecure:
@@ -193,6 +211,20 @@ func (c TCPConfig) Validate() error {
 	if c.TLS != nil {
 		if len(c.TLS.Certificates) == 0 && (c.TLS.GetCertificate == nil || c.TLS.GetClientCertificate == nil) {
 			return bad("TLS config has no certificate for node %q (set Certificates, or both GetCertificate and GetClientCertificate)", c.NodeID)
+		}
+		if len(c.TLS.Certificates) > 0 {
+			leaf, err := tlsLeaf(&c.TLS.Certificates[0])
+			if err != nil {
+				return bad("TLS certificate of node %q: %v", c.NodeID, err)
+			}
+			if !certNamesNode(leaf, c.NodeID) {
+				return bad("TLS certificate names %q, not NodeID %q", certNodeNames(leaf), c.NodeID)
+			}
+			for _, name := range certNodeNames(leaf) {
+				if _, ok := c.Peers[name]; ok {
+					return bad("TLS certificate of node %q also names peer %q (peers refuse it)", c.NodeID, name)
+				}
+			}
 		}
 		if c.TLS.RootCAs == nil {
 			return bad("TLS config has no RootCAs (peer certificates are never checked against system roots)")

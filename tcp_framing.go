@@ -16,6 +16,14 @@ package replication
 // sender's node ID, see TCPConfig.Insecure) and is never delivered to a
 // handler; Broadcast refuses it.
 //
+// The one byte that travels the other way: once the accepting side has
+// authenticated the dialer (TLS handshake and certificate identity, or the
+// hello), it writes tcpAccepted (0x01). The dialer waits for it, within
+// HandshakeTimeout, before it sends anything: with TLS 1.3 a client's
+// handshake completes before the server has checked the client's
+// certificate, so without it a dialer that the peer refuses would believe
+// itself connected and lose what it sends.
+//
 // The decoder treats its input as hostile (SPEC §6): the length prefix is
 // checked against the configured limit before anything is allocated, and the
 // body is read into a buffer that grows only as bytes actually arrive, so a
@@ -36,6 +44,9 @@ const (
 	tcpFrameVersion = 1
 	// tcpFramePrefixLen is the size of the big-endian length prefix.
 	tcpFramePrefixLen = 4
+	// tcpAccepted is the byte the accepting side writes once it has
+	// authenticated the dialer.
+	tcpAccepted = 0x01
 	// tcpFrameMinBody is the smallest valid length: version + kind length.
 	tcpFrameMinBody = 2
 	// tcpMaxKindLen is the longest kind a frame can carry.

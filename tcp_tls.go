@@ -30,8 +30,8 @@ func (t *TCPTransport) clientTLSConfig(id string) *tls.Config {
 		if err := verifyTCPPeerChain(cs.PeerCertificates, roots, x509.ExtKeyUsageServerAuth); err != nil {
 			return err
 		}
-		if !certNamesNode(cs.PeerCertificates[0], id) {
-			return fmt.Errorf("replication: tcp peer certificate names %q, want node %q",
+		if got, ok := t.certNode(cs.PeerCertificates[0]); !ok || got != id {
+			return fmt.Errorf("replication: tcp peer certificate names %q, want node %q alone",
 				certNodeNames(cs.PeerCertificates[0]), id)
 		}
 		if userVerify != nil {
@@ -61,7 +61,7 @@ func (t *TCPTransport) newServerTLSConfig() *tls.Config {
 			return errors.New("replication: tcp peer sent no certificate")
 		}
 		if _, ok := t.inboundPeerID(cs.PeerCertificates[0]); !ok {
-			return fmt.Errorf("replication: tcp peer certificate names %q, no configured peer",
+			return fmt.Errorf("replication: tcp peer certificate names %q: not exactly one configured peer",
 				certNodeNames(cs.PeerCertificates[0]))
 		}
 		if userVerify != nil {
@@ -72,15 +72,38 @@ func (t *TCPTransport) newServerTLSConfig() *tls.Config {
 	return c
 }
 
-// inboundPeerID returns the configured peer a certificate names: its
-// CommonName if that is a peer, else its first DNS SAN that is.
+// inboundPeerID returns the configured peer a dialer's certificate names.
 func (t *TCPTransport) inboundPeerID(cert *x509.Certificate) (string, bool) {
+	id, ok := t.certNode(cert)
+	return id, ok && t.peerIDs[id]
+}
+
+// certNode returns the one configured node (a peer, or this node) that
+// cert names in its CommonName or DNS SANs. ok is false when it names none,
+// or more than one: such a certificate could pass for either.
+func (t *TCPTransport) certNode(cert *x509.Certificate) (id string, ok bool) {
 	for _, name := range certNodeNames(cert) {
-		if t.peerIDs[name] {
-			return name, true
+		switch {
+		case name == id: // named twice (CommonName and SAN)
+		case name != t.cfg.NodeID && !t.peerIDs[name]: // not one of ours
+		case id != "":
+			return "", false
+		default:
+			id = name
 		}
 	}
-	return "", false
+	return id, id != ""
+}
+
+// tlsLeaf returns the parsed leaf of a configured certificate.
+func tlsLeaf(c *tls.Certificate) (*x509.Certificate, error) {
+	if c.Leaf != nil {
+		return c.Leaf, nil
+	}
+	if len(c.Certificate) == 0 {
+		return nil, errors.New("empty certificate chain")
+	}
+	return x509.ParseCertificate(c.Certificate[0])
 }
 
 // certNodeNames returns the names a certificate may identify a node by: the

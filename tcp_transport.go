@@ -49,6 +49,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -272,8 +273,9 @@ func (t *TCPTransport) OnReceive(kind string, h func(payload []byte) error) {
 // sender are sequential and in send order, calls for different senders may
 // run concurrently. h must return promptly, since that sender's messages
 // wait meanwhile, and must not keep payload after it returns (the buffer is
-// reused). A non-nil error from h is counted and logged at Debug; the
-// connection stays up. Safe for concurrent use.
+// reused), nor call Close (which waits for h to return). A non-nil error
+// from h is counted and logged at Debug; the connection stays up. Safe for
+// concurrent use.
 func (t *TCPTransport) OnReceiveFrom(kind string, h func(from string, payload []byte) error) {
 	t.hmu.Lock()
 	defer t.hmu.Unlock()
@@ -295,7 +297,8 @@ func (t *TCPTransport) handler(kind []byte) func(string, []byte) error {
 // stops every goroutine, and returns once all of them have exited. Messages
 // still queued are dropped. Close is idempotent: every call waits for the
 // shutdown to finish and returns nil. After Close, Broadcast returns
-// ErrClosed. Safe for concurrent use.
+// ErrClosed. Safe for concurrent use, but do not call Close from a handler:
+// it would wait for the very reader goroutine that runs it.
 func (t *TCPTransport) Close() error {
 	t.closeOnce.Do(func() {
 		t.closed.Store(true)
@@ -492,6 +495,10 @@ func (t *TCPTransport) readLoop(raw net.Conn) {
 		}
 		from = string(payload)
 	}
+	if _, err := conn.Write([]byte{tcpAccepted}); err != nil {
+		t.log.Debug("tcp inbound connection lost before it was accepted", "peer", from, "err", err)
+		return
+	}
 	_ = raw.SetDeadline(time.Time{})
 
 	// One inbound connection per peer: a newer one replaces an older one,
@@ -623,6 +630,19 @@ func (t *TCPTransport) dial(p *tcpPeer) (conn, raw net.Conn, err error) {
 			return nil, nil, fmt.Errorf("replication: tcp hello to %s (%s): %w", p.id, p.addr, err)
 		}
 	}
+	// Wait for the peer to accept us (see tcpAccepted): a peer that refuses
+	// our certificate or hello closes the connection (with a TLS alert)
+	// instead.
+	var ack [1]byte
+	if _, err := io.ReadFull(conn, ack[:]); err != nil || ack[0] != tcpAccepted {
+		t.untrackClose(raw)
+		if err == nil {
+			err = fmt.Errorf("%w: acceptance byte %#x", ErrMalformed, ack[0])
+		}
+		err = fmt.Errorf("replication: tcp peer %s (%s) did not accept us: %w", p.id, p.addr, err)
+		t.refuse("outbound", p.id, raw.RemoteAddr(), err)
+		return nil, nil, err
+	}
 	_ = raw.SetDeadline(time.Time{})
 	return conn, raw, nil
 }
@@ -656,10 +676,15 @@ func (t *TCPTransport) serveOutbound(p *tcpPeer, conn, raw net.Conn, bw *bufio.W
 			return errors.New("connection closed by peer")
 		case msg = <-p.queue:
 		}
-		_ = raw.SetWriteDeadline(time.Now().Add(t.cfg.WriteTimeout))
+		// The deadline bounds each write that reaches the socket (a Write
+		// that overflows the buffer, and the Flush), not the whole batch: a
+		// peer that keeps reading is never cut off for being sent a lot.
 		n := 0
 		var err error
 		for more := true; more; {
+			if len(msg) > bw.Available() {
+				_ = raw.SetWriteDeadline(time.Now().Add(t.cfg.WriteTimeout))
+			}
 			if _, err = bw.Write(msg); err != nil {
 				break
 			}
@@ -674,6 +699,7 @@ func (t *TCPTransport) serveOutbound(p *tcpPeer, conn, raw net.Conn, bw *bufio.W
 			}
 		}
 		if err == nil {
+			_ = raw.SetWriteDeadline(time.Now().Add(t.cfg.WriteTimeout))
 			err = bw.Flush()
 		}
 		if err != nil {

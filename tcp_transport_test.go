@@ -2,13 +2,21 @@ package replication
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	crand "crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"fmt"
 	"io"
+	"math/big"
 	"math/rand/v2"
 	"net"
 	"path/filepath"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -503,7 +511,10 @@ func tcpSlowPeer(t *testing.T, dir, id string) string {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				_ = conn.(*tls.Conn).Handshake() // then never read
+				// Accept the dialer as a transport does, then never read.
+				if conn.(*tls.Conn).Handshake() == nil {
+					_, _ = conn.Write([]byte{tcpAccepted})
+				}
 			}()
 		}
 	}()
@@ -682,6 +693,17 @@ func TestTCPConfig_Validate(t *testing.T) {
 		{"peers contain self", func(c *TCPConfig) { c.Peers["a"] = "127.0.0.1:2" }, false},
 		{"empty peer ID", func(c *TCPConfig) { c.Peers[""] = "127.0.0.1:2" }, false},
 		{"empty peer address", func(c *TCPConfig) { c.Peers["c"] = "" }, false},
+		{"peer address without port", func(c *TCPConfig) { c.Peers["c"] = "localhost" }, false},
+		{"Listen without port", func(c *TCPConfig) { c.Listen = "127.0.0.1" }, false},
+		{"Insecure NodeID beyond the hello", func(c *TCPConfig) {
+			c.TLS, c.Insecure, c.NodeID = nil, true, strings.Repeat("n", tcpMaxHelloID+1)
+		}, false},
+		{"Insecure peer ID beyond the hello", func(c *TCPConfig) {
+			c.TLS, c.Insecure = nil, true
+			c.Peers[strings.Repeat("p", tcpMaxHelloID+1)] = "127.0.0.1:2"
+		}, false},
+		{"certificate of another node", func(c *TCPConfig) { c.NodeID, c.Peers = "c", map[string]string{"b": "127.0.0.1:1"} }, false},
+		{"certificate naming a peer too", func(c *TCPConfig) { c.NodeID, c.Peers = "c", map[string]string{"a": "127.0.0.1:1"} }, false},
 		{"neither TLS nor Insecure", func(c *TCPConfig) { c.TLS = nil }, false},
 		{"both TLS and Insecure", func(c *TCPConfig) { c.Insecure = true }, false},
 		{"TLS without certificate", func(c *TCPConfig) { c.TLS = &tls.Config{RootCAs: good.RootCAs} }, false},
@@ -773,4 +795,144 @@ func BenchmarkTCPTransport_Broadcast(b *testing.B) {
 			}
 		})
 	}
+}
+
+// TestTCPTransport_RefusedDialerKnowsIt: with TLS 1.3 a dialer's handshake
+// completes before the peer checks its certificate, so the dialer waits for
+// the peer's acceptance byte: a dialer its peer refuses counts handshake
+// failures, never counts itself connected, and counts nothing as sent.
+func TestTCPTransport_RefusedDialerKnowsIt(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	for _, insecure := range []bool{false, true} {
+		t.Run(fmt.Sprintf("insecure=%v", insecure), func(t *testing.T) {
+			dir := tcpCerts(t, "a", "b", "c")
+			conf := func(id string) *tls.Config {
+				if insecure {
+					return nil
+				}
+				return tcpTLS(t, dir, id)
+			}
+			addrA, addrB := tcpFreeAddr(t), tcpFreeAddr(t)
+			a := newTCPTest(t, tcpTestConfig("a", addrA, map[string]string{"b": addrB}, conf("a")))
+			// b knows only c: it refuses a.
+			b := newTCPTest(t, tcpTestConfig("b", addrB, map[string]string{"c": tcpFreeAddr(t)}, conf("b")))
+			for range 20 {
+				require.NoError(t, a.Broadcast(context.Background(), "k", []byte("x")))
+			}
+			require.Eventually(t, func() bool {
+				return a.Stats().HandshakeFailures >= 2 && b.Stats().HandshakeFailures >= 2
+			}, tcpWait, tcpPoll, "a: %+v b: %+v", a.Stats(), b.Stats())
+			st := a.Stats()
+			require.Zero(t, st.Sent, "%+v", st)
+			require.Zero(t, st.Reconnects, "%+v", st)
+			require.False(t, st.Peers["b"].Connected)
+			require.Zero(t, b.Stats().Received)
+			require.NoError(t, a.Close())
+			require.NoError(t, b.Close())
+		})
+	}
+}
+
+// tcpIssueCert signs a certificate for the given names with the dev CA in
+// dir, as a careless CA might, and returns it as a tls.Certificate.
+func tcpIssueCert(t *testing.T, dir, cn string, dnsNames ...string) tls.Certificate {
+	t.Helper()
+	ca, err := tls.LoadX509KeyPair(filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca-key.pem"))
+	require.NoError(t, err)
+	caCert, err := x509.ParseCertificate(ca.Certificate[0])
+	require.NoError(t, err)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: cn},
+		DNSNames:     dnsNames,
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(crand.Reader, tmpl, caCert, &key.PublicKey, ca.PrivateKey)
+	require.NoError(t, err)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// TestTCPTransport_RefusesCertificateNamingTwoNodes: a certificate from the
+// cluster CA that names two configured nodes could pass for either, so it
+// is refused both when it dials a node and when a node dials it.
+func TestTCPTransport_RefusesCertificateNamingTwoNodes(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	dir := tcpCerts(t, "a", "b", "c")
+	two := tcpIssueCert(t, dir, "b", "b", "c")
+	evil := tcpTLS(t, dir, "b")
+	evil.Certificates = []tls.Certificate{two}
+
+	addrB := tcpFreeAddr(t)
+	a := newTCPTest(t, tcpTestConfig("a", "127.0.0.1:0", map[string]string{"b": addrB, "c": tcpFreeAddr(t)}, tcpTLS(t, dir, "a")))
+
+	// Inbound: the certificate dials a.
+	cfg := evil.Clone()
+	cfg.ServerName = "a"
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: tcpWait}, "tcp", a.Addr().String(), cfg)
+	if err == nil { // TLS 1.3: the client finishes first; the refusal follows
+		tcpRequireClosedByPeer(t, conn)
+		_ = conn.Close()
+	}
+	require.Eventually(t, func() bool { return a.Stats().HandshakeFailures >= 1 }, tcpWait, tcpPoll)
+
+	// Outbound: a dials the certificate at b's address.
+	ln, err := tls.Listen("tcp", addrB, &tls.Config{Certificates: []tls.Certificate{two}, ClientAuth: tls.RequireAnyClientCert, MinVersion: tls.VersionTLS13})
+	require.NoError(t, err)
+	defer ln.Close()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			if c.(*tls.Conn).Handshake() == nil {
+				_, _ = c.Write([]byte{tcpAccepted})
+			}
+			_ = c.Close()
+		}
+	}()
+	before := a.Stats().HandshakeFailures
+	require.NoError(t, a.Broadcast(context.Background(), "k", []byte("secret")))
+	require.Eventually(t, func() bool { return a.Stats().HandshakeFailures >= before+2 }, tcpWait, tcpPoll, "%+v", a.Stats())
+	require.Zero(t, a.Stats().Sent)
+	require.NoError(t, a.Close())
+	_ = ln.Close()
+}
+
+// TestTCPTransport_SteadyReaderNotCutOff: WriteTimeout bounds each write
+// to the socket, not a whole batch: a peer that takes longer than
+// WriteTimeout to read a backlog, but keeps reading, is never disconnected
+// and gets every message.
+func TestTCPTransport_SteadyReaderNotCutOff(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	addrA, addrB := tcpFreeAddr(t), tcpFreeAddr(t)
+	cfgA := tcpTestConfig("a", addrA, map[string]string{"b": addrB}, nil)
+	cfgA.WriteTimeout = 300 * time.Millisecond
+	a := newTCPTest(t, cfgA)
+	b := newTCPTest(t, tcpTestConfig("b", addrB, map[string]string{"a": addrA}, nil))
+	var got atomic.Int64
+	b.OnReceive("bulk", func([]byte) error {
+		time.Sleep(10 * time.Millisecond) // about 25 MiB/s: 100 messages take a second
+		got.Add(1)
+		return nil
+	})
+	require.Eventually(t, func() bool { return a.Stats().Peers["b"].Connected }, tcpWait, tcpPoll)
+	const n = 100
+	payload := make([]byte, 256<<10) // 25 MiB in all: more than socket buffers hold
+	for range n {
+		require.NoError(t, a.Broadcast(context.Background(), "bulk", payload))
+	}
+	require.Eventually(t, func() bool { return got.Load() == n }, 4*tcpWait, tcpPoll, "%d of %d delivered; %+v", got.Load(), n, a.Stats())
+	require.Zero(t, a.Stats().Reconnects)
+	require.NoError(t, a.Close())
+	require.NoError(t, b.Close())
 }
