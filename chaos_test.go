@@ -77,7 +77,7 @@ type chaosChecker struct {
 
 	mu        sync.Mutex
 	nodes     []*chaosReplica
-	delivered []map[[idLen]byte]uint64 // per receiving node: bitmask of delivered commit voters, per block
+	delivered []map[votedAt]uint64 // per receiving node: bitmask of delivered commit voters, per block and position
 	ops       []*chaosOp
 	byToken   map[string]*chaosOp
 	slots     map[nsRef]string // slot -> token applied there (S4)
@@ -109,6 +109,12 @@ type chaosApplied struct {
 	token    string
 	slot     nsRef
 	restored bool // copied from a peer's snapshot (restore), not applied
+}
+
+// votedAt is a block at a chain position: what a vote is cast for.
+type votedAt struct {
+	id   [idLen]byte
+	prev uint64
 }
 
 // chaosOrder is what a frame's proposal orders it after: the accepted
@@ -143,7 +149,7 @@ func newChaosChecker(ids []string, q int) *chaosChecker {
 		c.byID[id] = i
 		c.byNID[validatorNodeID(id)] = i
 		c.nodes = append(c.nodes, &chaosReplica{data: map[string]string{}, byToken: map[string]int{}, bySlot: map[nsRef]int{}, heads: map[spaceKey]uint64{}})
-		c.delivered = append(c.delivered, map[[idLen]byte]uint64{})
+		c.delivered = append(c.delivered, map[votedAt]uint64{})
 	}
 	return c
 }
@@ -181,7 +187,7 @@ func (c *chaosChecker) onDeliver(from, to, kind string, payload []byte) {
 				continue
 			}
 			if v, ok := c.byNID[r.vote.voter]; ok {
-				seen[r.vote.block] |= 1 << v
+				seen[votedAt{r.vote.block, r.vote.prev}] |= 1 << v
 			}
 		case recCertificate:
 			id, _ := r.prop.frame.blockID(nil)
@@ -191,7 +197,7 @@ func (c *chaosChecker) onDeliver(from, to, kind string, payload []byte) {
 					voters |= 1 << v
 				}
 			}
-			seen[id] |= voters
+			seen[votedAt{id, r.prop.prev}] |= voters
 			// A certificate claims the frame was accepted: an honest node
 			// sends one only with the commit votes of a quorum.
 			if k := bits.OnesCount64(voters); k < c.q && c.badCerts < 20 {
@@ -269,7 +275,10 @@ func (c *chaosChecker) applied(node int, f Frame) {
 	defer c.mu.Unlock()
 	rep := c.nodes[node]
 	name := c.ids[node]
-	if others := bits.OnesCount64(c.delivered[node][id] &^ (1 << node)); others < c.q-1 {
+	// The votes that count are those cast at the position the frame's
+	// proposal named (tokens are unique: one proposal per frame).
+	at := votedAt{id, c.orders[token].prev.seq}
+	if others := bits.OnesCount64(c.delivered[node][at] &^ (1 << node)); others < c.q-1 {
 		c.violatef("S2: %s applied %s/%s seq %d (token %q) having been delivered commit votes of %d other validators, quorum %d needs %d",
 			name, f.OrgID, f.Namespace, f.Seq, token, others, c.q, c.q-1)
 	}
@@ -987,7 +996,7 @@ func TestChecker_DetectsViolations(t *testing.T) {
 		msg := newMessage(nil)
 		for _, v := range voters {
 			voter := validatorNodeID(ids[v])
-			msg = appendVoteRecord(msg, &id, &voter, voteCommit)
+			msg = appendVoteRecord(msg, f.Seq-1, &id, &voter, voteCommit)
 		}
 		c.onDeliver(ids[(to+1)%3], ids[to], quasarKind, finishMessage(msg, len(voters)))
 	}
@@ -1030,6 +1039,7 @@ func TestChecker_DetectsViolations(t *testing.T) {
 	// accepted records a Propose of f by node that every node applied.
 	accepted := func(c *chaosChecker, node int, f Frame) {
 		op := c.begin(node, f)
+		propose(c, f)
 		quorum(c, f)
 		for i := range ids {
 			c.applied(i, f)
@@ -1077,11 +1087,20 @@ func TestChecker_DetectsViolations(t *testing.T) {
 			votes(c, 1, f, 1)
 			c.applied(1, f)
 		}, "S2:"},
+		{"S2 votes cast at another position do not count", func(c *chaosChecker) {
+			f := frame(1, "a", "x")
+			propose(c, f) // at position 0
+			id, _ := f.blockID(nil)
+			voter := validatorNodeID(ids[0])
+			msg := appendVoteRecord(newMessage(nil), 5, &id, &voter, voteCommit)
+			c.onDeliver(ids[0], ids[1], quasarKind, finishMessage(msg, 1))
+			c.applied(1, f)
+		}, "S2:"},
 		{"S2 cancel votes do not count", func(c *chaosChecker) {
 			f := frame(1, "a", "x")
 			id, _ := f.blockID(nil)
 			voter := validatorNodeID(ids[0])
-			msg := appendVoteRecord(newMessage(nil), &id, &voter, voteCancel)
+			msg := appendVoteRecord(newMessage(nil), 0, &id, &voter, voteCancel)
 			c.onDeliver(ids[0], ids[1], quasarKind, finishMessage(msg, 1))
 			c.applied(1, f)
 		}, "S2:"},
@@ -1512,9 +1531,9 @@ func TestChaos_ForgottenCancelStaysCancel(t *testing.T) {
 		t.Helper()
 		require.NoError(t, r.receive(from, encodeMessage(recs)))
 	}
-	voteRec := func(f Frame, voter nodeID, typ byte) record {
+	voteRec := func(f Frame, voter nodeID, typ byte) record { // every frame here extends Seq-1
 		id, _ := f.blockID(nil)
-		return record{typ: recVote, vote: vote{block: id, voter: voter, typ: typ}}
+		return record{typ: recVote, vote: vote{prev: f.Seq - 1, block: id, voter: voter, typ: typ}}
 	}
 	propRec := func(f Frame, prev uint64, proposer nodeID) record {
 		return record{typ: recProposal, prop: proposal{frame: f, prev: prev, proposer: proposer}}
@@ -1559,6 +1578,107 @@ func TestChaos_ForgottenCancelStaysCancel(t *testing.T) {
 			t.Fatal("o/13 was never applied")
 		}
 	}
+}
+
+// positionHarness is a lone validator (node-0 of three) fed records by the
+// test, which plays node-1 and node-2.
+type positionHarness struct {
+	t       *testing.T
+	r       *QuasarReplicator
+	n1, n2  nodeID
+	applied chan string
+}
+
+func newPositionHarness(t *testing.T, cfg QuasarConfig) *positionHarness {
+	r, ids := newLoneValidator(t, cfg)
+	h := &positionHarness{t: t, r: r, n1: validatorNodeID(ids[1]), n2: validatorNodeID(ids[2]), applied: make(chan string, 64)}
+	r.Subscribe(func(_ context.Context, f Frame) error {
+		h.applied <- fmt.Sprintf("%s/%d", f.Value, f.Seq)
+		return nil
+	})
+	return h
+}
+
+func (h *positionHarness) send(from int, recs ...record) {
+	h.t.Helper()
+	require.NoError(h.t, h.r.receive(from, encodeMessage(recs)))
+}
+
+func (h *positionHarness) proposal(f Frame, prev uint64, proposer nodeID) record {
+	return record{typ: recProposal, prop: proposal{frame: f, prev: prev, proposer: proposer}}
+}
+
+func (h *positionHarness) vote(f Frame, prev uint64, voter nodeID, typ byte) record {
+	id, _ := f.blockID(nil)
+	return record{typ: recVote, vote: vote{prev: prev, block: id, voter: voter, typ: typ}}
+}
+
+func slotFrame(seq uint64, value string) Frame {
+	return Frame{OrgID: "org", Namespace: "s", Seq: seq, Op: "put", Key: "k", Value: []byte(value)}
+}
+
+// TestChaos_VoteCountsOnlyAtItsPosition (S4): a frame's block ID does not
+// name the position it was proposed at, and the very same frame can be
+// proposed again at another position after its first attempt failed. A
+// commit cast for it at the first position must not count at the second,
+// where its voter may have committed another frame: neither as a vote held
+// aside before the frame arrived, nor as a late re-send.
+func TestChaos_VoteCountsOnlyAtItsPosition(t *testing.T) {
+	h := newPositionHarness(t, QuasarConfig{WitnessAfter: time.Hour})
+	x, y := slotFrame(10, "x"), slotFrame(1, "y")
+	h.send(2, h.vote(x, 0, h.n2, voteCommit)) // x at position 0 never reached node-0
+	h.send(1, h.proposal(y, 0, h.n1), h.vote(y, 0, h.n1, voteCommit))
+	require.Equal(t, []string{"y/1"}, receiveN(t, h.applied, 1), "y took position 0")
+
+	h.send(1, h.proposal(x, 1, h.n1))         // x again, on top of y: node-0 commits it
+	h.send(2, h.vote(x, 0, h.n2, voteCommit)) // a late re-send of node-2's old vote
+	m := h.r.Metrics()
+	require.EqualValues(t, 1, m.FramesAccepted, "x accepted with a vote cast at another position")
+	require.EqualValues(t, 2, m.VotesOtherPosition)
+
+	h.send(2, h.vote(x, 1, h.n2, voteCommit)) // node-2's vote at this position counts
+	require.Equal(t, []string{"x/10"}, receiveN(t, h.applied, 1))
+}
+
+// TestChaos_ForgottenVoteStaysAtItsPosition (S4): a validator that
+// committed a frame, forgot it, and then committed another frame at a
+// later position must not revive its old commit when the first frame is
+// proposed again at that later position.
+func TestChaos_ForgottenVoteStaysAtItsPosition(t *testing.T) {
+	h := newPositionHarness(t, QuasarConfig{WitnessAfter: 10 * time.Millisecond, RetainFor: 50 * time.Millisecond})
+	x, y, w := slotFrame(10, "x"), slotFrame(1, "y"), slotFrame(2, "w")
+	h.send(1, h.proposal(x, 0, h.n1)) // node-0 commits x at position 0
+	require.Eventually(t, func() bool { return h.r.Metrics().Expired >= 1 }, 5*time.Second, time.Millisecond, "x forgotten")
+
+	// y takes position 0 with the others' commits (node-0 cancels it).
+	h.send(1, h.proposal(y, 0, h.n1), h.vote(y, 0, h.n1, voteCommit))
+	h.send(2, h.vote(y, 0, h.n2, voteCommit))
+	require.Equal(t, []string{"y/1"}, receiveN(t, h.applied, 1))
+
+	h.send(1, h.proposal(w, 1, h.n1)) // node-0 commits w at position 1
+	// x comes back on top of y, with node-2's commit there: node-0 must
+	// cancel it (it committed w there), not revive its commit from
+	// position 0.
+	h.send(2, h.proposal(x, 1, h.n2), h.vote(x, 1, h.n2, voteCommit))
+	h.send(1, h.vote(w, 1, h.n1, voteCommit))
+	require.Equal(t, []string{"w/2"}, receiveN(t, h.applied, 1), "position 1 holds w")
+	require.EqualValues(t, 2, h.r.Metrics().FramesAccepted, "x accepted at position 1 too")
+}
+
+// TestChaos_ResetAtHeadKeepsVote (S4): restoring a snapshot at the head a
+// validator already has does not free the position it committed a frame
+// at.
+func TestChaos_ResetAtHeadKeepsVote(t *testing.T) {
+	h := newPositionHarness(t, QuasarConfig{WitnessAfter: time.Hour})
+	y, w, x := slotFrame(1, "y"), slotFrame(2, "w"), slotFrame(3, "x")
+	h.send(1, h.proposal(y, 0, h.n1), h.vote(y, 0, h.n1, voteCommit))
+	require.Equal(t, []string{"y/1"}, receiveN(t, h.applied, 1))
+	h.send(1, h.proposal(w, 1, h.n1)) // node-0 commits w at position 1
+	h.r.ResetNamespace("org", "s", 1)
+	h.send(2, h.proposal(x, 1, h.n2), h.vote(x, 1, h.n2, voteCommit))
+	h.send(1, h.vote(w, 1, h.n1, voteCommit))
+	require.Equal(t, []string{"w/2"}, receiveN(t, h.applied, 1), "position 1 holds w")
+	require.EqualValues(t, 2, h.r.Metrics().FramesAccepted, "x accepted at position 1 too")
 }
 
 // receiveN returns the next n values applied reports, failing the test

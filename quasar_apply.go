@@ -136,9 +136,11 @@ func (st *state) resetNamespace(key spaceKey, seq uint64) {
 	if seq < ns.head {
 		st.replay(ns, seq)
 	} else {
+		if seq > ns.head {
+			ns.voted = nil // a new position; at the same head the vote stands (S4)
+		}
 		ns.head = seq
 		ns.maxSeen = max(ns.maxSeen, seq)
-		ns.voted = nil
 		if !ns.listed {
 			ns.listed = true
 			st.spaceList = append(st.spaceList, ns)

@@ -41,7 +41,7 @@ func (st *state) sendVote(e *entry) {
 		return
 	}
 	st.out.begin()
-	st.out.buf = appendVoteRecord(st.out.buf, &e.id, &st.r.ids[st.r.self], e.myVote)
+	st.out.buf = appendVoteRecord(st.out.buf, e.p.prev, &e.id, &st.r.ids[st.r.self], e.myVote)
 	st.out.end()
 }
 

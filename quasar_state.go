@@ -488,18 +488,30 @@ func (st *state) add(e *entry, payload []byte) {
 	}
 	st.undecided.pushBack(e)
 	if v, ok := st.forgot[e.id]; ok {
-		// A frame this validator voted on and forgot: same vote again.
 		delete(st.forgot, e.id)
-		e.myVote, e.lastVoted = v.typ, now
-		st.countVote(e, st.r.self, v.typ)
+		ns := e.ns
+		current := v.typ == voteCommit && e.p.prev == ns.head
+		if v.prev == e.p.prev && (!current || ns.voted == nil || ns.voted.id == e.id) {
+			// A frame this validator voted on at this position and forgot:
+			// same vote again. (At another position the vote is cast
+			// afresh, by the voting rule: a commit counts at one position
+			// only.)
+			e.myVote, e.lastVoted = v.typ, now
+			if current {
+				ns.voted = e
+			}
+			st.countVote(e, st.r.self, v.typ)
+		}
 	}
 	if o := st.orphans[e.id]; o != nil {
 		delete(st.orphans, e.id)
 		for i := range o.voters {
-			if e.state != stUndecided {
-				break
+			switch {
+			case o.prevs[i] != e.p.prev:
+				st.r.m.votesOtherPosition.Add(1)
+			case e.state == stUndecided:
+				st.countVote(e, int(o.voters[i]), byte(o.types[i]))
 			}
-			st.countVote(e, int(o.voters[i]), byte(o.types[i]))
 		}
 	}
 }

@@ -341,7 +341,7 @@ func TestQuasar_ForgedAndDuplicateVotesNeverCount(t *testing.T) {
 
 	send := func(tr *MemoryTransport, voter string, typ byte) {
 		v := validatorNodeID(voter)
-		msg := finishMessage(appendVoteRecord(newMessage(nil), &id, &v, typ), 1)
+		msg := finishMessage(appendVoteRecord(newMessage(nil), 0, &id, &v, typ), 1)
 		require.NoError(t, tr.Broadcast(context.Background(), quasarKind, msg))
 	}
 	send(outsider, "mallory", voteCommit) // not a validator, not a validator's link

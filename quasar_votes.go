@@ -12,8 +12,11 @@ import (
 // handling of received records. Like every state method, these run with
 // QuasarReplicator.mu held and never block.
 
+// orphan holds the votes received for a block this node does not hold
+// (yet), each with the position it was cast at.
 type orphan struct {
 	voters, types []uint16
+	prevs         []uint64
 	born          int64
 	fetched       bool
 }
@@ -333,7 +336,11 @@ func (st *state) onVote(v *vote, sender int) {
 	m.votesReceived.Add(1)
 	e := st.entries[v.block]
 	if e == nil {
-		st.orphan(v.block, voter, v.typ)
+		st.orphan(v, voter)
+		return
+	}
+	if e.p.prev != v.prev {
+		m.votesOtherPosition.Add(1) // cast for this frame at another position
 		return
 	}
 	again := e.commits.has(voter) || e.cancels.has(voter)
@@ -348,9 +355,11 @@ func (st *state) onVote(v *vote, sender int) {
 }
 
 // orphan holds a vote for a block this node does not have (yet): it counts
-// if the block arrives, and a fetch asks for the block.
-func (st *state) orphan(id [idLen]byte, voter int, typ byte) {
+// if the block arrives at the vote's position, and a fetch asks for the
+// block.
+func (st *state) orphan(v *vote, voter int) {
 	st.r.m.votesUnknownBlock.Add(1)
+	id := v.block
 	o := st.orphans[id]
 	if o == nil {
 		for len(st.orphans) >= maxOrphans && len(st.orphanQ) > 0 {
@@ -365,8 +374,16 @@ func (st *state) orphan(id [idLen]byte, voter int, typ byte) {
 		st.orphans[id] = o
 		st.orphanQ = append(st.orphanQ, id)
 	}
-	if len(o.voters) < st.r.n {
+	for i := range o.voters {
+		if int(o.voters[i]) == voter && o.prevs[i] == v.prev {
+			return // a re-send: the first counts
+		}
+	}
+	if len(o.voters) < 2*st.r.n { // room for every voter at two positions
 		o.voters = append(o.voters, uint16(voter))
-		o.types = append(o.types, uint16(typ))
+		o.types = append(o.types, uint16(v.typ))
+		o.prevs = append(o.prevs, v.prev)
+	} else {
+		st.r.m.votesDropped.Add(1)
 	}
 }

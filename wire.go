@@ -21,7 +21,7 @@ import (
 //	proposal    = frame ‖ prev:uvarint ‖ n:uvarint ‖ (afterOrg:str ‖ afterNs:str ‖ afterSeq:uvarint) × n ‖ proposer:20
 //
 //	type 1 proposal     body = proposal
-//	type 2 vote         body = blockID:32 ‖ voter:20 ‖ voteType:u8 ‖ signature (rest of body, may be empty)
+//	type 2 vote         body = prev:uvarint ‖ blockID:32 ‖ voter:20 ‖ voteType:u8 ‖ signature (rest of body, may be empty)
 //	type 3 certificate  body = proposalLen:uvarint ‖ proposal ‖ n:uvarint ‖ voter:20 × n
 //	type 4 fetch        body = blockID:32
 //	type 5 sync         body = org:str ‖ ns:str ‖ from:uvarint ‖ requester:20
@@ -34,6 +34,14 @@ import (
 // 2 cancel) ‖ signature (empty for now). A frame's block ID is not sent with
 // a proposal: every receiver derives it, SHA-256(seq as 8 bytes big-endian ‖
 // the frame's JSON encoding), so a proposal cannot claim a foreign ID.
+//
+// A vote record prefixes the vote with prev, the chain position the vote
+// was cast at. The block ID names a frame, not where it was proposed, and
+// the very same frame (content and Seq) can be proposed again at another
+// position after its first attempt failed: a commit cast at one position
+// must never count at another, where its voter may have committed a
+// different frame (S4). A vote counts only for the proposal of its block at
+// its prev; a vote for another position is dropped and counted.
 //
 // prev is the Seq of the frame this one extends in its namespace's chain (0:
 // the start); the after list names frames of the same proposer whose Propose
@@ -145,6 +153,7 @@ func (l nodeList) at(i int) (id nodeID) {
 }
 
 type vote struct {
+	prev  uint64 // the chain position it was cast at
 	block [idLen]byte
 	voter nodeID
 	typ   byte
@@ -177,6 +186,14 @@ func appendStr(b []byte, s string) []byte {
 func appendBytes(b []byte, s []byte) []byte {
 	b = binary.AppendUvarint(b, uint64(len(s)))
 	return append(b, s...)
+}
+
+func uvarintLen(v uint64) int {
+	n := 1
+	for ; v >= 0x80; v >>= 7 {
+		n++
+	}
+	return n
 }
 
 func appendRef(b []byte, r nsRef) []byte {
@@ -228,8 +245,9 @@ func appendProposalRecord(b []byte, p *proposal) []byte {
 	return endRecord(appendProposal(b, p), s)
 }
 
-func appendVoteRecord(b []byte, block *[idLen]byte, voter *nodeID, typ byte) []byte {
-	b = append(b, recVote, voteLen)
+func appendVoteRecord(b []byte, prev uint64, block *[idLen]byte, voter *nodeID, typ byte) []byte {
+	b = append(b, recVote, byte(uvarintLen(prev)+voteLen)) // at most 63: one length byte
+	b = binary.AppendUvarint(b, prev)
 	b = append(b, block[:]...)
 	b = append(b, voter[:]...)
 	return append(b, typ)
@@ -401,6 +419,7 @@ func (d *decoder) record(r *record, maxFrame int) {
 	case recProposal:
 		body.proposal(&r.prop, maxFrame)
 	case recVote:
+		r.vote.prev = body.uvarint("vote position")
 		copy(r.vote.block[:], body.take(idLen, "vote block"))
 		r.vote.voter = body.node("vote voter")
 		r.vote.typ = body.byte1("vote type")

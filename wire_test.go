@@ -65,6 +65,7 @@ func wireSamples() []wireSample {
 		{"proposal minimal", record{typ: recProposal, prop: bare}},
 		{"vote commit", record{typ: recVote, vote: vote{block: id, voter: validatorNodeID("node-1"), typ: voteCommit}}},
 		{"vote cancel", record{typ: recVote, vote: vote{block: id, voter: validatorNodeID("node-2"), typ: voteCancel}}},
+		{"vote at a position", record{typ: recVote, vote: vote{prev: 1 << 40, block: id, voter: validatorNodeID("node-2"), typ: voteCommit}}},
 		{"certificate", record{typ: recCertificate, prop: p, voters: nodes(validatorNodeID("node-0"), validatorNodeID("node-1"))}},
 		{"certificate no voters", record{typ: recCertificate, prop: bare}},
 		{"fetch", record{typ: recFetch, block: id}},
@@ -81,7 +82,7 @@ func appendRecord(b []byte, r *record) []byte {
 	case recProposal:
 		return appendProposalRecord(b, &r.prop)
 	case recVote:
-		return appendVoteRecord(b, &r.vote.block, &r.vote.voter, r.vote.typ)
+		return appendVoteRecord(b, r.vote.prev, &r.vote.block, &r.vote.voter, r.vote.typ)
 	case recCertificate:
 		return appendCertificateRecord(b, &r.prop, r.voters)
 	case recFetch:
@@ -137,7 +138,8 @@ func TestWire_RoundTrip(t *testing.T) {
 		id := [idLen]byte{1}
 		voter := validatorNodeID("node-1")
 		msg := newMessage(nil)
-		msg = append(msg, recVote, voteLen+3)
+		msg = append(msg, recVote, 2+voteLen+3)
+		msg = append(msg, 0x85, 0x01) // prev 133 as a uvarint
 		msg = append(msg, id[:]...)
 		msg = append(msg, voter[:]...)
 		msg = append(msg, voteCommit, 's', 'i', 'g')
@@ -146,6 +148,7 @@ func TestWire_RoundTrip(t *testing.T) {
 		require.Len(t, got, 1)
 		require.Equal(t, []byte("sig"), got[0].vote.sig)
 		require.Equal(t, voter, got[0].vote.voter)
+		require.Equal(t, uint64(133), got[0].vote.prev)
 	})
 	t.Run("empty message", func(t *testing.T) {
 		got, err := decodeMessage(finishMessage(newMessage(nil), 0), 0, nil)
@@ -363,36 +366,42 @@ func FuzzQuasarReceive(f *testing.F) {
 		for i, id := range ids {
 			byNID[validatorNodeID(id)] = i
 		}
-		evidence := map[[idLen]byte]uint64{}
-		framed := map[[idLen]byte]bool{} // blocks whose frame the message carries
+		// A vote is evidence only at the position it was cast at.
+		evidence := map[votedAt]uint64{}
+		framed := map[votedAt]bool{} // blocks (at positions) whose frame the message carries
+		held := map[[idLen]byte]votedAt{}
 		for i := range recs {
 			rec := &recs[i]
 			switch rec.typ {
 			case recVote:
 				v, ok := byNID[rec.vote.voter]
 				if ok && rec.vote.typ == voteCommit && (from < 0 || from == v) {
-					evidence[rec.vote.block] |= 1 << v
+					evidence[votedAt{rec.vote.block, rec.vote.prev}] |= 1 << v
 				}
 			case recProposal, recCertificate:
 				id, _ := rec.prop.frame.blockID(nil)
-				framed[id] = true
+				at := votedAt{id, rec.prop.prev}
+				framed[at] = true
+				if _, ok := held[id]; !ok {
+					held[id] = at // the node holds the first; it drops the others
+				}
 				for k := range rec.voters.len() {
 					if v, ok := byNID[rec.voters.at(k)]; ok {
-						evidence[id] |= 1 << v
+						evidence[at] |= 1 << v
 					}
 				}
 			}
 		}
 		supported := 0
-		for id := range framed {
-			if bits.OnesCount64(evidence[id]&^1) >= q-1 {
+		for at := range framed {
+			if bits.OnesCount64(evidence[at]&^1) >= q-1 {
 				supported++
 			}
 		}
 		require.LessOrEqual(t, m.FramesAccepted, uint64(supported), "frames accepted without a quorum of commit votes in the message")
 		for _, f := range applied {
 			id, _ := f.blockID(nil)
-			require.GreaterOrEqual(t, bits.OnesCount64(evidence[id]&^1), q-1, "applied %+v without a quorum of commit votes", f)
+			require.GreaterOrEqual(t, bits.OnesCount64(evidence[held[id]]&^1), q-1, "applied %+v without a quorum of commit votes at its position", f)
 		}
 	})
 }
