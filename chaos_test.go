@@ -1681,6 +1681,24 @@ func TestChaos_ResetAtHeadKeepsVote(t *testing.T) {
 	require.EqualValues(t, 2, h.r.Metrics().FramesAccepted, "x accepted at position 1 too")
 }
 
+// TestChaos_CertificateNamingOurCancelIsRefused: a certificate that lists
+// this validator among the commit voters of a frame it cancelled is a lie,
+// and none of its voters count.
+func TestChaos_CertificateNamingOurCancelIsRefused(t *testing.T) {
+	h := newPositionHarness(t, QuasarConfig{WitnessAfter: time.Hour})
+	y, x := slotFrame(1, "y"), slotFrame(2, "x")
+	self := validatorNodeID("node-0")
+	h.send(1, h.proposal(y, 0, h.n1)) // node-0 commits y at position 0
+	h.send(2, h.proposal(x, 0, h.n2)) // and so cancels x there
+	cert := record{typ: recCertificate, prop: proposal{frame: x, proposer: h.n2}, voters: nodes(self, h.n1, h.n2)}
+	h.send(2, cert)
+	m := h.r.Metrics()
+	require.EqualValues(t, 1, m.CertificatesBad)
+	require.Zero(t, m.FramesAccepted)
+	h.send(1, h.vote(y, 0, h.n1, voteCommit))
+	require.Equal(t, []string{"y/1"}, receiveN(t, h.applied, 1))
+}
+
 // receiveN returns the next n values applied reports, failing the test
 // if it waits more than 5s for one.
 func receiveN(t *testing.T, applied <-chan string, n int) []string {

@@ -92,8 +92,9 @@ type QuasarReplicator struct {
 	kick      chan struct{}   // cap 1: wakes applyLoop
 	sendKick  chan struct{}   // cap 1: wakes sendLoop
 
-	mu sync.Mutex
-	st state // guarded by mu
+	mu        sync.Mutex
+	applyIdle sync.Cond // on mu: signalled when st.applying turns false
+	st        state     // guarded by mu
 }
 
 // applyMarker is the key of the value that marks a handler's context.
@@ -129,6 +130,7 @@ func NewQuasar(ctx context.Context, cfg QuasarConfig) (*QuasarReplicator, error)
 		kick:     make(chan struct{}, 1),
 		sendKick: make(chan struct{}, 1),
 	}
+	r.applyIdle.L = &r.mu
 	for i, v := range cfg.Validators {
 		id := validatorNodeID(v)
 		if _, dup := r.byNodeID[id]; dup {
@@ -211,9 +213,12 @@ func (r *QuasarReplicator) Stats() (accepted, rejected, timeouts uint64) {
 // Close stops the engine.
 //
 // It stops the replicator's goroutines and fails every in-flight Propose
-// with ErrClosed (DecisionUndecided); it does not close the Transport.
+// with ErrClosed (DecisionUndecided); it does not close the Transport. A
+// handler already running (on the apply goroutine, or on a proposer's
+// goroutine) finishes; no other starts, and Close returns once none runs.
 // Close is idempotent and safe for concurrent use: every call waits until
-// shutdown is complete and returns nil.
+// shutdown is complete and returns nil. It must not be called from a
+// handler or from OnBehind, since it waits for them to return.
 func (r *QuasarReplicator) Close() error {
 	r.closeOnce.Do(func() {
 		r.closed.Store(true)
@@ -221,6 +226,11 @@ func (r *QuasarReplicator) Close() error {
 		close(r.closing)
 	})
 	r.wg.Wait()
+	r.mu.Lock()
+	for r.st.applying {
+		r.applyIdle.Wait()
+	}
+	r.mu.Unlock()
 	return nil
 }
 
@@ -282,7 +292,7 @@ func (r *QuasarReplicator) Propose(ctx context.Context, f Frame) (Decision, erro
 	// and checks the outcome: under load every extra lock hand-off counts.
 	r.sendLocked()
 	if !reentrant {
-		r.applyLocked()
+		r.applyLocked(w)
 	}
 	if w.resolved {
 		r.mu.Unlock()
@@ -355,7 +365,7 @@ func (r *QuasarReplicator) wait(ctx context.Context, w *waiter, deadline time.Ti
 		}
 		r.mu.Lock()
 		if !w.reentrant {
-			r.applyLocked()
+			r.applyLocked(w)
 		}
 		resolved := w.resolved
 		r.mu.Unlock()
@@ -571,18 +581,20 @@ func (r *QuasarReplicator) applyLoop() {
 // goroutine is already doing so.
 func (r *QuasarReplicator) drainApply() {
 	r.mu.Lock()
-	r.applyLocked()
+	r.applyLocked(nil)
 	r.mu.Unlock()
 }
 
-// applyLocked is drainApply with mu held (released around handlers and
-// OnBehind).
-func (r *QuasarReplicator) applyLocked() {
+// applyLocked applies queued frames with mu held (released around handlers
+// and OnBehind): all of them, or, for a proposer (mine not nil), those up
+// to its own frame. A proposer leaves the rest to applyLoop, so that its
+// Propose is not held past its frame by frames that keep arriving.
+func (r *QuasarReplicator) applyLocked(mine *waiter) {
 	if r.st.applying {
 		return
 	}
 	r.st.applying = true
-	for !r.closed.Load() {
+	for !r.closed.Load() && (mine == nil || !mine.resolved) {
 		if len(r.st.behindEvents) > 0 {
 			evs := r.st.behindEvents
 			r.st.behindEvents = nil
@@ -611,6 +623,10 @@ func (r *QuasarReplicator) applyLocked() {
 		r.st.applied(e, err)
 	}
 	r.st.applying = false
+	r.applyIdle.Broadcast()
+	if mine != nil && (r.st.applyHead < len(r.st.applyQ) || len(r.st.behindEvents) > 0) {
+		r.kickApply()
+	}
 }
 
 // apply runs every handler for e's frame, stopping at the first error.

@@ -52,7 +52,8 @@ type QuasarMetrics struct {
 	// Messages: sent, send errors, malformed received, from a sender that
 	// is not a validator; proposals dropped because too many frames are
 	// undecided, or conflicting with a held frame of the same ID; bad
-	// certificates.
+	// certificates (an unknown or repeated voter, fewer than a quorum, or
+	// naming this validator for a frame it cancelled).
 	MessagesSent         uint64 `json:"messages_sent"`
 	SendErrors           uint64 `json:"send_errors"`
 	Malformed            uint64 `json:"malformed"`

@@ -197,6 +197,7 @@ func (st *state) tick(wall time.Time) {
 func (st *state) forget(e *entry) {
 	e.forgotten = true
 	e.ep = nil
+	st.undefer(e)
 	e.ns.close(e)
 	delete(st.entries, e.id)
 	st.remember(e)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -151,7 +152,8 @@ type nsState struct {
 	voted *entry
 	// deferred: proposals on top of a position beyond head; voted on once
 	// head reaches it.
-	deferred []*entry
+	deferred     []*entry
+	deferredDead int // entries of deferred no longer deferred (see undefer)
 	// pending: linked frames waiting for frames of other namespaces that
 	// their proposer ordered before them.
 	pending      []*entry
@@ -322,6 +324,11 @@ func (st *state) propose(f *Frame, reentrant, granted bool) (*waiter, error) {
 	seq := f.Seq
 	if seq == 0 {
 		seq = max(ns.maxSeen, ns.head) + 1
+		if seq == 0 { // a Seq of MaxUint64 was seen: none is left to assign
+			st.releaseNS(ns)
+			return nil, fmt.Errorf("%w: namespace %q/%q has no sequence number left (seq %d was seen)",
+				ErrRejected, f.OrgID, f.Namespace, uint64(math.MaxUint64))
+		}
 	} else if seq <= ns.head {
 		st.releaseNS(ns)
 		return nil, fmt.Errorf("%w: slot %s/%s seq %d is taken (latest accepted seq %d)",

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -455,4 +457,122 @@ func TestQuasar_ResetNamespaceSkipsQueuedFrames(t *testing.T) {
 	mu.Lock()
 	defer mu.Unlock()
 	require.Equal(t, []uint64{1}, seqs, "frames covered by the snapshot were applied on top of it")
+}
+
+// A Propose applies the frames queued before its own, then returns: frames
+// that keep arriving after it are applyLoop's, however many there are.
+func TestQuasar_ProposeNotHeldByLaterFrames(t *testing.T) {
+	c := newTestCluster(t, 3, clusterOpts{})
+	startLoad := make(chan struct{})
+	var once sync.Once
+	c.nodes[0].r.Subscribe(func(_ context.Context, f Frame) error {
+		if f.Namespace == "mine" {
+			once.Do(func() { close(startLoad) })
+			time.Sleep(50 * time.Millisecond) // the load queues up meanwhile
+		}
+		time.Sleep(2 * time.Millisecond) // slower than the load arrives
+		return nil
+	})
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-startLoad
+			for !stop.Load() {
+				_, _ = c.nodes[1].r.Propose(context.Background(), put(fmt.Sprintf("load-%d", g), "k", "v"))
+			}
+		}()
+	}
+	defer wg.Wait()
+	defer stop.Store(true)
+
+	done := make(chan Decision, 1)
+	go func() {
+		d, _ := c.nodes[0].r.Propose(context.Background(), put("mine", "k", "v"))
+		done <- d
+	}()
+	select {
+	case d := <-done:
+		require.Equal(t, DecisionAccept, d)
+	case <-time.After(contractWait):
+		t.Fatalf("Propose still applying other frames after %s (%d pending)", contractWait, c.nodes[0].r.Metrics().PendingApply)
+	}
+}
+
+// Close returns only once no handler runs, whichever goroutine runs it (the
+// apply goroutine, or a proposer applying its own frame).
+func TestQuasar_CloseWaitsForRunningHandler(t *testing.T) {
+	c := newTestCluster(t, 3, clusterOpts{})
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	c.nodes[0].r.Subscribe(func(context.Context, Frame) error {
+		once.Do(func() { close(entered); <-release })
+		return nil
+	})
+	go func() { _, _ = c.nodes[0].r.Propose(context.Background(), put("ns", "k", "v")) }()
+	<-entered
+	closed := make(chan struct{})
+	go func() { _ = c.nodes[0].r.Close(); close(closed) }()
+	select {
+	case <-closed:
+		t.Fatal("Close returned while a handler was running")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	requireDone(t, closed, "Close after the handler returned")
+}
+
+// A node told it fell behind in a namespace, whose application does not
+// restore it (yet), keeps receiving that namespace's proposals: it holds
+// no more of them than are undecided, however many frames pass.
+func TestQuasar_BehindNamespaceDoesNotAccumulate(t *testing.T) {
+	behind := make(chan error, 16)
+	c := newTestCluster(t, 3, clusterOpts{retainFrames: 16, retainFor: 300 * time.Millisecond,
+		onBehind: func(node int, err error) {
+			if node == 2 {
+				select {
+				case behind <- err:
+				default:
+				}
+			}
+		}})
+	c.hub.Disconnect("node-2")
+	for range 100 {
+		c.requireAccept(0, put("a", "k", "v"))
+	}
+	require.Eventually(t, func() bool {
+		return c.nodes[0].r.Metrics().Retained <= 16 && c.nodes[1].r.Metrics().Retained <= 16
+	}, contractWait, time.Millisecond)
+	c.hub.Reconnect("node-2")
+	c.requireAccept(0, put("a", "k", "v"))
+	select {
+	case <-behind:
+	case <-time.After(contractWait):
+		t.Fatal("node-2 was never told it fell behind")
+	}
+	for range 4000 {
+		c.requireAccept(0, put("a", "k", "v"))
+	}
+	r := c.nodes[2].r
+	r.mu.Lock()
+	held := len(r.st.spaces[spaceKey{"org", "a"}].deferred)
+	r.mu.Unlock()
+	require.LessOrEqual(t, held, 64, "deferred proposals held for the namespace node-2 is behind in")
+}
+
+// Once a namespace has seen Seq MaxUint64, no Seq is left to assign: a
+// Propose with Seq 0 is rejected instead of wrapping to 0.
+func TestQuasar_NoSeqLeft(t *testing.T) {
+	for _, n := range []int{1, 3} {
+		c := newTestCluster(t, n, clusterOpts{})
+		last := put("ns", "k", "v")
+		last.Seq = math.MaxUint64
+		c.requireAccept(0, last)
+		d, err := c.propose(0, put("ns", "k", "w"))
+		require.Equal(t, DecisionReject, d)
+		require.ErrorIs(t, err, ErrRejected)
+		c.requireAccept(0, put("other", "k", "v")) // other namespaces are unaffected
+	}
 }

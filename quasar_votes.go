@@ -92,7 +92,7 @@ func (st *state) countVote(e *entry, voter int, typ byte) {
 // decided moves e from the undecided list to the retained list.
 func (st *state) decided(e *entry) {
 	e.ep = nil
-	e.deferred = false
+	st.undefer(e)
 	st.undecided.remove(e)
 	e.ns.close(e)
 	if st.solo {
@@ -202,13 +202,36 @@ func (st *state) rejectCompetitors(ns *nsState, e *entry) {
 	}
 }
 
+// undefer takes e (decided or forgotten) out of its namespace's deferred
+// list: it is skipped there at once, and the list is compacted once most
+// of it is such dead entries, so a namespace that stays behind does not
+// accumulate them.
+func (st *state) undefer(e *entry) {
+	if !e.deferred {
+		return
+	}
+	e.deferred = false
+	ns := e.ns
+	ns.deferredDead++
+	if 2*ns.deferredDead > len(ns.deferred) {
+		live := ns.deferred[:0]
+		for _, d := range ns.deferred {
+			if d.deferred {
+				live = append(live, d)
+			}
+		}
+		clear(ns.deferred[len(live):])
+		ns.deferred, ns.deferredDead = live, 0
+	}
+}
+
 // reevaluate votes on deferred proposals whose position was reached.
 func (st *state) reevaluate(ns *nsState) {
 	if len(ns.deferred) == 0 {
 		return
 	}
 	list := ns.deferred
-	ns.deferred = nil
+	ns.deferred, ns.deferredDead = nil, 0
 	for _, d := range list {
 		if !d.deferred {
 			continue
@@ -289,7 +312,9 @@ func (st *state) applyCertificate(e *entry, voters nodeList) {
 	idx := make([]int, 0, voters.len())
 	for k := range voters.len() {
 		i, ok := st.r.byNodeID[voters.at(k)]
-		if !ok || seen.has(i) {
+		// A certificate naming this validator, which cancelled the frame,
+		// is a lie: an honest one lists commit votes its sender received.
+		if !ok || seen.has(i) || (i == st.r.self && e.cancels.has(i)) {
 			m.certificatesBad.Add(1)
 			return
 		}
