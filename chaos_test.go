@@ -1699,6 +1699,39 @@ func TestChaos_CertificateNamingOurCancelIsRefused(t *testing.T) {
 	require.Equal(t, []string{"y/1"}, receiveN(t, h.applied, 1))
 }
 
+// TestChaos_RetryOfUndecidedFrameKeepsProposerOrder (S5): a Propose of a
+// frame identical to an own undecided one waits for it only if no other
+// Propose of this node returned Accept since it was made; otherwise that
+// frame's after list does not order it after them, and the call returns
+// Timeout at once (the earlier attempt may still be accepted).
+func TestChaos_RetryOfUndecidedFrameKeepsProposerOrder(t *testing.T) {
+	h := newPositionHarness(t, QuasarConfig{WitnessAfter: time.Hour})
+	x := slotFrame(5, "x")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	d, err := h.r.Propose(ctx, x) // nobody votes: x stays undecided
+	cancel()
+	require.Equal(t, DecisionTimeout, d, "%v", err)
+
+	// Another Propose of node-0 returns Accept meanwhile.
+	y := Frame{OrgID: "org", Namespace: "b", Seq: 1, Op: "put", Key: "k", Value: []byte("y")}
+	res := make(chan Decision, 1)
+	go func() { d, _ := h.r.Propose(context.Background(), y); res <- d }()
+	require.Eventually(t, func() bool { return h.r.Metrics().Pending == 2 }, contractWait, time.Millisecond)
+	h.send(1, h.vote(y, 0, h.n1, voteCommit))
+	require.Equal(t, DecisionAccept, <-res)
+	require.Equal(t, []string{"y/1"}, receiveN(t, h.applied, 1))
+
+	// The retry of x cannot wait for the old proposal of it.
+	go func() { d, _ := h.r.Propose(context.Background(), x); res <- d }()
+	select {
+	case d = <-res:
+	case <-time.After(100 * time.Millisecond):
+		h.send(1, h.vote(x, 0, h.n1, voteCommit)) // a retry that waits gets x accepted
+		d = <-res
+	}
+	require.Equal(t, DecisionTimeout, d)
+}
+
 // receiveN returns the next n values applied reports, failing the test
 // if it waits more than 5s for one.
 func receiveN(t *testing.T, applied <-chan string, n int) []string {

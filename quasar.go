@@ -245,7 +245,11 @@ func (r *QuasarReplicator) Close() error {
 // queue up locally rather than reject each other; proposals into different
 // namespaces proceed in parallel. A frame with an explicit Seq that does not
 // exceed the namespace's latest accepted Seq is rejected at once (the slot is
-// taken).
+// taken). A frame identical to one this node proposed earlier that is still
+// undecided (a retry after a timeout) waits for that proposal, unless
+// another Propose of this node returned Accept since it was made: that
+// proposal is not ordered after it (S5), so the call returns DecisionTimeout
+// at once; the earlier proposal may still be accepted.
 //
 // A handler that calls Propose on its own replicator must pass the context it
 // received: such a call returns DecisionAccept as soon as the frame is
@@ -282,6 +286,13 @@ func (r *QuasarReplicator) Propose(ctx context.Context, f Frame) (Decision, erro
 		}
 		r.mu.Lock()
 		w, err = r.st.propose(&f, reentrant, true)
+	}
+	if err == errUnordered {
+		r.mu.Unlock()
+		r.m.timeouts.Add(1)
+		return DecisionTimeout, fmt.Errorf("quasar propose: %w: an identical frame %s/%s seq %d proposed earlier is still undecided "+
+			"(it may yet be accepted), and waiting for it would not order it after this node's proposals that returned since",
+			ErrTimeout, f.OrgID, f.Namespace, f.Seq)
 	}
 	if err != nil {
 		r.mu.Unlock()

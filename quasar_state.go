@@ -42,6 +42,11 @@ const (
 
 var errBusy = errors.New("namespace busy")
 
+// errUnordered: an identical frame is undecided, and a Propose waiting for
+// it could not be ordered after this node's proposals that returned since
+// it was made (see propose).
+var errUnordered = errors.New("unordered")
+
 var clockStart = time.Now()
 
 // mono is a monotonic clock reading in nanoseconds.
@@ -80,6 +85,9 @@ type entry struct {
 	ns     *nsState
 	state  uint8
 	myVote byte
+
+	own      bool   // proposed by this node
+	returned uint64 // own: state.returned when it was proposed
 
 	linked, dispatched, deferred, forgotten bool
 	skip                                    bool // queued for apply, but a ResetNamespace covers it
@@ -231,6 +239,7 @@ type state struct {
 	// per namespace: the namespace chain orders the rest. A slice, not a
 	// map: every proposal copies it, so iterating it is the hot path.
 	frontier []*nsState
+	returned uint64 // Propose calls of this node that returned Accept
 
 	// forgot: this validator's votes on frames it forgot (see remember).
 	forgot    map[[idLen]byte]forgotVote
@@ -345,11 +354,18 @@ func (st *state) propose(f *Frame, reentrant, granted bool) (*waiter, error) {
 			return nil, fmt.Errorf("%w: an identical frame %s/%s seq %d was already proposed",
 				ErrRejected, f.OrgID, f.Namespace, seq)
 		}
+		if !e.own || e.returned != st.returned {
+			// Its after list was made before Propose calls of this node
+			// returned Accept (or by another node): waiting for it would
+			// not order this call after them (S5).
+			st.releaseNS(ns)
+			return nil, errUnordered
+		}
 		w := &waiter{reentrant: reentrant, e: e}
 		e.w, ns.inflight = w, e
 		return w, nil
 	}
-	e := &entry{id: id, key: key, ns: ns}
+	e := &entry{id: id, key: key, ns: ns, own: true, returned: st.returned}
 	e.p.frame = *f
 	e.p.prev = ns.head
 	for _, dep := range st.frontier {
@@ -426,6 +442,7 @@ func (st *state) resolve(w *waiter, d Decision, err error) {
 	if d == DecisionAccept {
 		// The Propose returns Accept: later proposals of this node are
 		// applied after this frame everywhere (S5).
+		st.returned++
 		e := w.e
 		for _, a := range e.p.deps {
 			if dep := a.ns; dep.frontierAt != 0 && dep.frontierSeq <= a.seq {
