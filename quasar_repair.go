@@ -147,7 +147,9 @@ func (st *state) tick(wall time.Time) {
 		if e.ns.chain[e.p.prev] == e {
 			delete(e.ns.chain, e.p.prev)
 		}
-		if e.state == stAccepted && !e.dispatched {
+		if e.state == stAccepted && !e.dispatched && !e.linked {
+			// (A linked frame waits only for frames its proposer ordered
+			// before it: it stays queued, and is applied.)
 			m.droppedUnapplied.Add(1)
 			st.r.log.Error("forgot an accepted frame that could not be applied (missing predecessors)",
 				"org", e.key.org, "ns", e.key.ns, "seq", e.p.frame.Seq)
