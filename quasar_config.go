@@ -72,7 +72,10 @@ type QuasarConfig struct {
 	// longer retains: the error wraps ErrBehind and is a *BehindError
 	// naming the namespace. The node cannot catch up on that namespace by
 	// replication; restore a snapshot and call ResetNamespace. Every
-	// occurrence is also counted in Metrics().Behind and logged.
+	// occurrence is also counted in Metrics().Behind and logged. Like a
+	// handler, OnBehind holds up applying while it runs: it must not call
+	// Close, nor wait for a Propose of this replicator (whose frame cannot
+	// be applied before OnBehind returns; such a Propose times out).
 	OnBehind func(err error)
 	// Logger receives the driver's logs. Nil means silent.
 	Logger *slog.Logger
