@@ -10,10 +10,10 @@ import (
 // Wire format of the Quasar driver.
 //
 // Every message the driver hands to Transport.Broadcast has the kind
-// quasarKind ("quasar/1") and carries a batch of records, so that under load
+// quasarKind ("quasar/2") and carries a batch of records, so that under load
 // one transport message carries many proposals and votes:
 //
-//	message     = version:u8 (=1) ‖ count:uvarint ‖ record × count
+//	message     = version:u8 (=2) ‖ count:uvarint ‖ record × count
 //	record      = type:u8 ‖ length:uvarint ‖ body[length]
 //
 //	str         = length:uvarint ‖ bytes
@@ -71,8 +71,8 @@ import (
 // time, so a small message cannot make a node hold much more than its own
 // size, whatever counts it claims.
 const (
-	quasarKind  = "quasar/1"
-	wireVersion = 1
+	quasarKind  = "quasar/2"
+	wireVersion = 2 // 2: vote records carry the position (prev) they were cast at
 
 	recProposal    = 1
 	recVote        = 2

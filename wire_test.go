@@ -178,7 +178,8 @@ func wireMalformed() []struct {
 	}{
 		{"empty", nil},
 		{"version only", []byte{wireVersion}},
-		{"wrong version", append([]byte{2}, valid[1:]...)},
+		{"wrong version", append([]byte{wireVersion + 1}, valid[1:]...)},
+		{"previous version", append([]byte{wireVersion - 1}, valid[1:]...)},
 		{"version zero", append([]byte{0}, valid[1:]...)},
 		{"count above size", append([]byte{wireVersion}, huge...)},
 		{"count overflows uvarint", []byte{wireVersion, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}},
