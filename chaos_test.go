@@ -1000,6 +1000,14 @@ func TestChecker_DetectsViolations(t *testing.T) {
 		}
 		c.onDeliver(ids[(to+1)%3], ids[to], quasarKind, finishMessage(msg, len(voters)))
 	}
+	// nodeZeroVotes delivers to node-1 node-0's vote of type typ on f at
+	// position prev.
+	nodeZeroVotes := func(c *chaosChecker, f Frame, prev uint64, typ byte) {
+		id, _ := f.blockID(nil)
+		voter := validatorNodeID(ids[0])
+		msg := appendVoteRecord(newMessage(nil), prev, &id, &voter, typ)
+		c.onDeliver(ids[0], ids[1], quasarKind, finishMessage(msg, 1))
+	}
 	// quorum delivers to every node the votes that make f's quorum there.
 	quorum := func(c *chaosChecker, f Frame) {
 		for to := range ids {
@@ -1090,18 +1098,12 @@ func TestChecker_DetectsViolations(t *testing.T) {
 		{"S2 votes cast at another position do not count", func(c *chaosChecker) {
 			f := frame(1, "a", "x")
 			propose(c, f) // at position 0
-			id, _ := f.blockID(nil)
-			voter := validatorNodeID(ids[0])
-			msg := appendVoteRecord(newMessage(nil), 5, &id, &voter, voteCommit)
-			c.onDeliver(ids[0], ids[1], quasarKind, finishMessage(msg, 1))
+			nodeZeroVotes(c, f, 5, voteCommit)
 			c.applied(1, f)
 		}, "S2:"},
 		{"S2 cancel votes do not count", func(c *chaosChecker) {
 			f := frame(1, "a", "x")
-			id, _ := f.blockID(nil)
-			voter := validatorNodeID(ids[0])
-			msg := appendVoteRecord(newMessage(nil), 0, &id, &voter, voteCancel)
-			c.onDeliver(ids[0], ids[1], quasarKind, finishMessage(msg, 1))
+			nodeZeroVotes(c, f, 0, voteCancel)
 			c.applied(1, f)
 		}, "S2:"},
 		{"S2 certificate below quorum", func(c *chaosChecker) {
@@ -1613,6 +1615,17 @@ func (h *positionHarness) vote(f Frame, prev uint64, voter nodeID, typ byte) rec
 	return record{typ: recVote, vote: vote{prev: prev, block: id, voter: voter, typ: typ}}
 }
 
+// requireCommittedHolds: node-0 committed w at position 1 of namespace s;
+// x is proposed there too, with node-2's commit, then node-1 commits w. w
+// must be the one accepted: node-0's vote on x is a cancel.
+func (h *positionHarness) requireCommittedHolds(x, w Frame) {
+	h.t.Helper()
+	h.send(2, h.proposal(x, 1, h.n2), h.vote(x, 1, h.n2, voteCommit))
+	h.send(1, h.vote(w, 1, h.n1, voteCommit))
+	require.Equal(h.t, []string{"w/2"}, receiveN(h.t, h.applied, 1), "position 1 holds w")
+	require.EqualValues(h.t, 2, h.r.Metrics().FramesAccepted, "x accepted at position 1 too")
+}
+
 func slotFrame(seq uint64, value string) Frame {
 	return Frame{OrgID: "org", Namespace: "s", Seq: seq, Op: "put", Key: "k", Value: []byte(value)}
 }
@@ -1659,10 +1672,7 @@ func TestChaos_ForgottenVoteStaysAtItsPosition(t *testing.T) {
 	// x comes back on top of y, with node-2's commit there: node-0 must
 	// cancel it (it committed w there), not revive its commit from
 	// position 0.
-	h.send(2, h.proposal(x, 1, h.n2), h.vote(x, 1, h.n2, voteCommit))
-	h.send(1, h.vote(w, 1, h.n1, voteCommit))
-	require.Equal(t, []string{"w/2"}, receiveN(t, h.applied, 1), "position 1 holds w")
-	require.EqualValues(t, 2, h.r.Metrics().FramesAccepted, "x accepted at position 1 too")
+	h.requireCommittedHolds(x, w)
 }
 
 // TestChaos_ResetAtHeadKeepsVote (S4): restoring a snapshot at the head a
@@ -1675,10 +1685,7 @@ func TestChaos_ResetAtHeadKeepsVote(t *testing.T) {
 	require.Equal(t, []string{"y/1"}, receiveN(t, h.applied, 1))
 	h.send(1, h.proposal(w, 1, h.n1)) // node-0 commits w at position 1
 	h.r.ResetNamespace("org", "s", 1)
-	h.send(2, h.proposal(x, 1, h.n2), h.vote(x, 1, h.n2, voteCommit))
-	h.send(1, h.vote(w, 1, h.n1, voteCommit))
-	require.Equal(t, []string{"w/2"}, receiveN(t, h.applied, 1), "position 1 holds w")
-	require.EqualValues(t, 2, h.r.Metrics().FramesAccepted, "x accepted at position 1 too")
+	h.requireCommittedHolds(x, w)
 }
 
 // TestChaos_CertificateNamingOurCancelIsRefused: a certificate that lists

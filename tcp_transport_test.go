@@ -489,9 +489,17 @@ func TestTCPTransport_PostQuantumKeyExchange(t *testing.T) {
 // handshakes and then never reads: a stuck peer.
 func tcpSlowPeer(t *testing.T, dir, id string) string {
 	t.Helper()
-	cfg := tcpTLS(t, dir, id)
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", tcpTLS(t, dir, id))
 	require.NoError(t, err)
+	tcpFakePeer(t, ln, func(net.Conn) {}) // never reads; closed at cleanup
+	return ln.Addr().String()
+}
+
+// tcpFakePeer accepts TLS connections on ln until stop (or the test's
+// cleanup): it completes each handshake, accepts the dialer as a transport
+// does (the tcpAccepted byte), then hands the connection to serve. stop
+// closes ln and every connection, and waits for its goroutines.
+func tcpFakePeer(t *testing.T, ln net.Listener, serve func(net.Conn)) (stop func()) {
 	var (
 		wg    sync.WaitGroup
 		mu    sync.Mutex
@@ -511,23 +519,27 @@ func tcpSlowPeer(t *testing.T, dir, id string) string {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				// Accept the dialer as a transport does, then never read.
 				if conn.(*tls.Conn).Handshake() == nil {
 					_, _ = conn.Write([]byte{tcpAccepted})
+					serve(conn)
 				}
 			}()
 		}
 	}()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			_ = c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return ln.Addr().String()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			_ = ln.Close()
+			mu.Lock()
+			for _, c := range conns {
+				_ = c.Close()
+			}
+			mu.Unlock()
+			wg.Wait()
+		})
+	}
+	t.Cleanup(stop)
+	return stop
 }
 
 // TestTCPTransport_SlowPeerDoesNotBlock (SPEC §5): a peer that never reads
@@ -883,29 +895,13 @@ func TestTCPTransport_RefusesCertificateNamingTwoNodes(t *testing.T) {
 	// Outbound: a dials the certificate at b's address.
 	ln, err := tls.Listen("tcp", addrB, &tls.Config{Certificates: []tls.Certificate{two}, ClientAuth: tls.RequireAnyClientCert, MinVersion: tls.VersionTLS13})
 	require.NoError(t, err)
-	defer ln.Close()
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			if c.(*tls.Conn).Handshake() == nil {
-				_, _ = c.Write([]byte{tcpAccepted})
-			}
-			_ = c.Close()
-		}
-	}()
+	stop := tcpFakePeer(t, ln, func(c net.Conn) { _ = c.Close() })
 	before := a.Stats().HandshakeFailures
 	require.NoError(t, a.Broadcast(context.Background(), "k", []byte("secret")))
 	require.Eventually(t, func() bool { return a.Stats().HandshakeFailures >= before+2 }, tcpWait, tcpPoll, "%+v", a.Stats())
 	require.Zero(t, a.Stats().Sent)
 	require.NoError(t, a.Close())
-	_ = ln.Close()
+	stop()
 }
 
 // TestTCPTransport_SteadyReaderNotCutOff: WriteTimeout bounds each write
