@@ -77,7 +77,7 @@ type chaosChecker struct {
 
 	mu        sync.Mutex
 	nodes     []*chaosReplica
-	delivered []map[votedAt]uint64 // per receiving node: bitmask of delivered commit voters, per block and position
+	delivered []map[blockAt]uint64 // per receiving node: bitmask of delivered commit voters, per block and position
 	ops       []*chaosOp
 	byToken   map[string]*chaosOp
 	slots     map[nsRef]string // slot -> token applied there (S4)
@@ -109,12 +109,6 @@ type chaosApplied struct {
 	token    string
 	slot     nsRef
 	restored bool // copied from a peer's snapshot (restore), not applied
-}
-
-// votedAt is a block at a chain position: what a vote is cast for.
-type votedAt struct {
-	id   [idLen]byte
-	prev uint64
 }
 
 // chaosOrder is what a frame's proposal orders it after: the accepted
@@ -149,7 +143,7 @@ func newChaosChecker(ids []string, q int) *chaosChecker {
 		c.byID[id] = i
 		c.byNID[validatorNodeID(id)] = i
 		c.nodes = append(c.nodes, &chaosReplica{data: map[string]string{}, byToken: map[string]int{}, bySlot: map[nsRef]int{}, heads: map[spaceKey]uint64{}})
-		c.delivered = append(c.delivered, map[votedAt]uint64{})
+		c.delivered = append(c.delivered, map[blockAt]uint64{})
 	}
 	return c
 }
@@ -187,7 +181,7 @@ func (c *chaosChecker) onDeliver(from, to, kind string, payload []byte) {
 				continue
 			}
 			if v, ok := c.byNID[r.vote.voter]; ok {
-				seen[votedAt{r.vote.block, r.vote.prev}] |= 1 << v
+				seen[blockAt{r.vote.block, r.vote.prev}] |= 1 << v
 			}
 		case recCertificate:
 			id, _ := r.prop.frame.blockID(nil)
@@ -197,7 +191,7 @@ func (c *chaosChecker) onDeliver(from, to, kind string, payload []byte) {
 					voters |= 1 << v
 				}
 			}
-			seen[votedAt{id, r.prop.prev}] |= voters
+			seen[blockAt{id, r.prop.prev}] |= voters
 			// A certificate claims the frame was accepted: an honest node
 			// sends one only with the commit votes of a quorum.
 			if k := bits.OnesCount64(voters); k < c.q && c.badCerts < 20 {
@@ -277,7 +271,7 @@ func (c *chaosChecker) applied(node int, f Frame) {
 	name := c.ids[node]
 	// The votes that count are those cast at the position the frame's
 	// proposal named (tokens are unique: one proposal per frame).
-	at := votedAt{id, c.orders[token].prev.seq}
+	at := blockAt{id, c.orders[token].prev.seq}
 	if others := bits.OnesCount64(c.delivered[node][at] &^ (1 << node)); others < c.q-1 {
 		c.violatef("S2: %s applied %s/%s seq %d (token %q) having been delivered commit votes of %d other validators, quorum %d needs %d",
 			name, f.OrgID, f.Namespace, f.Seq, token, others, c.q, c.q-1)
@@ -1626,6 +1620,18 @@ func (h *positionHarness) requireCommittedHolds(x, w Frame) {
 	require.EqualValues(h.t, 2, h.r.Metrics().FramesAccepted, "x accepted at position 1 too")
 }
 
+// myVote returns node-0's vote on the frame f it holds (0: none, or not
+// held).
+func (h *positionHarness) myVote(f Frame) byte {
+	id, _ := f.blockID(nil)
+	h.r.mu.Lock()
+	defer h.r.mu.Unlock()
+	if e := h.r.st.entries[id]; e != nil {
+		return e.myVote
+	}
+	return 0
+}
+
 func slotFrame(seq uint64, value string) Frame {
 	return Frame{OrgID: "org", Namespace: "s", Seq: seq, Op: "put", Key: "k", Value: []byte(value)}
 }
@@ -1737,6 +1743,47 @@ func TestChaos_RetryOfUndecidedFrameKeepsProposerOrder(t *testing.T) {
 		d = <-res
 	}
 	require.Equal(t, DecisionTimeout, d)
+}
+
+// TestChaos_RejectAtOtherPositionKeepsVote (S4): a frame node-0 committed
+// at one position and forgot keeps that position taken even when a copy of
+// the same frame at another position is rejected.
+func TestChaos_RejectAtOtherPositionKeepsVote(t *testing.T) {
+	h := newPositionHarness(t, QuasarConfig{WitnessAfter: 10 * time.Millisecond, RetainFor: 60 * time.Millisecond})
+	y, x, z := slotFrame(1, "y"), slotFrame(5, "x"), slotFrame(2, "z")
+	h.send(1, h.proposal(y, 0, h.n1), h.vote(y, 0, h.n1, voteCommit))
+	require.Equal(t, []string{"y/1"}, receiveN(t, h.applied, 1))
+	h.send(2, h.proposal(x, 1, h.n2)) // node-0 commits x at position 1
+	require.Equal(t, byte(voteCommit), h.myVote(x))
+	require.Eventually(t, func() bool { return h.r.Metrics().Expired >= 1 }, contractWait, time.Millisecond, "x forgotten")
+
+	// A late copy of x's first attempt, at position 0, is rejected there.
+	h.send(2, h.proposal(x, 0, h.n2), h.vote(x, 0, h.n2, voteCancel))
+	h.send(1, h.vote(x, 0, h.n1, voteCancel))
+	require.EqualValues(t, 1, h.r.Metrics().FramesRejected)
+
+	h.send(1, h.proposal(z, 1, h.n1))
+	require.Equal(t, byte(voteCancel), h.myVote(z), "node-0 committed a second frame at position 1")
+}
+
+// TestChaos_ForgottenVoteKeptPerPosition (S1): node-0 remembers its vote on
+// a forgotten frame per position: the same frame turning up at another
+// position neither erases nor replaces it.
+func TestChaos_ForgottenVoteKeptPerPosition(t *testing.T) {
+	h := newPositionHarness(t, QuasarConfig{WitnessAfter: 10 * time.Millisecond, RetainFor: 60 * time.Millisecond})
+	y, x := slotFrame(1, "y"), slotFrame(5, "x")
+	h.send(1, h.proposal(y, 0, h.n1)) // node-0 commits y at position 0
+	h.send(2, h.proposal(x, 0, h.n2)) // and cancels x there
+	h.send(1, h.vote(y, 0, h.n1, voteCancel))
+	h.send(2, h.vote(y, 0, h.n2, voteCancel)) // y rejected: position 0 is free again
+	require.EqualValues(t, 1, h.r.Metrics().FramesRejected)
+	require.Eventually(t, func() bool { return h.r.Metrics().Expired >= 1 }, contractWait, time.Millisecond, "x@0 forgotten")
+
+	h.send(2, h.proposal(x, 3, h.n2)) // x at another position, then forgotten too
+	require.Eventually(t, func() bool { return h.r.Metrics().Expired >= 2 }, contractWait, time.Millisecond, "x@3 forgotten")
+
+	h.send(2, h.proposal(x, 0, h.n2)) // x back at position 0
+	require.Equal(t, byte(voteCancel), h.myVote(x), "node-0 cancelled x at position 0, then committed it there")
 }
 
 // receiveN returns the next n values applied reports, failing the test

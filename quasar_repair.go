@@ -209,7 +209,8 @@ func (st *state) forget(e *entry) {
 // remember keeps this validator's vote on a frame it forgets, so that if the
 // frame comes back (a late re-send, a fetch answer) it gets the same vote
 // again: a validator that voted cancel and later commit on one frame could
-// let one node count the cancel and another the commit, breaking S1.
+// let one node count the cancel and another the commit, breaking S1. A
+// vote is remembered by block and position, as votes count (see wire.go).
 //
 // Only votes at positions the namespace has not passed matter: a validator
 // commits only on top of its head, and a frame at a passed position can
@@ -225,29 +226,35 @@ func (st *state) remember(e *entry) {
 	for n := min(len(st.forgotQ), 8); n > 0 && len(st.forgotQ) >= st.forgotCap; n-- { // bounded work per call
 		old := st.forgotQ[0]
 		st.forgotQ = st.forgotQ[1:]
-		v, ok := st.forgot[old.id]
+		v, ok := st.forgot[old.at]
 		if !ok || v.gen != old.gen {
 			continue // restored or re-forgotten since
 		}
-		if v.ns.head <= v.prev {
+		if v.ns.head <= old.at.prev {
 			st.forgotQ = append(st.forgotQ, old) // still current: keep
 			continue
 		}
-		delete(st.forgot, old.id)
+		delete(st.forgot, old.at)
 	}
 	st.forgotGen++
-	st.forgot[e.id] = forgotVote{typ: e.myVote, gen: st.forgotGen, ns: e.ns, prev: e.p.prev}
-	st.forgotQ = append(st.forgotQ, forgotRef{id: e.id, gen: st.forgotGen})
+	at := blockAt{e.id, e.p.prev}
+	st.forgot[at] = forgotVote{typ: e.myVote, gen: st.forgotGen, ns: e.ns}
+	st.forgotQ = append(st.forgotQ, forgotRef{at: at, gen: st.forgotGen})
 }
 
 type forgotVote struct {
-	typ  byte
-	gen  uint64
-	ns   *nsState
-	prev uint64
+	typ byte
+	gen uint64
+	ns  *nsState
 }
 
 type forgotRef struct {
-	id  [idLen]byte
+	at  blockAt
 	gen uint64
+}
+
+// blockAt is a block at a chain position: what a vote is cast for.
+type blockAt struct {
+	id   [idLen]byte
+	prev uint64
 }

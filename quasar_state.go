@@ -242,7 +242,7 @@ type state struct {
 	returned uint64 // Propose calls of this node that returned Accept
 
 	// forgot: this validator's votes on frames it forgot (see remember).
-	forgot    map[[idLen]byte]forgotVote
+	forgot    map[blockAt]forgotVote
 	forgotQ   []forgotRef
 	forgotGen uint64
 	forgotCap int
@@ -260,7 +260,7 @@ func (st *state) init(r *QuasarReplicator) {
 	st.entries = make(map[[idLen]byte]*entry)
 	st.spaces = make(map[spaceKey]*nsState)
 	st.orphans = make(map[[idLen]byte]*orphan)
-	st.forgot = make(map[[idLen]byte]forgotVote)
+	st.forgot = make(map[blockAt]forgotVote)
 	st.forgotCap = 4 * r.cfg.RetainFrames
 }
 
@@ -511,15 +511,15 @@ func (st *state) add(e *entry, payload []byte) {
 		e.ns.open = append(e.ns.open, e)
 	}
 	st.undecided.pushBack(e)
-	if v, ok := st.forgot[e.id]; ok {
-		delete(st.forgot, e.id)
+	if v, ok := st.forgot[blockAt{e.id, e.p.prev}]; ok {
+		delete(st.forgot, blockAt{e.id, e.p.prev})
 		ns := e.ns
 		current := v.typ == voteCommit && e.p.prev == ns.head
-		if v.prev == e.p.prev && (!current || ns.voted == nil || ns.voted.id == e.id) {
+		if !current || ns.voted == nil || ns.voted.id == e.id {
 			// A frame this validator voted on at this position and forgot:
-			// same vote again. (At another position the vote is cast
-			// afresh, by the voting rule: a commit counts at one position
-			// only.)
+			// same vote again. (Remembered by block and position: at
+			// another position the vote is cast afresh, by the voting
+			// rule, and a commit counts at one position only.)
 			e.myVote, e.lastVoted = v.typ, now
 			if current {
 				ns.voted = e

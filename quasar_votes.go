@@ -147,7 +147,7 @@ func (st *state) rejectErr(e *entry, err error) {
 	st.decided(e)
 	st.r.m.framesRejected.Add(1)
 	ns := e.ns
-	if ns.voted != nil && ns.voted.id == e.id {
+	if v := ns.voted; v != nil && v.id == e.id && v.p.prev == e.p.prev {
 		ns.voted = nil // the position is free again: e can never be accepted
 	}
 	if w := e.w; w != nil {

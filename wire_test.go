@@ -368,20 +368,20 @@ func FuzzQuasarReceive(f *testing.F) {
 			byNID[validatorNodeID(id)] = i
 		}
 		// A vote is evidence only at the position it was cast at.
-		evidence := map[votedAt]uint64{}
-		framed := map[votedAt]bool{} // blocks (at positions) whose frame the message carries
-		held := map[[idLen]byte]votedAt{}
+		evidence := map[blockAt]uint64{}
+		framed := map[blockAt]bool{} // blocks (at positions) whose frame the message carries
+		held := map[[idLen]byte]blockAt{}
 		for i := range recs {
 			rec := &recs[i]
 			switch rec.typ {
 			case recVote:
 				v, ok := byNID[rec.vote.voter]
 				if ok && rec.vote.typ == voteCommit && (from < 0 || from == v) {
-					evidence[votedAt{rec.vote.block, rec.vote.prev}] |= 1 << v
+					evidence[blockAt{rec.vote.block, rec.vote.prev}] |= 1 << v
 				}
 			case recProposal, recCertificate:
 				id, _ := rec.prop.frame.blockID(nil)
-				at := votedAt{id, rec.prop.prev}
+				at := blockAt{id, rec.prop.prev}
 				framed[at] = true
 				if _, ok := held[id]; !ok {
 					held[id] = at // the node holds the first; it drops the others
