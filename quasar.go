@@ -184,7 +184,10 @@ func validatorNodeID(v string) (id nodeID) {
 //
 // Handlers run one at a time on the applying goroutine, in the order frames
 // are accepted (chain order within a namespace, proposer order across). A
-// nil handler is ignored. Subscribe is safe to call concurrently with
+// nil handler is ignored. A handler that panics: the panic propagates on
+// the goroutine that ran it (a Propose caller, or the driver's apply
+// goroutine, which ends the program), the frame counts as applied with an
+// error wrapping ErrApply, and the replicator stays usable. Subscribe is safe to call concurrently with
 // Propose; a handler added while frames are being applied sees the frames
 // applied after it was added.
 func (r *QuasarReplicator) Subscribe(h Handler) {
@@ -605,6 +608,22 @@ func (r *QuasarReplicator) applyLocked(mine *waiter) {
 		return
 	}
 	r.st.applying = true
+	var running *entry // the frame whose handlers run (mu not held)
+	defer func() {
+		if running == nil {
+			return
+		}
+		// A handler panicked: the panic goes on up this goroutine (a
+		// Propose caller's, or applyLoop's, which ends the program). The
+		// frame counts as applied with an error, and applying resumes.
+		r.m.applyErrors.Add(1)
+		r.mu.Lock()
+		r.st.applied(running, fmt.Errorf("%w: a handler panicked", ErrApply))
+		r.st.applying = false
+		r.applyIdle.Broadcast()
+		r.mu.Unlock()
+		r.kickApply()
+	}()
 	for !r.closed.Load() && (mine == nil || !mine.resolved) {
 		if len(r.st.behindEvents) > 0 {
 			evs := r.st.behindEvents
@@ -628,7 +647,9 @@ func (r *QuasarReplicator) applyLocked(mine *waiter) {
 			r.m.skipped.Add(1) // covered by a restored snapshot
 		} else {
 			r.mu.Unlock()
+			running = e
 			err = r.apply(e)
+			running = nil
 			r.mu.Lock()
 		}
 		r.st.applied(e, err)

@@ -576,3 +576,25 @@ func TestQuasar_NoSeqLeft(t *testing.T) {
 		c.requireAccept(0, put("other", "k", "v")) // other namespaces are unaffected
 	}
 }
+
+// A handler that panics on a proposer's goroutine: the panic reaches the
+// caller, the frame counts as applied with an error, and the replicator
+// stays usable (later frames apply, Close returns).
+func TestQuasar_HandlerPanicLeavesReplicatorUsable(t *testing.T) {
+	r := newTestQuasar(t)
+	var calls atomic.Int32
+	r.Subscribe(func(_ context.Context, f Frame) error {
+		if calls.Add(1) == 1 {
+			panic("boom")
+		}
+		return nil
+	})
+	require.PanicsWithValue(t, "boom", func() { _, _ = r.Propose(context.Background(), put("ns", "k", "v")) })
+	d, err := r.Propose(context.Background(), put("ns", "k", "w"))
+	require.Equal(t, DecisionAccept, d)
+	require.NoError(t, err)
+	require.EqualValues(t, 1, r.Metrics().ApplyErrors)
+	done := make(chan struct{})
+	go func() { _ = r.Close(); close(done) }()
+	requireDone(t, done, "Close after a handler panicked")
+}
