@@ -56,6 +56,15 @@ func (f *Frame) checkSize(limit int64) error {
 	return nil
 }
 
+// validUTF8 reports whether the frame's strings are valid UTF-8. The JSON
+// encoding, and so the block ID, replaces each invalid byte with U+FFFD:
+// frames whose strings differ only in invalid bytes would share a block ID
+// while carrying different contents, so the Quasar driver refuses them.
+func (f *Frame) validUTF8() bool {
+	return utf8.ValidString(f.OrgID) && utf8.ValidString(f.Namespace) &&
+		utf8.ValidString(f.Op) && utf8.ValidString(f.Key)
+}
+
 // appendJSON appends the frame's JSON encoding to dst. The output is byte for
 // byte what encoding/json.Marshal produces for a Frame (a property test checks
 // it), without reflection: the block ID is a hash of these bytes, so every

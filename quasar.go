@@ -248,11 +248,14 @@ func (r *QuasarReplicator) Close() error {
 // queue up locally rather than reject each other; proposals into different
 // namespaces proceed in parallel. A frame with an explicit Seq that does not
 // exceed the namespace's latest accepted Seq is rejected at once (the slot is
-// taken). A frame identical to one this node proposed earlier that is still
-// undecided (a retry after a timeout) waits for that proposal, unless
-// another Propose of this node returned Accept since it was made: that
-// proposal is not ordered after it (S5), so the call returns DecisionTimeout
-// at once; the earlier proposal may still be accepted.
+// taken), and so is a frame whose OrgID, Namespace, Op or Key is not valid
+// UTF-8 (its block ID, a hash of its JSON, where invalid bytes become
+// U+FFFD, would not tell it from others). A frame identical to one this
+// node proposed earlier that is still undecided (a retry after a timeout)
+// waits for that proposal, unless another Propose of this node returned
+// Accept since it was made: that proposal is not ordered after it (S5), so
+// the call returns DecisionTimeout at once; the earlier proposal may still
+// be accepted.
 //
 // A handler that calls Propose on its own replicator must pass the context it
 // received: such a call returns DecisionAccept as soon as the frame is
@@ -268,6 +271,10 @@ func (r *QuasarReplicator) Propose(ctx context.Context, f Frame) (Decision, erro
 	if err := f.checkSize(int64(r.maxFrame)); err != nil {
 		r.m.rejected.Add(1)
 		return DecisionReject, fmt.Errorf("quasar propose: %w", err)
+	}
+	if !f.validUTF8() {
+		r.m.rejected.Add(1)
+		return DecisionReject, fmt.Errorf("quasar propose: %w: OrgID, Namespace, Op and Key must be valid UTF-8", ErrRejected)
 	}
 	reentrant := ctx.Value(applyMarker{}) == r
 	// The timer covers ProposeWait only: a ctx deadline fires ctx.Done(),

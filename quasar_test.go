@@ -598,3 +598,22 @@ func TestQuasar_HandlerPanicLeavesReplicatorUsable(t *testing.T) {
 	go func() { _ = r.Close(); close(done) }()
 	requireDone(t, done, "Close after a handler panicked")
 }
+
+// The block ID hashes the frame's JSON, where every invalid UTF-8 byte
+// becomes U+FFFD: frames whose strings differ only there would share an ID
+// with different contents. Propose refuses them.
+func TestQuasar_RefusesInvalidUTF8(t *testing.T) {
+	c := newTestCluster(t, 3, clusterOpts{})
+	for _, f := range []Frame{
+		{OrgID: "org\xff", Namespace: "ns", Op: "put", Key: "k"},
+		{OrgID: "org", Namespace: "ns\xfe", Op: "put", Key: "k"},
+		{OrgID: "org", Namespace: "ns", Op: "put\xc0", Key: "k"},
+		{OrgID: "org", Namespace: "ns", Op: "put", Key: "k\xff"},
+	} {
+		d, err := c.propose(0, f)
+		require.Equal(t, DecisionReject, d, "%q", f)
+		require.ErrorIs(t, err, ErrRejected)
+	}
+	c.requireAccept(0, put("ns", "k", "v"))
+	c.waitAllApplied(1, 5*time.Second)
+}

@@ -383,6 +383,8 @@ func (d *decoder) proposal(p *proposal, maxFrame int) {
 			d.fail("seq not above prev")
 		} else if maxFrame > 0 && f.size() > maxFrame {
 			d.fail("frame above limit")
+		} else if !f.validUTF8() {
+			d.fail("frame string not UTF-8")
 		}
 	}
 }

@@ -190,6 +190,7 @@ func wireMalformed() []struct {
 		{"unknown record type", withRecord(99, []byte{1, 2, 3})},
 		{"record type zero", withRecord(0, nil)},
 		{"vote short", withRecord(recVote, make([]byte, voteLen-1))},
+		{"key not UTF-8", encodeMessage([]record{{typ: recProposal, prop: proposal{frame: Frame{OrgID: "org", Namespace: "ns", Seq: 1, Key: "k\xff"}}}})},
 		{"fetch short", withRecord(recFetch, make([]byte, idLen-1))},
 		{"fetch long", withRecord(recFetch, make([]byte, idLen+1))},
 		{"proposal seq zero", withRecord(recProposal, appendProposal(nil, &proposal{}))},
@@ -292,7 +293,7 @@ func FuzzProposalRoundTrip(f *testing.F) {
 		p.proposer[0], p.proposer[nodeIDLen-1] = proposer, ^proposer
 		for _, typ := range []byte{recProposal, recCertificate} {
 			recs, err := decodeMessage(encodeMessage([]record{{typ: typ, prop: p}}), 0, nil)
-			if seq == 0 || seq <= prev {
+			if seq == 0 || seq <= prev || !p.frame.validUTF8() {
 				require.ErrorIs(t, err, ErrMalformed)
 				require.Empty(t, recs)
 				continue
