@@ -1819,3 +1819,18 @@ func newLoneValidator(t *testing.T, cfg QuasarConfig) (*QuasarReplicator, []stri
 	t.Cleanup(func() { _ = r.Close() })
 	return r, ids
 }
+
+// TestChaos_OrphanVotesPerVoterBounded: votes for a block not held yet are
+// held at most two positions per voter, so one voter voting at many
+// positions cannot crowd out the others' votes.
+func TestChaos_OrphanVotesPerVoterBounded(t *testing.T) {
+	h := newPositionHarness(t, QuasarConfig{WitnessAfter: time.Hour})
+	x := slotFrame(1, "x")
+	for prev := range uint64(8) {
+		h.send(1, h.vote(x, prev+10, h.n1, voteCommit)) // node-1 at many other positions
+	}
+	h.send(2, h.vote(x, 0, h.n2, voteCommit))
+	h.send(1, h.proposal(x, 0, h.n1)) // node-0 commits x: with node-2's held vote, a quorum
+	require.Equal(t, []string{"x/1"}, receiveN(t, h.applied, 1))
+	require.EqualValues(t, 6, h.r.Metrics().VotesDropped)
+}

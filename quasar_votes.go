@@ -399,16 +399,20 @@ func (st *state) orphan(v *vote, voter int) {
 		st.orphans[id] = o
 		st.orphanQ = append(st.orphanQ, id)
 	}
+	held := 0 // this voter's votes held for the block
 	for i := range o.voters {
-		if int(o.voters[i]) == voter && o.prevs[i] == v.prev {
-			return // a re-send: the first counts
+		if int(o.voters[i]) == voter {
+			if o.prevs[i] == v.prev {
+				return // a re-send: the first counts
+			}
+			held++
 		}
 	}
-	if len(o.voters) < 2*st.r.n { // room for every voter at two positions
-		o.voters = append(o.voters, uint16(voter))
-		o.types = append(o.types, uint16(v.typ))
-		o.prevs = append(o.prevs, v.prev)
-	} else {
+	if held >= 2 { // room for each voter at two positions: no voter crowds out the others
 		st.r.m.votesDropped.Add(1)
+		return
 	}
+	o.voters = append(o.voters, uint16(voter))
+	o.types = append(o.types, uint16(v.typ))
+	o.prevs = append(o.prevs, v.prev)
 }
