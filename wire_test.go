@@ -106,10 +106,15 @@ func encodeMessage(recs []record) []byte {
 
 // comparableRecords strips what an encoder cannot reproduce: a vote's
 // signature (appendVoteRecord writes none; the driver ignores it).
+// comparableRecords returns recs without what a round trip may change: the
+// signature (never re-encoded) and the exact bytes of reference lists (a
+// uvarint may arrive in a longer form than the encoder writes).
 func comparableRecords(recs []record) []record {
+	canon := func(l refList) refList { return refs(slices.Collect(l.all())...) }
 	out := make([]record, len(recs))
 	for i, r := range recs {
 		r.vote.sig = nil
+		r.prop.after, r.digest = canon(r.prop.after), canon(r.digest)
 		out[i] = r
 	}
 	return out
