@@ -84,12 +84,11 @@ type TCPConfig struct {
 	// configured peer for inbound connections) and no other configured
 	// node: a certificate that names two could pass for either, and is
 	// refused. Names that are not node IDs (say, a host name) are ignored.
-	// The transport works on a
-	// clone and sets MinVersion to TLS 1.3, ClientAuth to
-	// RequireAndVerifyClientCert, SessionTicketsDisabled, ServerName (the
-	// peer's node ID), clears GetConfigForClient (which would bypass these
-	// settings), and replaces hostname verification by the node-ID
-	// check above (InsecureSkipVerify plus its own chain verification in
+	// The transport works on a clone and sets MinVersion to TLS 1.3,
+	// ClientAuth to RequireAndVerifyClientCert, SessionTicketsDisabled,
+	// ServerName (the peer's node ID), clears GetConfigForClient (which
+	// would bypass these settings), and replaces hostname verification by
+	// the node-ID check above (InsecureSkipVerify plus its own chain verification in
 	// VerifyConnection; a VerifyConnection you set still runs afterwards).
 	// Leave CurvePreferences nil so Go's default post-quantum hybrid key
 	// exchange (X25519MLKEM768) is used; Validate refuses preferences
@@ -167,9 +166,9 @@ func (c TCPConfig) withDefaults() TCPConfig {
 }
 
 // Validate reports whether c is usable, exactly as NewTCPTransport judges
-// it. Zero tuning fields are valid (they mean the defaults). Every error wraps ErrInvalidConfig and names the
-// offending values. Validate does not modify c and is safe for concurrent
-// use.
+// it. Zero tuning fields are valid (they mean the defaults). Every error
+// wraps ErrInvalidConfig and names the offending values. Validate does not
+// modify c and is safe for concurrent use.
 func (c TCPConfig) Validate() error {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: tcp: "+format, append([]any{ErrInvalidConfig}, args...)...)
