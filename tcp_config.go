@@ -88,8 +88,9 @@ type TCPConfig struct {
 	// ClientAuth to RequireAndVerifyClientCert, SessionTicketsDisabled,
 	// ServerName (the peer's node ID), clears GetConfigForClient (which
 	// would bypass these settings), and replaces hostname verification by
-	// the node-ID check above (InsecureSkipVerify plus its own chain verification in
-	// VerifyConnection; a VerifyConnection you set still runs afterwards).
+	// the node-ID check above (InsecureSkipVerify plus its own chain
+	// verification in VerifyConnection; a VerifyConnection you set still
+	// runs afterwards).
 	// Leave CurvePreferences nil so Go's default post-quantum hybrid key
 	// exchange (X25519MLKEM768) is used; Validate refuses preferences
 	// without it.
