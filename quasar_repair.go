@@ -163,7 +163,7 @@ func (st *state) tick(wall time.Time) {
 		}
 		st.orphanQ = st.orphanQ[1:]
 		if o != nil {
-			m.votesDropped.Add(uint64(len(o.voters)))
+			m.votesDropped.Add(uint64(len(o.votes)))
 			delete(st.orphans, id)
 		}
 	}

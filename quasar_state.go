@@ -529,12 +529,12 @@ func (st *state) add(e *entry, payload []byte) {
 	}
 	if o := st.orphans[e.id]; o != nil {
 		delete(st.orphans, e.id)
-		for i := range o.voters {
+		for _, x := range o.votes {
 			switch {
-			case o.prevs[i] != e.p.prev:
+			case x.prev != e.p.prev:
 				st.r.m.votesOtherPosition.Add(1)
 			case e.state == stUndecided:
-				st.countVote(e, int(o.voters[i]), byte(o.types[i]))
+				st.countVote(e, int(x.voter), x.typ)
 			}
 		}
 	}

@@ -15,10 +15,15 @@ import (
 // orphan holds the votes received for a block this node does not hold
 // (yet), each with the position it was cast at.
 type orphan struct {
-	voters, types []uint16
-	prevs         []uint64
-	born          int64
-	fetched       bool
+	votes   []orphanVote
+	born    int64
+	fetched bool
+}
+
+type orphanVote struct {
+	prev  uint64 // the position it was cast at
+	voter uint16
+	typ   byte
 }
 
 // castVote applies this validator's voting rule to e.
@@ -391,7 +396,7 @@ func (st *state) orphan(v *vote, voter int) {
 			old := st.orphanQ[0]
 			st.orphanQ = st.orphanQ[1:]
 			if x := st.orphans[old]; x != nil {
-				st.r.m.votesDropped.Add(uint64(len(x.voters)))
+				st.r.m.votesDropped.Add(uint64(len(x.votes)))
 				delete(st.orphans, old)
 			}
 		}
@@ -400,9 +405,9 @@ func (st *state) orphan(v *vote, voter int) {
 		st.orphanQ = append(st.orphanQ, id)
 	}
 	held := 0 // this voter's votes held for the block
-	for i := range o.voters {
-		if int(o.voters[i]) == voter {
-			if o.prevs[i] == v.prev {
+	for _, x := range o.votes {
+		if int(x.voter) == voter {
+			if x.prev == v.prev {
 				return // a re-send: the first counts
 			}
 			held++
@@ -412,7 +417,5 @@ func (st *state) orphan(v *vote, voter int) {
 		st.r.m.votesDropped.Add(1)
 		return
 	}
-	o.voters = append(o.voters, uint16(voter))
-	o.types = append(o.types, uint16(v.typ))
-	o.prevs = append(o.prevs, v.prev)
+	o.votes = append(o.votes, orphanVote{prev: v.prev, voter: uint16(voter), typ: v.typ})
 }
