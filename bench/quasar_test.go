@@ -84,10 +84,23 @@ func newQuasarMemory(tb testing.TB, proposers int) cluster {
 }
 
 // newQuasarTCP builds a cluster on replication.TCPTransport over loopback
-// with mutual TLS 1.3 (dev certificates from GenerateDevCerts, key exchange
-// X25519MLKEM768, Go's default), default TCPConfig otherwise, and waits
-// until every node is connected to every peer.
+// with mutual TLS 1.3 (see newTCPTransports).
 func newQuasarTCP(tb testing.TB, proposers int) cluster {
+	tb.Helper()
+	trs, closeAll := newTCPTransports(tb)
+	ts := make([]replication.Transport, len(trs))
+	for i, tr := range trs {
+		ts[i] = tr
+	}
+	return newQuasarCluster(tb, proposers, quasarIDs(), ts, []func() error{closeAll})
+}
+
+// newTCPTransports starts one replication.TCPTransport per node of
+// quasarIDs on loopback, with mutual TLS 1.3 (dev certificates from
+// GenerateDevCerts, key exchange X25519MLKEM768, Go's default) and the
+// default TCPConfig otherwise, and waits until every node is connected to
+// every peer. closeAll closes them all; the caller owns it.
+func newTCPTransports(tb testing.TB) (trs []*replication.TCPTransport, closeAll func() error) {
 	tb.Helper()
 	ids := quasarIDs()
 	dir := tb.TempDir()
@@ -98,8 +111,7 @@ func newQuasarTCP(tb testing.TB, proposers int) cluster {
 	for _, id := range ids {
 		addrs[id] = freeLoopbackAddr(tb)
 	}
-	var trs []*replication.TCPTransport
-	closeAll := func() error {
+	closeAll = func() error {
 		var errs []error
 		for _, tr := range trs {
 			errs = append(errs, tr.Close())
@@ -126,12 +138,7 @@ func newQuasarTCP(tb testing.TB, proposers int) cluster {
 		}
 		trs = append(trs, tr)
 	}
-	ts := make([]replication.Transport, len(trs))
-	for i, tr := range trs {
-		ts[i] = tr
-	}
-	c := newQuasarCluster(tb, proposers, ids, ts, []func() error{closeAll})
-	waitFor(tb, "quasar tcp transports connected", func() bool {
+	waitFor(tb, "tcp transports connected", func() bool {
 		for _, tr := range trs {
 			for _, p := range tr.Stats().Peers {
 				if !p.Connected {
@@ -141,7 +148,7 @@ func newQuasarTCP(tb testing.TB, proposers int) cluster {
 		}
 		return true
 	})
-	return c
+	return trs, closeAll
 }
 
 // freeLoopbackAddr returns a loopback address whose port was free a moment
