@@ -21,6 +21,12 @@ const (
 	// DefaultTCPSendQueue is the default TCPConfig.SendQueue: messages
 	// queued per peer before Broadcast starts dropping for that peer.
 	DefaultTCPSendQueue = 1024
+	// DefaultTCPSendQueueBytes is the default TCPConfig.SendQueueBytes:
+	// 64 MiB of messages queued per peer (or MaxMessageBytes, when that is
+	// larger).
+	DefaultTCPSendQueueBytes = 64 << 20
+	// DefaultTCPMaxHandshakes is the default TCPConfig.MaxHandshakes.
+	DefaultTCPMaxHandshakes = 64
 	// DefaultTCPDialTimeout is the default TCPConfig.DialTimeout.
 	DefaultTCPDialTimeout = 2 * time.Second
 	// DefaultTCPHandshakeTimeout is the default TCPConfig.HandshakeTimeout.
@@ -119,6 +125,25 @@ type TCPConfig struct {
 	// DefaultTCPSendQueue (1024).
 	SendQueue int
 
+	// SendQueueBytes bounds the bytes of the messages queued per peer, so
+	// that a dead peer holds at most this much memory however large the
+	// messages are: a message that would take a peer's queue beyond it is
+	// dropped for that peer and counted, like one that finds the queue
+	// full. Zero means DefaultTCPSendQueueBytes (64 MiB), or
+	// MaxMessageBytes plus its 4-byte prefix when that is larger; a value
+	// below that is refused, since a message of the largest size could
+	// never be queued.
+	SendQueueBytes int
+
+	// MaxHandshakes bounds the inbound connections that are handshaking
+	// (TLS, or the plaintext hello) at once. Anyone who can reach the port
+	// can open connections and stall their handshakes until
+	// HandshakeTimeout; beyond this bound, new connections are closed at
+	// once and counted in HandshakeFailures, so such a flood costs bounded
+	// memory and goroutines. A peer shed this way redials with backoff.
+	// Zero means DefaultTCPMaxHandshakes (64).
+	MaxHandshakes int
+
 	// DialTimeout bounds establishing the TCP connection to a peer. Zero
 	// means DefaultTCPDialTimeout (2s).
 	DialTimeout time.Duration
@@ -153,6 +178,8 @@ type TCPConfig struct {
 func (c TCPConfig) withDefaults() TCPConfig {
 	c.MaxMessageBytes = cmp.Or(c.MaxMessageBytes, DefaultTCPMaxMessageBytes)
 	c.SendQueue = cmp.Or(c.SendQueue, DefaultTCPSendQueue)
+	c.SendQueueBytes = cmp.Or(c.SendQueueBytes, max(DefaultTCPSendQueueBytes, tcpFramePrefixLen+c.MaxMessageBytes))
+	c.MaxHandshakes = cmp.Or(c.MaxHandshakes, DefaultTCPMaxHandshakes)
 	c.DialTimeout = cmp.Or(c.DialTimeout, DefaultTCPDialTimeout)
 	c.HandshakeTimeout = cmp.Or(c.HandshakeTimeout, DefaultTCPHandshakeTimeout)
 	c.MinBackoff = cmp.Or(c.MinBackoff, DefaultTCPMinBackoff)
@@ -241,6 +268,14 @@ func (c TCPConfig) Validate() error {
 	}
 	if c.SendQueue < 0 {
 		return bad("negative SendQueue %d", c.SendQueue)
+	}
+	// Judged against MaxMessageBytes as NewTCPTransport will use it.
+	if largest := tcpFramePrefixLen + cmp.Or(c.MaxMessageBytes, DefaultTCPMaxMessageBytes); c.SendQueueBytes < 0 || c.SendQueueBytes != 0 && c.SendQueueBytes < largest {
+		return bad("SendQueueBytes %d below %d, the largest message with its prefix (MaxMessageBytes %d; a zero one is its default)",
+			c.SendQueueBytes, largest, cmp.Or(c.MaxMessageBytes, DefaultTCPMaxMessageBytes))
+	}
+	if c.MaxHandshakes < 0 {
+		return bad("negative MaxHandshakes %d", c.MaxHandshakes)
 	}
 	for _, d := range []struct {
 		name string

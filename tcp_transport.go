@@ -21,11 +21,15 @@ package replication
 // them exited:
 //
 //   - accept loop (one): owns the listener. It accepts connections and
-//     starts a reader for each; on a temporary error it retries with capped
+//     starts a reader for each, unless MaxHandshakes readers are still
+//     handshaking: then it closes the connection at once (a reader holds
+//     one of the MaxHandshakes tokens of t.handshakes from its start until
+//     its handshake ends). On a temporary error it retries with capped
 //     exponential backoff. Close closes the listener, which ends it.
 //   - per-peer writer (one per configured peer): owns the peer's outbound
 //     connection, its bufio.Writer and its backoff state. It dials (with
-//     backoff and jitter, capped), then drains the peer's bounded send queue
+//     backoff and jitter, capped), then drains the peer's send queue
+//     (bounded in messages by SendQueue and in bytes by SendQueueBytes)
 //     onto the connection, batching whatever is queued into one flush. On a
 //     write error or when the peer closes the connection it redials. Close
 //     cancels t.ctx (which wakes it from the queue, the dial and the backoff
@@ -87,6 +91,12 @@ type TCPTransport struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // every goroutine of the Threads list but the watchers
 
+	// handshakes holds one token per inbound connection that is
+	// handshaking: the accept loop puts one in or sheds the connection,
+	// its reader takes it out when the handshake ends.
+	handshakes chan struct{}
+	shedding   atomic.Bool // the accept loop shed the last connection it took
+
 	closed    atomic.Bool
 	closeOnce sync.Once
 
@@ -115,6 +125,12 @@ type tcpPeer struct {
 	addr      string
 	tlsConfig *tls.Config // client config expecting id; nil when Insecure
 	queue     chan []byte // framed messages, shared read-only between queues
+
+	// queuedBytes is the length of the messages in queue: Broadcast adds a
+	// message's length before it queues it (and takes it back when it
+	// drops the message), the writer subtracts it when it takes the
+	// message out.
+	queuedBytes atomic.Int64
 
 	connected  atomic.Bool
 	sent       atomic.Uint64
@@ -161,6 +177,8 @@ func NewTCPTransport(cfg TCPConfig) (*TCPTransport, error) {
 		conns:    make(map[net.Conn]struct{}),
 		inbound:  make(map[string]*tcpInbound),
 		handlers: make(map[string]func(string, []byte) error),
+
+		handshakes: make(chan struct{}, cfg.MaxHandshakes),
 	}
 	for id, addr := range cfg.Peers {
 		t.peerIDs[id] = true
@@ -241,16 +259,30 @@ func (t *TCPTransport) Broadcast(ctx context.Context, kind string, payload []byt
 		return nil
 	}
 	msg := appendTCPFrame(make([]byte, 0, tcpFramePrefixLen+tcpFrameBodyLen(kind, payload)), kind, payload)
+	n := int64(len(msg))
 	for _, p := range t.peers {
+		if p.queuedBytes.Add(n) > int64(t.cfg.SendQueueBytes) {
+			p.queuedBytes.Add(-n)
+			t.drop(p)
+			continue
+		}
 		select {
 		case p.queue <- msg:
 		default:
-			if p.dropped.Add(1) == 1 {
-				t.log.Warn("tcp send queue full, dropping messages", "peer", p.id, "queue", cap(p.queue))
-			}
+			p.queuedBytes.Add(-n)
+			t.drop(p)
 		}
 	}
 	return nil
+}
+
+// drop counts a message dropped for p because its queue is full, in
+// messages or in bytes, and logs the first one.
+func (t *TCPTransport) drop(p *tcpPeer) {
+	if p.dropped.Add(1) == 1 {
+		t.log.Warn("tcp send queue full, dropping messages", "peer", p.id,
+			"queue", cap(p.queue), "queue_bytes", t.cfg.SendQueueBytes)
+	}
 }
 
 // OnReceive registers h for messages of kind, replacing any handler
@@ -339,11 +371,12 @@ type TCPStats struct {
 // TCPPeerStats is the sending side of one peer in TCPStats. It is a plain
 // value owned by the caller of Stats.
 type TCPPeerStats struct {
-	Connected  bool   // an outbound connection to the peer is up
-	Queued     int    // messages waiting in the peer's send queue
-	Sent       uint64 // frames written and flushed to the peer
-	Dropped    uint64 // frames dropped because the queue was full
-	Reconnects uint64 // outbound connections established after the first
+	Connected   bool   // an outbound connection to the peer is up
+	Queued      int    // messages waiting in the peer's send queue
+	QueuedBytes int64  // their length in bytes, at most SendQueueBytes
+	Sent        uint64 // frames written and flushed to the peer
+	Dropped     uint64 // frames dropped because the queue was full (SendQueue or SendQueueBytes)
+	Reconnects  uint64 // outbound connections established after the first
 }
 
 // Stats returns a snapshot of the transport's counters. The counters are
@@ -361,11 +394,12 @@ func (t *TCPTransport) Stats() TCPStats {
 	}
 	for _, p := range t.peers {
 		ps := TCPPeerStats{
-			Connected:  p.connected.Load(),
-			Queued:     len(p.queue),
-			Sent:       p.sent.Load(),
-			Dropped:    p.dropped.Load(),
-			Reconnects: p.reconnects.Load(),
+			Connected:   p.connected.Load(),
+			Queued:      len(p.queue),
+			QueuedBytes: p.queuedBytes.Load(),
+			Sent:        p.sent.Load(),
+			Dropped:     p.dropped.Load(),
+			Reconnects:  p.reconnects.Load(),
 		}
 		s.Sent += ps.Sent
 		s.Dropped += ps.Dropped
@@ -439,7 +473,23 @@ func (t *TCPTransport) acceptLoop() {
 			continue
 		}
 		delay = 0
+		select {
+		case t.handshakes <- struct{}{}:
+			t.shedding.Store(false)
+		default:
+			// MaxHandshakes connections are handshaking already: shed
+			// this one rather than hold a goroutine and its buffers for
+			// it. Logged once per flood.
+			t.handshakeFailures.Add(1)
+			_ = c.Close()
+			if !t.shedding.Swap(true) {
+				t.log.Warn("tcp too many connections handshaking, closing new ones",
+					"max_handshakes", t.cfg.MaxHandshakes, "remote", c.RemoteAddr().String())
+			}
+			continue
+		}
 		if !t.track(c) {
+			<-t.handshakes
 			_ = c.Close()
 			return
 		}
@@ -462,44 +512,11 @@ func (t *TCPTransport) readLoop(raw net.Conn) {
 	defer t.wg.Done()
 	defer t.untrackClose(raw)
 
-	var (
-		conn = raw
-		from string
-		buf  []byte
-	)
-	_ = raw.SetDeadline(time.Now().Add(t.cfg.HandshakeTimeout))
-	if t.serverTLS != nil {
-		tc := tls.Server(raw, t.serverTLS)
-		if err := tc.Handshake(); err != nil {
-			t.refuse("inbound", "", raw.RemoteAddr(), fmt.Errorf("tls handshake: %w", err))
-			return
-		}
-		// VerifyConnection already checked that the certificate names a
-		// configured peer.
-		from, _ = t.inboundPeerID(tc.ConnectionState().PeerCertificates[0])
-		conn = tc
-	} else {
-		var kind, payload []byte
-		var err error
-		kind, payload, buf, err = readTCPFrame(raw, tcpHelloLimit, buf)
-		switch {
-		case err != nil:
-			t.refuse("inbound", "", raw.RemoteAddr(), fmt.Errorf("hello: %w", err))
-			return
-		case len(kind) != 0:
-			t.refuse("inbound", "", raw.RemoteAddr(), fmt.Errorf("%w: first frame has kind %q, want hello", ErrMalformed, kind))
-			return
-		case !t.peerIDs[string(payload)]:
-			t.refuse("inbound", string(payload), raw.RemoteAddr(), errors.New("hello names no configured peer"))
-			return
-		}
-		from = string(payload)
-	}
-	if _, err := conn.Write([]byte{tcpAccepted}); err != nil {
-		t.log.Debug("tcp inbound connection lost before it was accepted", "peer", from, "err", err)
+	conn, from, buf, ok := t.serverHandshake(raw)
+	<-t.handshakes // handshake over: give the accept loop its token back
+	if !ok {
 		return
 	}
-	_ = raw.SetDeadline(time.Time{})
 
 	// One inbound connection per peer: a newer one replaces an older one,
 	// which is closed first and allowed to finish its current delivery, so
@@ -551,6 +568,49 @@ func (t *TCPTransport) readLoop(raw net.Conn) {
 			t.log.Debug("tcp handler failed", "peer", from, "kind", string(kind), "err", err)
 		}
 	}
+}
+
+// serverHandshake authenticates the dialer of an inbound connection (TLS,
+// or the plaintext hello) under HandshakeTimeout and sends it the
+// acceptance byte. It returns what to read from (the TLS connection, or
+// raw) and the peer's node ID, with the read buffer the hello used; ok is
+// false when the peer was refused or the connection lost.
+func (t *TCPTransport) serverHandshake(raw net.Conn) (conn net.Conn, from string, buf []byte, ok bool) {
+	conn = raw
+	_ = raw.SetDeadline(time.Now().Add(t.cfg.HandshakeTimeout))
+	if t.serverTLS != nil {
+		tc := tls.Server(raw, t.serverTLS)
+		if err := tc.Handshake(); err != nil {
+			t.refuse("inbound", "", raw.RemoteAddr(), fmt.Errorf("tls handshake: %w", err))
+			return nil, "", nil, false
+		}
+		// VerifyConnection already checked that the certificate names a
+		// configured peer.
+		from, _ = t.inboundPeerID(tc.ConnectionState().PeerCertificates[0])
+		conn = tc
+	} else {
+		var kind, payload []byte
+		var err error
+		kind, payload, buf, err = readTCPFrame(raw, tcpHelloLimit, buf)
+		switch {
+		case err != nil:
+			t.refuse("inbound", "", raw.RemoteAddr(), fmt.Errorf("hello: %w", err))
+			return nil, "", nil, false
+		case len(kind) != 0:
+			t.refuse("inbound", "", raw.RemoteAddr(), fmt.Errorf("%w: first frame has kind %q, want hello", ErrMalformed, kind))
+			return nil, "", nil, false
+		case !t.peerIDs[string(payload)]:
+			t.refuse("inbound", string(payload), raw.RemoteAddr(), errors.New("hello names no configured peer"))
+			return nil, "", nil, false
+		}
+		from = string(payload)
+	}
+	if _, err := conn.Write([]byte{tcpAccepted}); err != nil {
+		t.log.Debug("tcp inbound connection lost before it was accepted", "peer", from, "err", err)
+		return nil, "", nil, false
+	}
+	_ = raw.SetDeadline(time.Time{})
+	return conn, from, buf, true
 }
 
 // writeLoop is a per-peer writer goroutine (see Threads).
@@ -676,6 +736,7 @@ func (t *TCPTransport) serveOutbound(p *tcpPeer, conn, raw net.Conn, bw *bufio.W
 			return errors.New("connection closed by peer")
 		case msg = <-p.queue:
 		}
+		p.queuedBytes.Add(-int64(len(msg)))
 		// The deadline bounds each write that reaches the socket (a Write
 		// that overflows the buffer, and the Flush), not the whole batch: a
 		// peer that keeps reading is never cut off for being sent a lot.
@@ -693,6 +754,7 @@ func (t *TCPTransport) serveOutbound(p *tcpPeer, conn, raw net.Conn, bw *bufio.W
 			if n < tcpMaxBatch {
 				select {
 				case msg = <-p.queue:
+					p.queuedBytes.Add(-int64(len(msg)))
 					more = true
 				default:
 				}

@@ -579,6 +579,87 @@ func TestTCPTransport_SlowPeerDoesNotBlock(t *testing.T) {
 	require.Equal(t, st.Peers["slow"].Dropped+st.Peers["dead"].Dropped+st.Peers["b"].Dropped, st.Dropped)
 }
 
+// TestTCPTransport_SendQueueBytes: a peer that is down holds at most
+// SendQueueBytes of queued messages however many are broadcast; the rest
+// are dropped and counted. When the peer comes up it receives exactly the
+// queued ones, and the byte count returns to zero.
+func TestTCPTransport_SendQueueBytes(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	dir := tcpCerts(t, "a", "b")
+	addrA, addrB := tcpFreeAddr(t), tcpFreeAddr(t)
+	cfg := tcpTestConfig("a", addrA, map[string]string{"b": addrB}, tcpTLS(t, dir, "a"))
+	cfg.MaxMessageBytes, cfg.SendQueueBytes = 2000, 10000
+	a := newTCPTest(t, cfg)
+
+	payload := make([]byte, 1500)
+	size := int64(tcpFramePrefixLen + tcpFrameBodyLen("k", payload))
+	const n = 20 // 20 messages, far fewer than SendQueue: only the bytes bound bites
+	for i := range n {
+		payload[0] = byte(i)
+		require.NoError(t, a.Broadcast(context.Background(), "k", payload))
+	}
+	kept := 10000 / size
+	st := a.Stats().Peers["b"]
+	require.False(t, st.Connected)
+	require.EqualValues(t, kept, st.Queued, "%+v", st)
+	require.Equal(t, kept*size, st.QueuedBytes, "%+v", st)
+	require.EqualValues(t, n-kept, st.Dropped, "%+v", st)
+
+	b := newTCPTest(t, tcpTestConfig("b", addrB, map[string]string{"a": addrA}, tcpTLS(t, dir, "b")))
+	inB := newTCPInbox(b, "k")
+	require.Eventually(t, func() bool { return len(inB.all()) == int(kept) }, tcpWait, tcpPoll)
+	for i, m := range inB.all() {
+		require.EqualValues(t, i, m.payload[0], "the first messages were kept, in order")
+	}
+	require.Eventually(t, func() bool { return a.Stats().Peers["b"].QueuedBytes == 0 }, tcpWait, tcpPoll)
+	require.NoError(t, a.Broadcast(context.Background(), "k", []byte("after")))
+	requireTCPReceives(t, inB, tcpMsg{"a", "after"})
+	require.EqualValues(t, kept+1, a.Stats().Peers["b"].Sent)
+	require.NoError(t, b.Close())
+	require.NoError(t, a.Close())
+}
+
+// TestTCPTransport_ShedsHandshakeFlood: connections that stall their
+// handshake take at most MaxHandshakes slots; one more is closed at once
+// and counted, and a real peer gets in as soon as slots free up.
+func TestTCPTransport_ShedsHandshakeFlood(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	dir := tcpCerts(t, "a", "b")
+	addrA, addrB := tcpFreeAddr(t), tcpFreeAddr(t)
+	cfg := tcpTestConfig("a", addrA, map[string]string{"b": addrB}, tcpTLS(t, dir, "a"))
+	cfg.MaxHandshakes = 3
+	cfg.HandshakeTimeout = time.Minute // the stalled connections hold their slots
+	a := newTCPTest(t, cfg)
+	inA := newTCPInbox(a, "k")
+
+	var stalled []net.Conn
+	for range cfg.MaxHandshakes {
+		conn, err := net.DialTimeout("tcp", addrA, tcpWait)
+		require.NoError(t, err)
+		stalled = append(stalled, conn)
+	}
+	// The accept loop takes connections in order, so once one more is
+	// shed, every stalled one holds a slot.
+	extra, err := net.DialTimeout("tcp", addrA, tcpWait)
+	require.NoError(t, err)
+	tcpRequireClosedByPeer(t, extra)
+	require.NoError(t, extra.Close())
+	require.EqualValues(t, 1, a.Stats().HandshakeFailures, "the shed connection is counted")
+
+	// b cannot get in while the slots are held (its handshake would need
+	// one), and does as soon as they are released.
+	b := newTCPTest(t, tcpTestConfig("b", addrB, map[string]string{"a": addrA}, tcpTLS(t, dir, "b")))
+	require.Never(t, func() bool { return b.Stats().Peers["a"].Connected }, 200*time.Millisecond, tcpPoll)
+	for _, conn := range stalled {
+		require.NoError(t, conn.Close())
+	}
+	require.Eventually(t, func() bool { return b.Stats().Peers["a"].Connected }, tcpWait, tcpPoll)
+	require.NoError(t, b.Broadcast(context.Background(), "k", []byte("in")))
+	requireTCPReceives(t, inA, tcpMsg{"b", "in"})
+	require.NoError(t, b.Close())
+	require.NoError(t, a.Close())
+}
+
 // TestTCPTransport_Insecure: plaintext mode for loopback tests works, and a
 // hello naming an unknown node or a missing hello is refused.
 func TestTCPTransport_Insecure(t *testing.T) {
@@ -731,6 +812,15 @@ func TestTCPConfig_Validate(t *testing.T) {
 		{"negative MaxMessageBytes", func(c *TCPConfig) { c.MaxMessageBytes = -1 }, false},
 		{"huge MaxMessageBytes", func(c *TCPConfig) { c.MaxMessageBytes = maxTCPMessageBytes + 1 }, false},
 		{"negative SendQueue", func(c *TCPConfig) { c.SendQueue = -1 }, false},
+		{"negative SendQueueBytes", func(c *TCPConfig) { c.SendQueueBytes = -1 }, false},
+		{"SendQueueBytes below the largest message", func(c *TCPConfig) {
+			c.MaxMessageBytes, c.SendQueueBytes = 1000, 1000+tcpFramePrefixLen-1
+		}, false},
+		{"SendQueueBytes holding the largest message", func(c *TCPConfig) {
+			c.MaxMessageBytes, c.SendQueueBytes = 1000, 1000+tcpFramePrefixLen
+		}, true},
+		{"SendQueueBytes below the default MaxMessageBytes", func(c *TCPConfig) { c.SendQueueBytes = 1 << 20 }, false},
+		{"negative MaxHandshakes", func(c *TCPConfig) { c.MaxHandshakes = -1 }, false},
 		{"negative DialTimeout", func(c *TCPConfig) { c.DialTimeout = -time.Second }, false},
 		{"negative HandshakeTimeout", func(c *TCPConfig) { c.HandshakeTimeout = -time.Second }, false},
 		{"negative MinBackoff", func(c *TCPConfig) { c.MinBackoff = -time.Second }, false},
@@ -767,6 +857,8 @@ func TestTCPConfig_Validate(t *testing.T) {
 		require.Zero(t, cfg.SendQueue)
 		require.Equal(t, DefaultTCPSendQueue, tr.cfg.SendQueue)
 		require.Equal(t, DefaultTCPMaxMessageBytes, tr.cfg.MaxMessageBytes)
+		require.Equal(t, DefaultTCPSendQueueBytes, tr.cfg.SendQueueBytes)
+		require.Equal(t, DefaultTCPMaxHandshakes, tr.cfg.MaxHandshakes)
 		cfg.Peers["c"] = "127.0.0.1:3"
 		require.Equal(t, []string{"a", "b"}, tr.Validators(), "Peers was copied")
 	})
