@@ -2,7 +2,6 @@ package bench
 
 import (
 	"bufio"
-	"context"
 	"crypto/tls"
 	"encoding/binary"
 	"io"
@@ -16,78 +15,21 @@ import (
 )
 
 // The floor benchmarks measure the one round trip that any quorum of two
-// out of three nodes needs: the proposer's message reaches a peer and the
-// peer's answer comes back. A raft leader pays the same round trip
-// (AppendEntries and its response), and so does a Quasar proposer (the
-// proposal and one peer's commit vote). No consensus runs here: only the
-// transport and the goroutine hand-offs, with a message of the size of a
-// Quasar proposal for a 256-byte value. They bound from below what the
-// sequential comparison benchmarks can reach.
+// out of three nodes needs, over bare loopback sockets: the proposer's
+// message reaches a peer and the peer's answer comes back. A raft leader
+// pays this round trip (AppendEntries and its response), and so does a
+// Quasar proposer (the proposal and one peer's commit vote). No consensus
+// and no transport library runs here, only the kernel, TLS and the
+// goroutines reading the sockets, with the message sizes of the library's
+// own round-trip benchmarks (BenchmarkMemoryHubRoundTrip3Node and
+// BenchmarkTCPRoundTrip3Node in the replication package, which measure the
+// same loop through MemoryHub and TCPTransport). They bound from below what
+// the sequential comparison benchmarks can reach over TCP.
 
-const floorMessage = 384 // bytes; a proposal of a 256-byte value is about this size
-
-// BenchmarkFloorMemoryHub is one round trip on a three-node MemoryHub:
-// node 0 broadcasts, both peers answer from their receive callbacks, and
-// the caller returns at the first answer (a quorum of 2 of 3 counts its own
-// vote).
-func BenchmarkFloorMemoryHub(b *testing.B) {
-	hub := replication.NewMemoryHub()
-	b.Cleanup(func() { _ = hub.Close() })
-	ids := quasarIDs()
-	trs := make([]*replication.MemoryTransport, len(ids))
-	for i, id := range ids {
-		trs[i] = hub.Connect(id)
-	}
-	benchFloorTransport(b, trs[0], []replication.Transport{trs[1], trs[2]})
-}
-
-// BenchmarkFloorTCPTransport is BenchmarkFloorMemoryHub over three
-// replication.TCPTransports on loopback with mutual TLS 1.3, the transport
-// BenchmarkQuasarProposeTCP3Node uses.
-func BenchmarkFloorTCPTransport(b *testing.B) {
-	trs, closeAll := newTCPTransports(b)
-	b.Cleanup(func() { _ = closeAll() })
-	benchFloorTransport(b, trs[0], []replication.Transport{trs[1], trs[2]})
-}
-
-// benchFloorTransport times b.N round trips from self to peers, each
-// finished by the first answer. Every ping carries its round number, so a
-// late answer to an earlier round is not taken for the current one.
-func benchFloorTransport(b *testing.B, self replication.Transport, peers []replication.Transport) {
-	var round atomic.Uint64
-	answers := make(chan struct{}, 1)
-	self.OnReceive("pong", func(msg []byte) error {
-		if len(msg) == 8 && round.CompareAndSwap(binary.BigEndian.Uint64(msg), 0) {
-			answers <- struct{}{} // only the first answer of a round gets here
-		}
-		return nil
-	})
-	for _, p := range peers {
-		p.OnReceive("ping", func(msg []byte) error {
-			return p.Broadcast(context.Background(), "pong", msg[:8])
-		})
-	}
-	msg := make([]byte, floorMessage)
-	ctx := context.Background()
-	var n uint64
-	roundTrip := func() {
-		n++
-		binary.BigEndian.PutUint64(msg, n)
-		round.Store(n)
-		if err := self.Broadcast(ctx, "ping", msg); err != nil {
-			b.Fatal(err)
-		}
-		<-answers
-	}
-	for range 100 {
-		roundTrip()
-	}
-	b.ReportAllocs()
-	b.ResetTimer()
-	for b.Loop() {
-		roundTrip()
-	}
-}
+const (
+	floorMessage = 256 + 64 // bytes; about a proposal of a 256-byte value
+	floorAnswer  = 53       // bytes; a vote
+)
 
 // BenchmarkFloorTCP is one synchronous round trip of a length-prefixed
 // message over one plaintext loopback TCP connection, the way raft's
@@ -173,7 +115,7 @@ func benchFloorConns(b *testing.B, peers int, wrap *floorWrap) {
 	var roundTrip func()
 	if peers == 1 {
 		r := bufio.NewReader(conns[0])
-		answer := make([]byte, 12)
+		answer := make([]byte, 4+floorAnswer)
 		roundTrip = func() {
 			if _, err := conns[0].Write(msg); err != nil {
 				b.Fatal(err)
@@ -188,7 +130,7 @@ func benchFloorConns(b *testing.B, peers int, wrap *floorWrap) {
 		for _, c := range conns {
 			served.Go(func() {
 				r := bufio.NewReader(c)
-				answer := make([]byte, 12)
+				answer := make([]byte, 4+floorAnswer)
 				for {
 					if _, err := io.ReadFull(r, answer); err != nil {
 						return
@@ -223,7 +165,8 @@ func benchFloorConns(b *testing.B, peers int, wrap *floorWrap) {
 }
 
 // floorEcho accepts one connection on ln and answers every length-prefixed
-// message with its first 8 bytes, until the connection closes.
+// message with its first floorAnswer bytes (the first 8 carry the round),
+// until the connection closes.
 func floorEcho(ln net.Listener, wrap func(net.Conn) net.Conn) {
 	raw, err := ln.Accept()
 	_ = ln.Close()
@@ -245,8 +188,8 @@ func floorEcho(ln net.Listener, wrap func(net.Conn) net.Conn) {
 		if _, err := io.ReadFull(r, buf[4:4+n]); err != nil {
 			return
 		}
-		binary.BigEndian.PutUint32(buf[:4], 8)
-		if _, err := c.Write(buf[:12]); err != nil {
+		binary.BigEndian.PutUint32(buf[:4], floorAnswer)
+		if _, err := c.Write(buf[:4+floorAnswer]); err != nil {
 			return
 		}
 	}

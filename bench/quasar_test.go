@@ -84,23 +84,10 @@ func newQuasarMemory(tb testing.TB, proposers int) cluster {
 }
 
 // newQuasarTCP builds a cluster on replication.TCPTransport over loopback
-// with mutual TLS 1.3 (see newTCPTransports).
+// with mutual TLS 1.3 (dev certificates from GenerateDevCerts, key exchange
+// X25519MLKEM768, Go's default), default TCPConfig otherwise, and waits
+// until every node is connected to every peer.
 func newQuasarTCP(tb testing.TB, proposers int) cluster {
-	tb.Helper()
-	trs, closeAll := newTCPTransports(tb)
-	ts := make([]replication.Transport, len(trs))
-	for i, tr := range trs {
-		ts[i] = tr
-	}
-	return newQuasarCluster(tb, proposers, quasarIDs(), ts, []func() error{closeAll})
-}
-
-// newTCPTransports starts one replication.TCPTransport per node of
-// quasarIDs on loopback, with mutual TLS 1.3 (dev certificates from
-// GenerateDevCerts, key exchange X25519MLKEM768, Go's default) and the
-// default TCPConfig otherwise, and waits until every node is connected to
-// every peer. closeAll closes them all; the caller owns it.
-func newTCPTransports(tb testing.TB) (trs []*replication.TCPTransport, closeAll func() error) {
 	tb.Helper()
 	ids := quasarIDs()
 	dir := tb.TempDir()
@@ -111,7 +98,8 @@ func newTCPTransports(tb testing.TB) (trs []*replication.TCPTransport, closeAll 
 	for _, id := range ids {
 		addrs[id] = freeLoopbackAddr(tb)
 	}
-	closeAll = func() error {
+	var trs []*replication.TCPTransport
+	closeAll := func() error {
 		var errs []error
 		for _, tr := range trs {
 			errs = append(errs, tr.Close())
@@ -138,7 +126,12 @@ func newTCPTransports(tb testing.TB) (trs []*replication.TCPTransport, closeAll 
 		}
 		trs = append(trs, tr)
 	}
-	waitFor(tb, "tcp transports connected", func() bool {
+	ts := make([]replication.Transport, len(trs))
+	for i, tr := range trs {
+		ts[i] = tr
+	}
+	c := newQuasarCluster(tb, proposers, ids, ts, []func() error{closeAll})
+	waitFor(tb, "quasar tcp transports connected", func() bool {
 		for _, tr := range trs {
 			for _, p := range tr.Stats().Peers {
 				if !p.Connected {
@@ -148,7 +141,7 @@ func newTCPTransports(tb testing.TB) (trs []*replication.TCPTransport, closeAll 
 		}
 		return true
 	})
-	return trs, closeAll
+	return c
 }
 
 // freeLoopbackAddr returns a loopback address whose port was free a moment
