@@ -624,7 +624,9 @@ func (c *chaosChecker) stats() (proposed, accepted, rejected, timedOut, applied,
 // AntiEntropyInterval 50ms), the retention window (RetainFrames 4096, 1024
 // or 256: a node away for longer than the window is told so by OnBehind,
 // restores the namespace from a peer's replica and calls ResetNamespace, as
-// an application would) and everything random in its case: the workload of
+// an application would), MaxApplyBacklog (the default, or 2 KiB so that
+// nodes shed proposals in bursts and while they catch up) and everything random in its
+// case: the workload of
 // several proposers at once (two per node in namespaces of their own with
 // Seq 0, one per node in namespaces shared by several nodes, and a racer
 // that makes two or three nodes propose the same explicit Seq of one
@@ -718,8 +720,16 @@ func runChaos(t *testing.T, seed uint64) chaosResult {
 	witness := time.Duration(10+rng.IntN(11)) * time.Millisecond
 	proposeWait := time.Duration(1000+rng.IntN(1001)) * time.Millisecond
 	retain := []int{DefaultRetainFrames, 1024, 256}[rng.IntN(3)]
-	t.Logf("chaos seed %d: %d validators, WitnessAfter %s, ProposeWait %s, RetainFrames %d (replay: REPLICATION_CHAOS_SEED=%d go test -run TestChaos -v .)",
-		seed, n, witness, proposeWait, retain, seed)
+	// MaxApplyBacklog: the default, or for one seed in three 2 KiB (about
+	// fifteen frames), so that bursts and catching up after a partition
+	// shed proposals. Drawn from a stream of its own, so that the seed's
+	// other choices stay what they were before this one existed.
+	backlog := 0
+	if rand.New(rand.NewPCG(seed, 0xbac)).IntN(3) == 0 {
+		backlog = 2 << 10
+	}
+	t.Logf("chaos seed %d: %d validators, WitnessAfter %s, ProposeWait %s, RetainFrames %d, MaxApplyBacklog %d (replay: REPLICATION_CHAOS_SEED=%d go test -run TestChaos -v .)",
+		seed, n, witness, proposeWait, retain, backlog, seed)
 
 	q := n/2 + 1
 	ids := make([]string, n)
@@ -754,7 +764,7 @@ func runChaos(t *testing.T, seed uint64) chaosResult {
 	}
 	c := newTestCluster(t, n, clusterOpts{
 		proposeWait: proposeWait, witnessAfter: witness, antiEntropy: 50 * time.Millisecond,
-		retainFrames: retain, onBehind: onBehind,
+		retainFrames: retain, maxBacklog: backlog, onBehind: onBehind,
 	})
 	require.Equal(t, ids, c.ids)
 	cluster.Store(c)
@@ -946,8 +956,12 @@ func runChaos(t *testing.T, seed uint64) chaosResult {
 	chk.mu.Lock()
 	reorders := chk.restoreReorders
 	chk.mu.Unlock()
-	t.Logf("seed %d: %d proposals: %d accepted, %d rejected, %d timed out; %d frames applied per node; %d behind reports, %d namespaces restored, %d proposer orders broken only through a restored frame (documented limit); hub: %d sent, %d dropped, %d duplicated, %d lost",
-		seed, proposed, accepted, rejected, timedOut, applied, behind.Load(), restores, reorders, hs.Sent, hs.Dropped, hs.Duplicated, hs.Lost)
+	var shed uint64
+	for _, node := range c.nodes {
+		shed += node.r.Metrics().ProposalsShed
+	}
+	t.Logf("seed %d: %d proposals: %d accepted, %d rejected, %d timed out; %d frames applied per node; %d behind reports, %d namespaces restored, %d proposer orders broken only through a restored frame (documented limit); %d proposals shed for a full apply backlog; hub: %d sent, %d dropped, %d duplicated, %d lost",
+		seed, proposed, accepted, rejected, timedOut, applied, behind.Load(), restores, reorders, shed, hs.Sent, hs.Dropped, hs.Duplicated, hs.Lost)
 	return chaosResult{proposals: proposed, frames: applied}
 }
 

@@ -19,6 +19,7 @@ type clusterOpts struct {
 	retainFrames int
 	retainFor    time.Duration
 	antiEntropy  time.Duration
+	maxBacklog   int
 	onBehind     func(node int, err error)
 }
 
@@ -158,6 +159,7 @@ func newTestCluster(t *testing.T, n int, o clusterOpts) *testCluster {
 			RetainFrames:        o.retainFrames,
 			RetainFor:           o.retainFor,
 			AntiEntropyInterval: o.antiEntropy,
+			MaxApplyBacklog:     o.maxBacklog,
 			OnBehind:            onBehind,
 		})
 		require.NoError(t, err)

@@ -45,6 +45,13 @@ import (
 // that is behind asks for the missing frames (sync) and gets their
 // certificates, or is told that they fell out of the retention window.
 //
+// Back-pressure: a node whose handlers fall behind cannot slow a quorum of
+// other validators down, so it bounds what it queues for them instead
+// (MaxApplyBacklog): at the bound it drops proposals and certificates of
+// frames it does not hold yet, without voting, as a briefly partitioned
+// node would miss them, and catches up through sync once its handlers have
+// drained the queue.
+//
 // # Threads
 //
 //   - applyLoop: woken by kick, applies queued accepted frames one at a
@@ -739,6 +746,7 @@ func (r *QuasarReplicator) Metrics() QuasarMetrics {
 	r.mu.Lock()
 	m.Pending = r.st.undecided.n
 	m.PendingApply = r.st.pendingApply()
+	m.PendingApplyBytes = r.st.applyLen
 	m.Retained = r.st.retained.n
 	m.Namespaces = len(r.st.spaces)
 	r.mu.Unlock()

@@ -44,6 +44,7 @@ func (st *state) waitAfter(ns *nsState, e *entry) {
 func (st *state) dispatch(ns *nsState, e *entry) {
 	e.dispatched = true
 	st.applyQ = append(st.applyQ, e)
+	st.applyLen += e.size
 	if w := e.w; w != nil && !w.reentrant && w.wake != nil && !st.applying {
 		w.signal() // its proposer applies it (and whatever is queued before it)
 	} else {
@@ -85,6 +86,7 @@ func (st *state) popApply() *entry {
 	e := st.applyQ[st.applyHead]
 	st.applyQ[st.applyHead] = nil
 	st.applyHead++
+	st.applyLen -= e.size
 	if st.applyHead == len(st.applyQ) {
 		st.applyQ, st.applyHead = st.applyQ[:0], 0
 	}
@@ -92,6 +94,16 @@ func (st *state) popApply() *entry {
 }
 
 func (st *state) pendingApply() int { return len(st.applyQ) - st.applyHead + st.nPending }
+
+// backlogged reports whether the frames queued for this node's handlers
+// reached MaxApplyBacklog, so proposals of frames not held yet are shed.
+// Only the dispatched frames count, not those waiting for frames their
+// proposer ordered before them (ns.pending): those may wait for frames
+// still to be received, which shedding would then keep out for good.
+func (st *state) backlogged() bool {
+	limit := st.r.cfg.MaxApplyBacklog // after withDefaults: 0 means no bound
+	return limit > 0 && st.applyLen >= limit
+}
 
 // applied records that e's handlers ran (err is the first handler error).
 func (st *state) applied(e *entry, err error) {
@@ -178,6 +190,7 @@ func (st *state) replay(ns *nsState, seq uint64) {
 	}
 	for _, e := range again {
 		e.applied = false
+		st.applyLen += e.size
 	}
 	st.r.m.replayed.Add(uint64(len(again)))
 	q := make([]*entry, 0, len(again)+len(st.applyQ)-st.applyHead)

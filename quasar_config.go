@@ -15,6 +15,7 @@ const (
 	DefaultRetainFrames        = 4096
 	DefaultRetainFor           = time.Minute
 	DefaultAntiEntropyInterval = time.Second
+	DefaultMaxApplyBacklog     = 64 << 20
 
 	// MaxValidators bounds the validator set: vote bookkeeping keeps one bit
 	// per validator in a fixed-size set.
@@ -67,6 +68,19 @@ type QuasarConfig struct {
 	// AntiEntropyInterval is how often a node advertises the heads of its
 	// namespaces, so that peers that missed frames ask for them. Default 1s.
 	AntiEntropyInterval time.Duration
+	// MaxApplyBacklog bounds, in bytes of their JSON encoding, the accepted
+	// frames queued on this node for its handlers. A node whose handlers
+	// fall behind cannot slow down a quorum of others, so instead of
+	// queueing without bound it stops taking in proposals of frames it does
+	// not hold yet while the backlog is at the bound (counted in
+	// Metrics().ProposalsShed): it does not vote on them, as if it were
+	// briefly partitioned away. Once its handlers catch up it obtains the
+	// frames accepted meanwhile from its peers (anti-entropy), or, if they
+	// no longer retain them, is told so via OnBehind. Frames it already
+	// holds are still accepted and queued, so the backlog can exceed the
+	// bound by the frames undecided when it was reached. 0 means
+	// DefaultMaxApplyBacklog (64 MiB); negative means no bound.
+	MaxApplyBacklog int
 	// OnBehind, when set, is called (on the apply goroutine, between
 	// frames) when a peer reports that this node asked for frames it no
 	// longer retains: the error wraps ErrBehind and is a *BehindError
@@ -99,6 +113,12 @@ func (c QuasarConfig) withDefaults() QuasarConfig {
 	c.RetainFrames = cmp.Or(c.RetainFrames, DefaultRetainFrames)
 	c.RetainFor = cmp.Or(c.RetainFor, DefaultRetainFor)
 	c.AntiEntropyInterval = cmp.Or(c.AntiEntropyInterval, DefaultAntiEntropyInterval)
+	switch {
+	case c.MaxApplyBacklog == 0:
+		c.MaxApplyBacklog = DefaultMaxApplyBacklog
+	case c.MaxApplyBacklog < 0:
+		c.MaxApplyBacklog = 0 // no bound (the driver checks only a positive one)
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}

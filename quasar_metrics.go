@@ -51,14 +51,16 @@ type QuasarMetrics struct {
 
 	// Messages: sent, send errors, malformed received, from a sender that
 	// is not a validator; proposals dropped because too many frames are
-	// undecided, or conflicting with a held frame of the same ID; bad
-	// certificates (an unknown or repeated voter, fewer than a quorum, or
-	// naming this validator for a frame it cancelled).
+	// undecided, shed because the apply backlog reached MaxApplyBacklog,
+	// or conflicting with a held frame of the same ID; bad certificates
+	// (an unknown or repeated voter, fewer than a quorum, or naming this
+	// validator for a frame it cancelled).
 	MessagesSent         uint64 `json:"messages_sent"`
 	SendErrors           uint64 `json:"send_errors"`
 	Malformed            uint64 `json:"malformed"`
 	UnknownSender        uint64 `json:"unknown_sender"`
 	ProposalsDropped     uint64 `json:"proposals_dropped"`
+	ProposalsShed        uint64 `json:"proposals_shed"`
 	ProposalsConflicting uint64 `json:"proposals_conflicting"`
 	CertificatesBad      uint64 `json:"certificates_bad"`
 
@@ -85,11 +87,14 @@ type QuasarMetrics struct {
 	Engines          uint64 `json:"engines"`
 
 	// Gauges: undecided frames held, accepted frames waiting to be
-	// applied, decided frames retained for repair, namespaces known.
-	Pending      int `json:"pending"`
-	PendingApply int `json:"pending_apply"`
-	Retained     int `json:"retained"`
-	Namespaces   int `json:"namespaces"`
+	// applied, the bytes of those of them queued for the handlers (what
+	// MaxApplyBacklog bounds), decided frames retained for repair,
+	// namespaces known.
+	Pending           int `json:"pending"`
+	PendingApply      int `json:"pending_apply"`
+	PendingApplyBytes int `json:"pending_apply_bytes"`
+	Retained          int `json:"retained"`
+	Namespaces        int `json:"namespaces"`
 }
 
 type metrics struct {
@@ -103,7 +108,7 @@ type metrics struct {
 	resent, fetches, served, syncRequests          atomic.Uint64
 	certificates                                   atomic.Uint64
 	messagesSent, sendErrors, malformed            atomic.Uint64
-	unknownSender, proposalsDropped                atomic.Uint64
+	unknownSender, proposalsDropped, proposalsShed atomic.Uint64
 	proposalsConflicting, certificatesBad          atomic.Uint64
 	stale, expired, behind, droppedUnapplied       atomic.Uint64
 	superseded, skipped, replayed                  atomic.Uint64
@@ -124,6 +129,7 @@ func (m *metrics) snapshot() QuasarMetrics {
 		SyncRequests: m.syncRequests.Load(), Certificates: m.certificates.Load(),
 		MessagesSent: m.messagesSent.Load(), SendErrors: m.sendErrors.Load(), Malformed: m.malformed.Load(),
 		UnknownSender: m.unknownSender.Load(), ProposalsDropped: m.proposalsDropped.Load(),
+		ProposalsShed:        m.proposalsShed.Load(),
 		ProposalsConflicting: m.proposalsConflicting.Load(), CertificatesBad: m.certificatesBad.Load(),
 		Stale: m.stale.Load(), Expired: m.expired.Load(), Behind: m.behind.Load(),
 		DroppedUnapplied: m.droppedUnapplied.Load(), Conflicts: m.conflicts.Load(), Engines: m.engines.Load(),

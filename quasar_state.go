@@ -95,6 +95,7 @@ type entry struct {
 
 	commits, cancels voterSet
 	nCommit, nCancel int
+	size             int // bytes of the frame's JSON encoding (the block payload)
 
 	ep *epoch  // engine holding the block while undecided
 	w  *waiter // the local Propose waiting for it, if any
@@ -223,6 +224,7 @@ type state struct {
 	ep        *epoch
 
 	applyQ    []*entry
+	applyLen  int // bytes of the frames in applyQ[applyHead:] (entry.size)
 	applyHead int
 	applying  bool
 	needKick  bool
@@ -497,6 +499,7 @@ func (st *state) add(e *entry, payload []byte) {
 			st.r.log.Error("starting a new consensus engine failed; keeping the current one", "err", err)
 		}
 	}
+	e.size = len(payload)
 	ep := st.ep
 	ep.added++
 	_ = ep.eng.Add(context.Background(), &consensus.Block{

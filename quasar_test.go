@@ -617,3 +617,54 @@ func TestQuasar_RefusesInvalidUTF8(t *testing.T) {
 	c.requireAccept(0, put("ns", "k", "v"))
 	c.waitAllApplied(1, 5*time.Second)
 }
+
+// A node whose handler is stuck queues at most MaxApplyBacklog bytes of
+// frames (plus the few it held undecided when it got there) instead of
+// everything the others accept; the others keep accepting, and once its
+// handler resumes it obtains every frame accepted meanwhile from its peers
+// and applies them all, in order.
+func TestQuasar_ApplyBacklogBounded(t *testing.T) {
+	const frames, bound = 300, 20
+	frame := func(i int) Frame { return put("x", fmt.Sprintf("k%03d", i), "v") }
+	f := frame(0)
+	f.Seq = frames
+	_, payload := f.block()
+	size := len(payload) // the largest of the frames (Seq has the most digits)
+	c := newTestCluster(t, 3, clusterOpts{maxBacklog: bound * size})
+
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	c.nodes[2].r.Subscribe(func(context.Context, Frame) error {
+		once.Do(func() { close(entered) })
+		<-release
+		return nil
+	})
+	var releaseOnce sync.Once
+	defer releaseOnce.Do(func() { close(release) }) // before Cleanup closes the nodes
+
+	for i := range frames {
+		c.requireAccept(0, frame(i))
+	}
+	<-entered
+	c.waitAllApplied(frames, 10*time.Second, 0, 1)
+	m := c.nodes[2].r.Metrics()
+	require.LessOrEqual(t, m.PendingApplyBytes, (bound+4)*size, "%+v", m)
+	require.Positive(t, m.ProposalsShed, "%+v", m)
+	require.Zero(t, m.Conflicts)
+
+	releaseOnce.Do(func() { close(release) })
+	c.waitAllApplied(frames, 10*time.Second, 2)
+	c.requireConverged()
+	require.Zero(t, c.nodes[2].r.Metrics().Behind, "the frames were retained by the peers")
+	require.Eventually(t, func() bool { return c.nodes[2].r.Metrics().PendingApplyBytes == 0 }, 5*time.Second, time.Millisecond)
+}
+
+// MaxApplyBacklog: zero is the default, negative is no bound.
+func TestQuasarConfig_MaxApplyBacklog(t *testing.T) {
+	require.Equal(t, DefaultMaxApplyBacklog, QuasarConfig{}.withDefaults().MaxApplyBacklog)
+	require.Equal(t, 5, QuasarConfig{MaxApplyBacklog: 5}.withDefaults().MaxApplyBacklog)
+	require.Zero(t, QuasarConfig{MaxApplyBacklog: -1}.withDefaults().MaxApplyBacklog, "no bound")
+	st := &state{r: &QuasarReplicator{cfg: QuasarConfig{MaxApplyBacklog: -1}.withDefaults()}}
+	st.applyLen = 1 << 40
+	require.False(t, st.backlogged(), "negative means no bound")
+}

@@ -283,6 +283,10 @@ func (st *state) onProposal(p *proposal, cert *nodeList, id [idLen]byte, payload
 			m.proposalsDropped.Add(1)
 			return
 		}
+		if st.backlogged() {
+			m.proposalsShed.Add(1)
+			return
+		}
 		ns := st.space(spaceKey{p.frame.OrgID, p.frame.Namespace})
 		e = &entry{id: id, key: ns.key, ns: ns, p: *p}
 		st.own(&e.p, ns)
