@@ -138,10 +138,13 @@ type TCPConfig struct {
 	// MaxHandshakes bounds the inbound connections that are handshaking
 	// (TLS, or the plaintext hello) at once. Anyone who can reach the port
 	// can open connections and stall their handshakes until
-	// HandshakeTimeout; beyond this bound, new connections are closed at
-	// once and counted in HandshakeFailures, so such a flood costs bounded
-	// memory and goroutines. A peer shed this way redials with backoff.
-	// Zero means DefaultTCPMaxHandshakes (64).
+	// HandshakeTimeout; when MaxHandshakes are handshaking, a new
+	// connection makes the oldest of them close (counted in
+	// TCPStats.Shed), so such a flood costs bounded memory and goroutines.
+	// Evicting the oldest rather than refusing the newest keeps peers able
+	// to connect during a flood: a peer's handshake is cut short only if
+	// MaxHandshakes newer connections arrive before it completes (it then
+	// redials with backoff). Zero means DefaultTCPMaxHandshakes (64).
 	MaxHandshakes int
 
 	// DialTimeout bounds establishing the TCP connection to a peer. Zero
@@ -269,8 +272,11 @@ func (c TCPConfig) Validate() error {
 	if c.SendQueue < 0 {
 		return bad("negative SendQueue %d", c.SendQueue)
 	}
+	if c.SendQueueBytes < 0 {
+		return bad("negative SendQueueBytes %d", c.SendQueueBytes)
+	}
 	// Judged against MaxMessageBytes as NewTCPTransport will use it.
-	if largest := tcpFramePrefixLen + cmp.Or(c.MaxMessageBytes, DefaultTCPMaxMessageBytes); c.SendQueueBytes < 0 || c.SendQueueBytes != 0 && c.SendQueueBytes < largest {
+	if largest := tcpFramePrefixLen + cmp.Or(c.MaxMessageBytes, DefaultTCPMaxMessageBytes); c.SendQueueBytes != 0 && c.SendQueueBytes < largest {
 		return bad("SendQueueBytes %d below %d, the largest message with its prefix (MaxMessageBytes %d; a zero one is its default)",
 			c.SendQueueBytes, largest, cmp.Or(c.MaxMessageBytes, DefaultTCPMaxMessageBytes))
 	}

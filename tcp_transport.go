@@ -20,12 +20,12 @@ package replication
 // accept loop, all tied to t.wg, so Close returns only after every one of
 // them exited:
 //
-//   - accept loop (one): owns the listener. It accepts connections and
-//     starts a reader for each, unless MaxHandshakes readers are still
-//     handshaking: then it closes the connection at once (a reader holds
-//     one of the MaxHandshakes tokens of t.handshakes from its start until
-//     its handshake ends). On a temporary error it retries with capped
-//     exponential backoff. Close closes the listener, which ends it.
+//   - accept loop (one): owns the listener and its shed-log state. It
+//     accepts connections and starts a reader for each; when MaxHandshakes
+//     connections are handshaking already, it first closes the oldest of
+//     them (t.handshaking, under mu), whose reader then ends at once. On a
+//     temporary error it retries with capped exponential backoff. Close
+//     closes the listener, which ends it.
 //   - per-peer writer (one per configured peer): owns the peer's outbound
 //     connection, its bufio.Writer and its backoff state. It dials (with
 //     backoff and jitter, capped), then drains the peer's send queue
@@ -91,20 +91,15 @@ type TCPTransport struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // every goroutine of the Threads list but the watchers
 
-	// handshakes holds one token per inbound connection that is
-	// handshaking: the accept loop puts one in or sheds the connection,
-	// its reader takes it out when the handshake ends.
-	handshakes chan struct{}
-	shedding   atomic.Bool // the accept loop shed the last connection it took
-
 	closed    atomic.Bool
 	closeOnce sync.Once
 
-	// mu guards conns, inbound and shutdown.
-	mu       sync.Mutex
-	conns    map[net.Conn]struct{}  // raw TCP connections open in either direction
-	inbound  map[string]*tcpInbound // current authenticated inbound connection per peer
-	shutdown bool                   // set by Close; no connection is tracked after it
+	// mu guards conns, handshaking, inbound and shutdown.
+	mu          sync.Mutex
+	conns       map[net.Conn]struct{}  // raw TCP connections open in either direction
+	handshaking []*tcpHandshake        // inbound connections still handshaking, oldest first
+	inbound     map[string]*tcpInbound // current authenticated inbound connection per peer
+	shutdown    bool                   // set by Close; no connection is tracked after it
 
 	// hmu guards handlers.
 	hmu      sync.RWMutex
@@ -113,6 +108,7 @@ type TCPTransport struct {
 	received          atomic.Uint64
 	malformed         atomic.Uint64
 	handshakeFailures atomic.Uint64
+	shed              atomic.Uint64
 	dialFailures      atomic.Uint64
 	unhandled         atomic.Uint64
 	handlerErrors     atomic.Uint64
@@ -136,6 +132,13 @@ type tcpPeer struct {
 	sent       atomic.Uint64
 	dropped    atomic.Uint64
 	reconnects atomic.Uint64
+}
+
+// tcpHandshake is an inbound connection that is handshaking. evicted is set
+// (under TCPTransport.mu) when the accept loop closes it to make room.
+type tcpHandshake struct {
+	raw     net.Conn
+	evicted bool
 }
 
 // tcpInbound is an authenticated inbound connection; done is closed when its
@@ -177,8 +180,6 @@ func NewTCPTransport(cfg TCPConfig) (*TCPTransport, error) {
 		conns:    make(map[net.Conn]struct{}),
 		inbound:  make(map[string]*tcpInbound),
 		handlers: make(map[string]func(string, []byte) error),
-
-		handshakes: make(chan struct{}, cfg.MaxHandshakes),
 	}
 	for id, addr := range cfg.Peers {
 		t.peerIDs[id] = true
@@ -356,9 +357,10 @@ func (t *TCPTransport) Close() error {
 type TCPStats struct {
 	Sent              uint64 // frames written and flushed to peers
 	Received          uint64 // well-formed frames read from peers
-	Dropped           uint64 // frames dropped because a peer's send queue was full
+	Dropped           uint64 // frames dropped because a peer's send queue was full (SendQueue or SendQueueBytes)
 	Malformed         uint64 // inbound connections closed for a malformed frame
 	HandshakeFailures uint64 // connections refused: TLS handshake, identity or hello failures, both directions
+	Shed              uint64 // inbound connections closed while handshaking, to make room for newer ones (MaxHandshakes)
 	DialFailures      uint64 // failed attempts to open a TCP connection to a peer
 	Reconnects        uint64 // outbound connections established after a peer's first one
 	Unhandled         uint64 // frames dropped because no handler was registered for their kind
@@ -373,7 +375,7 @@ type TCPStats struct {
 type TCPPeerStats struct {
 	Connected   bool   // an outbound connection to the peer is up
 	Queued      int    // messages waiting in the peer's send queue
-	QueuedBytes int64  // their length in bytes, at most SendQueueBytes
+	QueuedBytes int64  // their length in bytes: at most SendQueueBytes, plus messages of Broadcast calls in progress
 	Sent        uint64 // frames written and flushed to the peer
 	Dropped     uint64 // frames dropped because the queue was full (SendQueue or SendQueueBytes)
 	Reconnects  uint64 // outbound connections established after the first
@@ -387,6 +389,7 @@ func (t *TCPTransport) Stats() TCPStats {
 		Received:          t.received.Load(),
 		Malformed:         t.malformed.Load(),
 		HandshakeFailures: t.handshakeFailures.Load(),
+		Shed:              t.shed.Load(),
 		DialFailures:      t.dialFailures.Load(),
 		Unhandled:         t.unhandled.Load(),
 		HandlerErrors:     t.handlerErrors.Load(),
@@ -459,6 +462,8 @@ func (t *TCPTransport) backoff(n int) time.Duration {
 func (t *TCPTransport) acceptLoop() {
 	defer t.wg.Done()
 	var delay time.Duration
+	var shedLogged time.Time // when a shed connection was last logged
+	shedSince := 0           // connections shed since then
 	for {
 		c, err := t.ln.Accept()
 		if err != nil {
@@ -473,29 +478,70 @@ func (t *TCPTransport) acceptLoop() {
 			continue
 		}
 		delay = 0
-		select {
-		case t.handshakes <- struct{}{}:
-			t.shedding.Store(false)
-		default:
-			// MaxHandshakes connections are handshaking already: shed
-			// this one rather than hold a goroutine and its buffers for
-			// it. Logged once per flood.
-			t.handshakeFailures.Add(1)
-			_ = c.Close()
-			if !t.shedding.Swap(true) {
-				t.log.Warn("tcp too many connections handshaking, closing new ones",
-					"max_handshakes", t.cfg.MaxHandshakes, "remote", c.RemoteAddr().String())
-			}
-			continue
-		}
-		if !t.track(c) {
-			<-t.handshakes
+		hs, evicted, ok := t.trackHandshake(c)
+		if !ok {
 			_ = c.Close()
 			return
 		}
+		if evicted != nil {
+			// MaxHandshakes connections were handshaking already: the
+			// oldest makes room. Someone who floods the port with
+			// connections that never finish their handshake then holds at
+			// most MaxHandshakes goroutines and buffers, and cannot keep a
+			// peer out: a peer's handshake is evicted only if MaxHandshakes
+			// newer connections arrive before it completes.
+			_ = evicted.Close()
+			t.shed.Add(1)
+			shedSince++
+			if now := time.Now(); now.Sub(shedLogged) >= time.Second {
+				t.log.Warn("tcp too many connections handshaking, closing the oldest",
+					"max_handshakes", t.cfg.MaxHandshakes, "shed", shedSince)
+				shedLogged, shedSince = now, 0
+			}
+		}
 		t.wg.Add(1)
-		go t.readLoop(c)
+		go t.readLoop(hs)
 	}
+}
+
+// trackHandshake registers an accepted connection (see track) as
+// handshaking. If MaxHandshakes connections were handshaking already, it
+// unregisters the oldest and returns it as evicted, for the caller to close.
+// ok is false (and the caller must close c) once Close has started.
+func (t *TCPTransport) trackHandshake(c net.Conn) (hs *tcpHandshake, evicted net.Conn, ok bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.shutdown {
+		return nil, nil, false
+	}
+	t.conns[c] = struct{}{}
+	if len(t.handshaking) >= t.cfg.MaxHandshakes {
+		old := t.handshaking[0]
+		old.evicted = true
+		evicted = old.raw
+		t.handshaking[0] = nil
+		t.handshaking = t.handshaking[1:]
+	}
+	hs = &tcpHandshake{raw: c}
+	t.handshaking = append(t.handshaking, hs)
+	return hs, evicted, true
+}
+
+// endHandshake unregisters hs, whose handshake ended; it reports whether hs
+// had been evicted meanwhile.
+func (t *TCPTransport) endHandshake(hs *tcpHandshake) (evicted bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if hs.evicted {
+		return true
+	}
+	for i, x := range t.handshaking {
+		if x == hs {
+			t.handshaking = append(t.handshaking[:i], t.handshaking[i+1:]...)
+			break
+		}
+	}
+	return false
 }
 
 // refuse counts and logs a connection refused during the handshake.
@@ -508,12 +554,13 @@ func (t *TCPTransport) refuse(dir, peer string, remote net.Addr, err error) {
 }
 
 // readLoop is a per-inbound-connection reader goroutine (see Threads).
-func (t *TCPTransport) readLoop(raw net.Conn) {
+func (t *TCPTransport) readLoop(hs *tcpHandshake) {
+	raw := hs.raw
 	defer t.wg.Done()
 	defer t.untrackClose(raw)
 
-	conn, from, buf, ok := t.serverHandshake(raw)
-	<-t.handshakes // handshake over: give the accept loop its token back
+	conn, from, buf, ok := t.serverHandshake(hs)
+	t.endHandshake(hs)
 	if !ok {
 		return
 	}
@@ -575,13 +622,22 @@ func (t *TCPTransport) readLoop(raw net.Conn) {
 // acceptance byte. It returns what to read from (the TLS connection, or
 // raw) and the peer's node ID, with the read buffer the hello used; ok is
 // false when the peer was refused or the connection lost.
-func (t *TCPTransport) serverHandshake(raw net.Conn) (conn net.Conn, from string, buf []byte, ok bool) {
+func (t *TCPTransport) serverHandshake(hs *tcpHandshake) (conn net.Conn, from string, buf []byte, ok bool) {
+	raw := hs.raw
 	conn = raw
+	refuse := func(peer string, err error) {
+		t.mu.Lock()
+		evicted := hs.evicted
+		t.mu.Unlock()
+		if !evicted { // an evicted one is counted in Shed instead
+			t.refuse("inbound", peer, raw.RemoteAddr(), err)
+		}
+	}
 	_ = raw.SetDeadline(time.Now().Add(t.cfg.HandshakeTimeout))
 	if t.serverTLS != nil {
 		tc := tls.Server(raw, t.serverTLS)
 		if err := tc.Handshake(); err != nil {
-			t.refuse("inbound", "", raw.RemoteAddr(), fmt.Errorf("tls handshake: %w", err))
+			refuse("", fmt.Errorf("tls handshake: %w", err))
 			return nil, "", nil, false
 		}
 		// VerifyConnection already checked that the certificate names a
@@ -594,13 +650,13 @@ func (t *TCPTransport) serverHandshake(raw net.Conn) (conn net.Conn, from string
 		kind, payload, buf, err = readTCPFrame(raw, tcpHelloLimit, buf)
 		switch {
 		case err != nil:
-			t.refuse("inbound", "", raw.RemoteAddr(), fmt.Errorf("hello: %w", err))
+			refuse("", fmt.Errorf("hello: %w", err))
 			return nil, "", nil, false
 		case len(kind) != 0:
-			t.refuse("inbound", "", raw.RemoteAddr(), fmt.Errorf("%w: first frame has kind %q, want hello", ErrMalformed, kind))
+			refuse("", fmt.Errorf("%w: first frame has kind %q, want hello", ErrMalformed, kind))
 			return nil, "", nil, false
 		case !t.peerIDs[string(payload)]:
-			t.refuse("inbound", string(payload), raw.RemoteAddr(), errors.New("hello names no configured peer"))
+			refuse(string(payload), errors.New("hello names no configured peer"))
 			return nil, "", nil, false
 		}
 		from = string(payload)

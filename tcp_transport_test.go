@@ -580,84 +580,159 @@ func TestTCPTransport_SlowPeerDoesNotBlock(t *testing.T) {
 }
 
 // TestTCPTransport_SendQueueBytes: a peer that is down holds at most
-// SendQueueBytes of queued messages however many are broadcast; the rest
-// are dropped and counted. When the peer comes up it receives exactly the
-// queued ones, and the byte count returns to zero.
+// SendQueueBytes of queued messages however many are broadcast (a bound
+// that fits exactly k messages keeps k), and at most SendQueue messages; the
+// rest are dropped and counted without being charged to the byte count.
+// When the peer comes up it receives exactly the queued ones, and the byte
+// count returns to zero.
 func TestTCPTransport_SendQueueBytes(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	payload := make([]byte, 1500)
+	size := int64(tcpFramePrefixLen + tcpFrameBodyLen("k", payload))
+	for _, tc := range []struct {
+		name       string
+		queue      int   // SendQueue
+		queueBytes int64 // SendQueueBytes
+		kept       int64
+	}{
+		{"bytes bound", 1000, 6 * size, 6},
+		{"bytes bound between two sizes", 1000, 7*size - 1, 6},
+		{"message bound", 2, 6 * size, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := tcpCerts(t, "a", "b")
+			addrA, addrB := tcpFreeAddr(t), tcpFreeAddr(t)
+			cfg := tcpTestConfig("a", addrA, map[string]string{"b": addrB}, tcpTLS(t, dir, "a"))
+			cfg.MaxMessageBytes, cfg.SendQueue, cfg.SendQueueBytes = 2000, tc.queue, int(tc.queueBytes)
+			a := newTCPTest(t, cfg)
+
+			const n = 20
+			for i := range n {
+				payload[0] = byte(i)
+				require.NoError(t, a.Broadcast(context.Background(), "k", payload))
+			}
+			st := a.Stats().Peers["b"]
+			require.False(t, st.Connected)
+			require.EqualValues(t, tc.kept, st.Queued, "%+v", st)
+			require.Equal(t, tc.kept*size, st.QueuedBytes, "%+v", st)
+			require.EqualValues(t, n-tc.kept, st.Dropped, "%+v", st)
+
+			b := newTCPTest(t, tcpTestConfig("b", addrB, map[string]string{"a": addrA}, tcpTLS(t, dir, "b")))
+			inB := newTCPInbox(b, "k")
+			require.Eventually(t, func() bool { return len(inB.all()) == int(tc.kept) }, tcpWait, tcpPoll)
+			for i, m := range inB.all() {
+				require.EqualValues(t, i, m.payload[0], "the first messages were kept, in order")
+			}
+			require.Eventually(t, func() bool { return a.Stats().Peers["b"].QueuedBytes == 0 }, tcpWait, tcpPoll)
+			require.NoError(t, a.Broadcast(context.Background(), "k", []byte("after")))
+			requireTCPReceives(t, inB, tcpMsg{"a", "after"})
+			require.EqualValues(t, tc.kept+1, a.Stats().Peers["b"].Sent)
+			require.NoError(t, b.Close())
+			require.NoError(t, a.Close())
+		})
+	}
+}
+
+// TestTCPTransport_HandshakeFloodEvictsOldest: connections that stall
+// their handshake hold at most MaxHandshakes slots, a new one closing the
+// oldest; and while such a flood goes on, a real peer still gets in.
+func TestTCPTransport_HandshakeFloodEvictsOldest(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	dir := tcpCerts(t, "a", "b")
 	addrA, addrB := tcpFreeAddr(t), tcpFreeAddr(t)
 	cfg := tcpTestConfig("a", addrA, map[string]string{"b": addrB}, tcpTLS(t, dir, "a"))
-	cfg.MaxMessageBytes, cfg.SendQueueBytes = 2000, 10000
+	cfg.MaxHandshakes = 8
+	cfg.HandshakeTimeout = time.Minute // stalled connections keep their slots
 	a := newTCPTest(t, cfg)
+	inA := newTCPInbox(a, "k")
 
-	payload := make([]byte, 1500)
-	size := int64(tcpFramePrefixLen + tcpFrameBodyLen("k", payload))
-	const n = 20 // 20 messages, far fewer than SendQueue: only the bytes bound bites
-	for i := range n {
-		payload[0] = byte(i)
-		require.NoError(t, a.Broadcast(context.Background(), "k", payload))
+	var mu sync.Mutex
+	var stalled []net.Conn
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, conn := range stalled {
+			_ = conn.Close()
+		}
+	}()
+	stall := func() net.Conn {
+		conn, err := net.DialTimeout("tcp", addrA, tcpWait)
+		require.NoError(t, err)
+		mu.Lock()
+		stalled = append(stalled, conn)
+		mu.Unlock()
+		return conn
 	}
-	kept := 10000 / size
-	st := a.Stats().Peers["b"]
-	require.False(t, st.Connected)
-	require.EqualValues(t, kept, st.Queued, "%+v", st)
-	require.Equal(t, kept*size, st.QueuedBytes, "%+v", st)
-	require.EqualValues(t, n-kept, st.Dropped, "%+v", st)
+	first := stall()
+	for range cfg.MaxHandshakes - 1 {
+		stall()
+	}
+	require.Never(t, func() bool { return a.Stats().Shed > 0 }, 100*time.Millisecond, tcpPoll)
+	stall() // one more: the first makes room
+	tcpRequireClosedByPeer(t, first)
+	require.Eventually(t, func() bool { return a.Stats().Shed == 1 }, tcpWait, tcpPoll)
 
+	// A flood that keeps every slot taken does not keep b out: b's
+	// handshake completes before MaxHandshakes newer connections come.
+	stop := make(chan struct{})
+	var flood sync.WaitGroup
+	flood.Go(func() {
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				stall()
+			}
+		}
+	})
 	b := newTCPTest(t, tcpTestConfig("b", addrB, map[string]string{"a": addrA}, tcpTLS(t, dir, "b")))
-	inB := newTCPInbox(b, "k")
-	require.Eventually(t, func() bool { return len(inB.all()) == int(kept) }, tcpWait, tcpPoll)
-	for i, m := range inB.all() {
-		require.EqualValues(t, i, m.payload[0], "the first messages were kept, in order")
-	}
-	require.Eventually(t, func() bool { return a.Stats().Peers["b"].QueuedBytes == 0 }, tcpWait, tcpPoll)
-	require.NoError(t, a.Broadcast(context.Background(), "k", []byte("after")))
-	requireTCPReceives(t, inB, tcpMsg{"a", "after"})
-	require.EqualValues(t, kept+1, a.Stats().Peers["b"].Sent)
+	require.Eventually(t, func() bool { return b.Stats().Peers["a"].Connected }, tcpWait, tcpPoll)
+	require.NoError(t, b.Broadcast(context.Background(), "k", []byte("in")))
+	requireTCPReceives(t, inA, tcpMsg{"b", "in"})
+	close(stop)
+	flood.Wait()
+	st := a.Stats()
+	require.Greater(t, st.Shed, uint64(1), "%+v", st)
+	require.Zero(t, st.HandshakeFailures, "evicted connections count as shed, not as failed handshakes: %+v", st)
 	require.NoError(t, b.Close())
 	require.NoError(t, a.Close())
 }
 
-// TestTCPTransport_ShedsHandshakeFlood: connections that stall their
-// handshake take at most MaxHandshakes slots; one more is closed at once
-// and counted, and a real peer gets in as soon as slots free up.
-func TestTCPTransport_ShedsHandshakeFlood(t *testing.T) {
+// TestTCPTransport_MaxHandshakesSparesEstablished: a connection leaves the
+// handshaking set once authenticated, so newer connections never evict it,
+// even with a single slot.
+func TestTCPTransport_MaxHandshakesSparesEstablished(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	dir := tcpCerts(t, "a", "b")
-	addrA, addrB := tcpFreeAddr(t), tcpFreeAddr(t)
-	cfg := tcpTestConfig("a", addrA, map[string]string{"b": addrB}, tcpTLS(t, dir, "a"))
-	cfg.MaxHandshakes = 3
-	cfg.HandshakeTimeout = time.Minute // the stalled connections hold their slots
-	a := newTCPTest(t, cfg)
-	inA := newTCPInbox(a, "k")
+	c := newTCPCluster(t, func(cfg *TCPConfig) {
+		cfg.MaxHandshakes = 1
+		cfg.HandshakeTimeout = time.Minute
+	}, "a", "b", "c")
+	c.waitConnected(t) // b and c may evict each other's first try at a
+	a := c.nodes["a"]
+	shed := a.Stats().Shed
+	reconnects := map[string]uint64{"b": c.nodes["b"].Stats().Reconnects, "c": c.nodes["c"].Stats().Reconnects}
 
-	var stalled []net.Conn
-	for range cfg.MaxHandshakes {
-		conn, err := net.DialTimeout("tcp", addrA, tcpWait)
+	// Two stalled connections: the second evicts the first, and neither
+	// evicts b's or c's established connection to a.
+	for range 2 {
+		conn, err := net.DialTimeout("tcp", c.addrs["a"], tcpWait)
 		require.NoError(t, err)
-		stalled = append(stalled, conn)
+		defer conn.Close()
 	}
-	// The accept loop takes connections in order, so once one more is
-	// shed, every stalled one holds a slot.
-	extra, err := net.DialTimeout("tcp", addrA, tcpWait)
-	require.NoError(t, err)
-	tcpRequireClosedByPeer(t, extra)
-	require.NoError(t, extra.Close())
-	require.EqualValues(t, 1, a.Stats().HandshakeFailures, "the shed connection is counted")
-
-	// b cannot get in while the slots are held (its handshake would need
-	// one), and does as soon as they are released.
-	b := newTCPTest(t, tcpTestConfig("b", addrB, map[string]string{"a": addrA}, tcpTLS(t, dir, "b")))
-	require.Never(t, func() bool { return b.Stats().Peers["a"].Connected }, 200*time.Millisecond, tcpPoll)
-	for _, conn := range stalled {
-		require.NoError(t, conn.Close())
+	require.Eventually(t, func() bool { return a.Stats().Shed == shed+1 }, tcpWait, tcpPoll)
+	inA := newTCPInbox(a, "k")
+	for _, id := range []string{"b", "c"} {
+		require.NoError(t, c.nodes[id].Broadcast(context.Background(), "k", []byte(id)))
+		requireTCPReceives(t, inA, tcpMsg{id, id})
+		require.Equal(t, reconnects[id], c.nodes[id].Stats().Reconnects, "%s's connection to a was cut", id)
 	}
-	require.Eventually(t, func() bool { return b.Stats().Peers["a"].Connected }, tcpWait, tcpPoll)
-	require.NoError(t, b.Broadcast(context.Background(), "k", []byte("in")))
-	requireTCPReceives(t, inA, tcpMsg{"b", "in"})
-	require.NoError(t, b.Close())
-	require.NoError(t, a.Close())
+	require.Never(t, func() bool { return a.Stats().Shed > shed+1 }, 100*time.Millisecond, tcpPoll)
+	for _, n := range c.nodes {
+		require.NoError(t, n.Close())
+	}
 }
 
 // TestTCPTransport_Insecure: plaintext mode for loopback tests works, and a
@@ -850,6 +925,12 @@ func TestTCPConfig_Validate(t *testing.T) {
 		require.ErrorIs(t, cfg.Validate(), ErrInvalidConfig, "Validate judges as the constructor does")
 		_, err := NewTCPTransport(cfg)
 		require.ErrorIs(t, err, ErrInvalidConfig)
+	})
+	t.Run("SendQueueBytes defaults to at least the largest message", func(t *testing.T) {
+		cfg := base()
+		cfg.MaxMessageBytes = 128 << 20
+		tr := newTCPTest(t, cfg)
+		require.Equal(t, tcpFramePrefixLen+128<<20, tr.cfg.SendQueueBytes)
 	})
 	t.Run("caller's config untouched", func(t *testing.T) {
 		cfg := base()
