@@ -47,10 +47,10 @@ import (
 //
 // Back-pressure: a node whose handlers fall behind cannot slow a quorum of
 // other validators down, so it bounds what it queues for them instead
-// (MaxApplyBacklog): at the bound it drops proposals and certificates of
-// frames it does not hold yet, without voting, as a briefly partitioned
-// node would miss them, and catches up through sync once its handlers have
-// drained the queue.
+// (MaxApplyBacklog): from the bound until its handlers have worked the
+// queue down to half of it, it drops proposals and certificates of frames
+// it does not hold yet, without voting, and asks for nothing, as a
+// partitioned node would miss them; then it catches up through sync.
 //
 // # Threads
 //

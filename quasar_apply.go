@@ -95,14 +95,29 @@ func (st *state) popApply() *entry {
 
 func (st *state) pendingApply() int { return len(st.applyQ) - st.applyHead + st.nPending }
 
-// backlogged reports whether the frames queued for this node's handlers
-// reached MaxApplyBacklog, so proposals of frames not held yet are shed.
-// Only the dispatched frames count, not those waiting for frames their
-// proposer ordered before them (ns.pending): those may wait for frames
-// still to be received, which shedding would then keep out for good.
+// backlogged reports whether this node sheds proposals of frames it does
+// not hold (and asks for none): from the moment the frames of other nodes
+// queued for its handlers reach MaxApplyBacklog bytes until they fall to
+// half of it. What counts:
+//   - only dispatched frames, not those waiting for frames their proposer
+//     ordered before them (ns.pending): those may wait for frames still to
+//     be received, which shedding would then keep out for good;
+//   - only other nodes' frames (entry.size is 0 for this node's own): each
+//     of its own is queued for a Propose call that waits for it, so local
+//     writers are held back by their own calls, and could otherwise keep
+//     the backlog at the bound by themselves and shut out every frame of
+//     the others.
 func (st *state) backlogged() bool {
 	limit := st.r.cfg.MaxApplyBacklog // after withDefaults: 0 means no bound
-	return limit > 0 && st.applyLen >= limit
+	switch {
+	case limit <= 0:
+		return false
+	case st.applyLen >= limit:
+		st.shedding = true
+	case st.applyLen <= limit/2:
+		st.shedding = false
+	}
+	return st.shedding
 }
 
 // applied records that e's handlers ran (err is the first handler error).

@@ -68,18 +68,23 @@ type QuasarConfig struct {
 	// AntiEntropyInterval is how often a node advertises the heads of its
 	// namespaces, so that peers that missed frames ask for them. Default 1s.
 	AntiEntropyInterval time.Duration
-	// MaxApplyBacklog bounds, in bytes of their JSON encoding, the accepted
-	// frames queued on this node for its handlers. A node whose handlers
-	// fall behind cannot slow down a quorum of others, so instead of
-	// queueing without bound it stops taking in proposals of frames it does
-	// not hold yet while the backlog is at the bound (counted in
-	// Metrics().ProposalsShed): it does not vote on them, as if it were
-	// briefly partitioned away. Once its handlers catch up it obtains the
-	// frames accepted meanwhile from its peers (anti-entropy), or, if they
-	// no longer retain them, is told so via OnBehind. Frames it already
-	// holds are still accepted and queued, so the backlog can exceed the
-	// bound by the frames undecided when it was reached. 0 means
-	// DefaultMaxApplyBacklog (64 MiB); negative means no bound.
+	// MaxApplyBacklog bounds, in bytes of their JSON encoding, the frames
+	// of other validators that were accepted and wait on this node for its
+	// handlers. A node whose handlers fall behind cannot slow down a quorum
+	// of others, so instead of queueing without bound it stops taking in
+	// proposals and certificates of frames it does not hold yet once the
+	// backlog reaches the bound, until it has fallen to half of it (counted
+	// in Metrics().ProposalsShed): it does not vote on them and asks for
+	// no missing frames meanwhile, as if it were partitioned away. Then it
+	// obtains the frames accepted meanwhile from its peers (anti-entropy),
+	// or, if they no longer retain them, is told so via OnBehind. The bound
+	// is soft: frames it already holds are still accepted and queued (those
+	// undecided when the bound was reached, those waiting for a missing
+	// frame before them or for the frames their proposer ordered before
+	// them, and frames applied again after ResetNamespace). Its own frames
+	// do not count: each is waited for by its Propose call, which holds
+	// back local writers by itself. 0 means DefaultMaxApplyBacklog (64
+	// MiB); negative means no bound.
 	MaxApplyBacklog int
 	// OnBehind, when set, is called (on the apply goroutine, between
 	// frames) when a peer reports that this node asked for frames it no

@@ -50,9 +50,10 @@ type QuasarMetrics struct {
 	Certificates uint64 `json:"certificates"`
 
 	// Messages: sent, send errors, malformed received, from a sender that
-	// is not a validator; proposals dropped because too many frames are
-	// undecided, shed because the apply backlog reached MaxApplyBacklog,
-	// or conflicting with a held frame of the same ID; bad certificates
+	// is not a validator; proposals (and certificates, which carry the
+	// frame) of frames not held, dropped because too many frames are
+	// undecided or shed because the apply backlog reached MaxApplyBacklog;
+	// proposals conflicting with a held frame of the same ID; bad certificates
 	// (an unknown or repeated voter, fewer than a quorum, or naming this
 	// validator for a frame it cancelled).
 	MessagesSent         uint64 `json:"messages_sent"`
@@ -87,9 +88,9 @@ type QuasarMetrics struct {
 	Engines          uint64 `json:"engines"`
 
 	// Gauges: undecided frames held, accepted frames waiting to be
-	// applied, the bytes of those of them queued for the handlers (what
-	// MaxApplyBacklog bounds), decided frames retained for repair,
-	// namespaces known.
+	// applied, the bytes of other nodes' frames among them queued for the
+	// handlers (what MaxApplyBacklog bounds), decided frames retained for
+	// repair, namespaces known.
 	Pending           int `json:"pending"`
 	PendingApply      int `json:"pending_apply"`
 	PendingApplyBytes int `json:"pending_apply_bytes"`

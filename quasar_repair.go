@@ -47,6 +47,9 @@ func (st *state) resendVote(e *entry) {
 }
 
 func (st *state) requestSync(ns *nsState) {
+	if st.backlogged() {
+		return // the answer would be shed; digests ask again later
+	}
 	now := mono()
 	if ns.lastSync != 0 && now-ns.lastSync < st.witness {
 		return
@@ -168,6 +171,9 @@ func (st *state) tick(wall time.Time) {
 		}
 	}
 	for i := range st.orphanQ {
+		if st.backlogged() {
+			break // the frames would be shed: fetch them once there is room
+		}
 		o := st.orphans[st.orphanQ[i]]
 		if o == nil || o.fetched {
 			continue

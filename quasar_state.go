@@ -95,7 +95,7 @@ type entry struct {
 
 	commits, cancels voterSet
 	nCommit, nCancel int
-	size             int // bytes of the frame's JSON encoding (the block payload)
+	size             int // bytes of the frame's JSON encoding if proposed by another node, else 0 (see backlogged)
 
 	ep *epoch  // engine holding the block while undecided
 	w  *waiter // the local Propose waiting for it, if any
@@ -224,7 +224,8 @@ type state struct {
 	ep        *epoch
 
 	applyQ    []*entry
-	applyLen  int // bytes of the frames in applyQ[applyHead:] (entry.size)
+	applyLen  int  // entry.size of the frames in applyQ[applyHead:]: other nodes' frames, in bytes
+	shedding  bool // applyLen reached MaxApplyBacklog and has not fallen to half of it since
 	applyHead int
 	applying  bool
 	needKick  bool
@@ -499,7 +500,9 @@ func (st *state) add(e *entry, payload []byte) {
 			st.r.log.Error("starting a new consensus engine failed; keeping the current one", "err", err)
 		}
 	}
-	e.size = len(payload)
+	if !e.own {
+		e.size = len(payload)
+	}
 	ep := st.ep
 	ep.added++
 	_ = ep.eng.Add(context.Background(), &consensus.Block{

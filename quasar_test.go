@@ -651,11 +651,64 @@ func TestQuasar_ApplyBacklogBounded(t *testing.T) {
 	require.LessOrEqual(t, m.PendingApplyBytes, (bound+4)*size, "%+v", m)
 	require.Positive(t, m.ProposalsShed, "%+v", m)
 	require.Zero(t, m.Conflicts)
+	// While it sheds, it asks for no frames: the answers would be shed.
+	require.Never(t, func() bool { return c.nodes[2].r.Metrics().SyncRequests > m.SyncRequests },
+		300*time.Millisecond, 10*time.Millisecond, "sync requested while backlogged (anti-entropy every 50ms)")
 
 	releaseOnce.Do(func() { close(release) })
 	c.waitAllApplied(frames, 10*time.Second, 2)
 	c.requireConverged()
 	require.Zero(t, c.nodes[2].r.Metrics().Behind, "the frames were retained by the peers")
+	require.Eventually(t, func() bool { return c.nodes[2].r.Metrics().PendingApplyBytes == 0 }, 5*time.Second, time.Millisecond)
+}
+
+// Only other nodes' frames count toward MaxApplyBacklog: a node's own
+// frames, however many wait for its handlers, do not make it shed the
+// others'.
+func TestQuasar_ApplyBacklogCountsOthersFrames(t *testing.T) {
+	const own = 10
+	f := put("own-0", "k", "v")
+	f.Seq = 1
+	_, payload := f.block()
+	size := len(payload)
+	c := newTestCluster(t, 3, clusterOpts{maxBacklog: 4 * size})
+
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	defer releaseOnce.Do(func() { close(release) })
+	c.nodes[2].r.Subscribe(func(context.Context, Frame) error {
+		<-release
+		return nil
+	})
+	var proposers sync.WaitGroup
+	for i := range own {
+		proposers.Go(func() {
+			d, err := c.propose(2, put(fmt.Sprintf("own-%d", i), "k", "v"))
+			assert.NoError(t, err)
+			assert.Equal(t, DecisionAccept, d)
+		})
+	}
+	// Every own frame is accepted (node-2 and a peer) and waits for
+	// node-2's stuck handler.
+	require.Eventually(t, func() bool { return c.nodes[2].r.Metrics().FramesAccepted == own }, 5*time.Second, time.Millisecond)
+	require.Zero(t, c.nodes[2].r.Metrics().PendingApplyBytes)
+
+	remote := 0 // bytes of node-0's frames
+	for i := range 2 {
+		f := put("remote", fmt.Sprint(i), "v")
+		c.requireAccept(0, f)
+		f.Seq = uint64(i + 1)
+		_, payload := f.block()
+		remote += len(payload)
+	}
+	require.Eventually(t, func() bool { return c.nodes[2].r.Metrics().FramesAccepted == own+2 }, 5*time.Second, time.Millisecond)
+	m := c.nodes[2].r.Metrics()
+	require.Zero(t, m.ProposalsShed, "%+v", m)
+	require.Equal(t, remote, m.PendingApplyBytes, "%+v", m)
+
+	releaseOnce.Do(func() { close(release) })
+	proposers.Wait()
+	c.waitAllApplied(own+2, 5*time.Second)
 	require.Eventually(t, func() bool { return c.nodes[2].r.Metrics().PendingApplyBytes == 0 }, 5*time.Second, time.Millisecond)
 }
 
@@ -667,4 +720,15 @@ func TestQuasarConfig_MaxApplyBacklog(t *testing.T) {
 	st := &state{r: &QuasarReplicator{cfg: QuasarConfig{MaxApplyBacklog: -1}.withDefaults()}}
 	st.applyLen = 1 << 40
 	require.False(t, st.backlogged(), "negative means no bound")
+
+	// Shedding starts at the bound and lasts until the backlog is down to
+	// half of it.
+	st = &state{r: &QuasarReplicator{cfg: QuasarConfig{MaxApplyBacklog: 100}.withDefaults()}}
+	for _, step := range []struct {
+		len  int
+		shed bool
+	}{{0, false}, {99, false}, {100, true}, {120, true}, {51, true}, {50, false}, {99, false}, {100, true}} {
+		st.applyLen = step.len
+		require.Equal(t, step.shed, st.backlogged(), "backlog %d after the steps before it", step.len)
+	}
 }

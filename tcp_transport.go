@@ -527,8 +527,8 @@ func (t *TCPTransport) trackHandshake(c net.Conn) (hs *tcpHandshake, evicted net
 	return hs, evicted, true
 }
 
-// endHandshake unregisters hs, whose handshake ended; it reports whether hs
-// had been evicted meanwhile.
+// endHandshake unregisters hs, whose handshake ended (a second call does
+// nothing); it reports whether hs had been evicted meanwhile.
 func (t *TCPTransport) endHandshake(hs *tcpHandshake) (evicted bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -560,8 +560,8 @@ func (t *TCPTransport) readLoop(hs *tcpHandshake) {
 	defer t.untrackClose(raw)
 
 	conn, from, buf, ok := t.serverHandshake(hs)
-	t.endHandshake(hs)
 	if !ok {
+		t.endHandshake(hs)
 		return
 	}
 
@@ -660,6 +660,11 @@ func (t *TCPTransport) serverHandshake(hs *tcpHandshake) (conn net.Conn, from st
 			return nil, "", nil, false
 		}
 		from = string(payload)
+	}
+	// Authenticated: from here on no newer connection may evict it. (One
+	// that was evicted a moment ago is closed already.)
+	if t.endHandshake(hs) {
+		return nil, "", nil, false
 	}
 	if _, err := conn.Write([]byte{tcpAccepted}); err != nil {
 		t.log.Debug("tcp inbound connection lost before it was accepted", "peer", from, "err", err)
