@@ -44,7 +44,8 @@ func (st *state) waitAfter(ns *nsState, e *entry) {
 func (st *state) dispatch(ns *nsState, e *entry) {
 	e.dispatched = true
 	st.applyQ = append(st.applyQ, e)
-	st.applyLen += e.size
+	e.queued = true
+	st.charge(e)
 	if w := e.w; w != nil && !w.reentrant && w.wake != nil && !st.applying {
 		w.signal() // its proposer applies it (and whatever is queued before it)
 	} else {
@@ -86,7 +87,9 @@ func (st *state) popApply() *entry {
 	e := st.applyQ[st.applyHead]
 	st.applyQ[st.applyHead] = nil
 	st.applyHead++
-	st.applyLen -= e.size
+	e.queued = false
+	st.applyLen -= e.charged
+	e.charged = 0
 	if st.applyHead == len(st.applyQ) {
 		st.applyQ, st.applyHead = st.applyQ[:0], 0
 	}
@@ -95,18 +98,28 @@ func (st *state) popApply() *entry {
 
 func (st *state) pendingApply() int { return len(st.applyQ) - st.applyHead + st.nPending }
 
+// charge counts queued frame e in the apply backlog (see backlogged),
+// unless a Propose call of this node waits for it.
+func (st *state) charge(e *entry) {
+	if e.w != nil || e.charged != 0 {
+		return
+	}
+	e.charged = e.size
+	st.applyLen += e.charged
+}
+
 // backlogged reports whether this node sheds proposals of frames it does
-// not hold (and asks for none): from the moment the frames of other nodes
-// queued for its handlers reach MaxApplyBacklog bytes until they fall to
-// half of it. What counts:
+// not hold (and asks for none): from the moment the frames queued for its
+// handlers reach MaxApplyBacklog bytes until they fall to half of it. What
+// counts:
 //   - only dispatched frames, not those waiting for frames their proposer
 //     ordered before them (ns.pending): those may wait for frames still to
 //     be received, which shedding would then keep out for good;
-//   - only other nodes' frames (entry.size is 0 for this node's own): each
-//     of its own is queued for a Propose call that waits for it, so local
+//   - not the frames a Propose call of this node waits for (charge): local
 //     writers are held back by their own calls, and could otherwise keep
 //     the backlog at the bound by themselves and shut out every frame of
-//     the others.
+//     the others. A frame whose Propose gave up (timeout, ctx) counts from
+//     then on (abandon).
 func (st *state) backlogged() bool {
 	limit := st.r.cfg.MaxApplyBacklog // after withDefaults: 0 means no bound
 	switch {
@@ -205,7 +218,8 @@ func (st *state) replay(ns *nsState, seq uint64) {
 	}
 	for _, e := range again {
 		e.applied = false
-		st.applyLen += e.size
+		e.queued = true
+		st.charge(e)
 	}
 	st.r.m.replayed.Add(uint64(len(again)))
 	q := make([]*entry, 0, len(again)+len(st.applyQ)-st.applyHead)

@@ -88,9 +88,9 @@ type QuasarMetrics struct {
 	Engines          uint64 `json:"engines"`
 
 	// Gauges: undecided frames held, accepted frames waiting to be
-	// applied, the bytes of other nodes' frames among them queued for the
-	// handlers (what MaxApplyBacklog bounds), decided frames retained for
-	// repair, namespaces known.
+	// applied, the bytes of those of them queued for the handlers that no
+	// Propose call of this node waits for (what MaxApplyBacklog bounds),
+	// decided frames retained for repair, namespaces known.
 	Pending           int `json:"pending"`
 	PendingApply      int `json:"pending_apply"`
 	PendingApplyBytes int `json:"pending_apply_bytes"`

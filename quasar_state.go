@@ -95,7 +95,9 @@ type entry struct {
 
 	commits, cancels voterSet
 	nCommit, nCancel int
-	size             int // bytes of the frame's JSON encoding if proposed by another node, else 0 (see backlogged)
+	size             int  // bytes of the frame's JSON encoding (the block payload)
+	charged          int  // what it adds to state.applyLen while queued (see backlogged)
+	queued           bool // in applyQ[applyHead:]
 
 	ep *epoch  // engine holding the block while undecided
 	w  *waiter // the local Propose waiting for it, if any
@@ -224,7 +226,7 @@ type state struct {
 	ep        *epoch
 
 	applyQ    []*entry
-	applyLen  int  // entry.size of the frames in applyQ[applyHead:]: other nodes' frames, in bytes
+	applyLen  int  // entry.charged of the frames in applyQ[applyHead:], in bytes
 	shedding  bool // applyLen reached MaxApplyBacklog and has not fallen to half of it since
 	applyHead int
 	applying  bool
@@ -433,6 +435,9 @@ func (st *state) abandon(w *waiter) {
 	e := w.e
 	if e.w == w {
 		e.w = nil
+		if e.queued {
+			st.charge(e) // nobody waits for it any more: it counts
+		}
 	}
 	if e.ns.inflight == e {
 		st.releaseNS(e.ns)
@@ -500,9 +505,7 @@ func (st *state) add(e *entry, payload []byte) {
 			st.r.log.Error("starting a new consensus engine failed; keeping the current one", "err", err)
 		}
 	}
-	if !e.own {
-		e.size = len(payload)
-	}
+	e.size = len(payload)
 	ep := st.ep
 	ep.added++
 	_ = ep.eng.Add(context.Background(), &consensus.Block{

@@ -662,10 +662,10 @@ func TestQuasar_ApplyBacklogBounded(t *testing.T) {
 	require.Eventually(t, func() bool { return c.nodes[2].r.Metrics().PendingApplyBytes == 0 }, 5*time.Second, time.Millisecond)
 }
 
-// Only other nodes' frames count toward MaxApplyBacklog: a node's own
-// frames, however many wait for its handlers, do not make it shed the
-// others'.
-func TestQuasar_ApplyBacklogCountsOthersFrames(t *testing.T) {
+// A node's own frames do not count toward MaxApplyBacklog while their
+// Propose calls wait for them: however many wait for its handlers, they do
+// not make it shed the others'.
+func TestQuasar_ApplyBacklogSparesWaitedOwnFrames(t *testing.T) {
 	const own = 10
 	f := put("own-0", "k", "v")
 	f.Seq = 1
@@ -709,6 +709,50 @@ func TestQuasar_ApplyBacklogCountsOthersFrames(t *testing.T) {
 	releaseOnce.Do(func() { close(release) })
 	proposers.Wait()
 	c.waitAllApplied(own+2, 5*time.Second)
+	require.Eventually(t, func() bool { return c.nodes[2].r.Metrics().PendingApplyBytes == 0 }, 5*time.Second, time.Millisecond)
+}
+
+// A frame of this node counts toward MaxApplyBacklog once its Propose gave
+// up waiting for it.
+func TestQuasar_ApplyBacklogCountsAbandonedOwnFrames(t *testing.T) {
+	const own = 5
+	f := put("own-0", "k", "v")
+	f.Seq = 1
+	_, payload := f.block()
+	size := len(payload) // every own-i frame has this size
+	c := newTestCluster(t, 3, clusterOpts{})
+
+	// node-2's applyLoop gets stuck applying a frame of node-0, so no
+	// Propose call of node-2 can apply its own frame.
+	entered, release := make(chan struct{}), make(chan struct{})
+	var releaseOnce sync.Once
+	defer releaseOnce.Do(func() { close(release) })
+	c.nodes[2].r.Subscribe(func(_ context.Context, f Frame) error {
+		if f.Namespace == "blocker" {
+			close(entered)
+			<-release
+		}
+		return nil
+	})
+	c.requireAccept(0, put("blocker", "k", "v"))
+	<-entered
+
+	var proposers sync.WaitGroup
+	for i := range own {
+		proposers.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			defer cancel()
+			d, err := c.nodes[2].r.Propose(ctx, put(fmt.Sprintf("own-%d", i), "k", "v"))
+			assert.Equal(t, DecisionTimeout, d, "%v", err)
+		})
+	}
+	proposers.Wait()
+	// Every call gave up; their frames were accepted and wait, and count.
+	require.Eventually(t, func() bool { return c.nodes[2].r.Metrics().PendingApply == own }, 5*time.Second, time.Millisecond)
+	require.Equal(t, own*size, c.nodes[2].r.Metrics().PendingApplyBytes)
+
+	releaseOnce.Do(func() { close(release) })
+	c.waitAllApplied(own+1, 5*time.Second)
 	require.Eventually(t, func() bool { return c.nodes[2].r.Metrics().PendingApplyBytes == 0 }, 5*time.Second, time.Millisecond)
 }
 

@@ -57,6 +57,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -537,7 +538,7 @@ func (t *TCPTransport) endHandshake(hs *tcpHandshake) (evicted bool) {
 	}
 	for i, x := range t.handshaking {
 		if x == hs {
-			t.handshaking = append(t.handshaking[:i], t.handshaking[i+1:]...)
+			t.handshaking = slices.Delete(t.handshaking, i, i+1)
 			break
 		}
 	}
