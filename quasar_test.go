@@ -618,6 +618,32 @@ func TestQuasar_RefusesInvalidUTF8(t *testing.T) {
 	c.waitAllApplied(1, 5*time.Second)
 }
 
+// stuckHandler subscribes to r a handler that blocks on every frame match
+// accepts until release is called (at the latest when the test ends,
+// before the cluster closes); entered is closed when the first one blocks.
+func stuckHandler(t *testing.T, r *QuasarReplicator, match func(Frame) bool) (entered <-chan struct{}, release func()) {
+	in, gate := make(chan struct{}), make(chan struct{})
+	var once, releaseOnce sync.Once
+	release = func() { releaseOnce.Do(func() { close(gate) }) }
+	t.Cleanup(release) // runs before newTestCluster's Cleanup closes the nodes
+	r.Subscribe(func(_ context.Context, f Frame) error {
+		if match(f) {
+			once.Do(func() { close(in) })
+			<-gate
+		}
+		return nil
+	})
+	return in, release
+}
+
+// payloadSize is the size of f's JSON encoding (its block payload) with
+// Seq seq: what it counts in the apply backlog.
+func payloadSize(f Frame, seq uint64) int {
+	f.Seq = seq
+	_, payload := f.block()
+	return len(payload)
+}
+
 // A node whose handler is stuck queues at most MaxApplyBacklog bytes of
 // frames (plus the few it held undecided when it got there) instead of
 // everything the others accept; the others keep accepting, and once its
@@ -626,21 +652,9 @@ func TestQuasar_RefusesInvalidUTF8(t *testing.T) {
 func TestQuasar_ApplyBacklogBounded(t *testing.T) {
 	const frames, bound = 300, 20
 	frame := func(i int) Frame { return put("x", fmt.Sprintf("k%03d", i), "v") }
-	f := frame(0)
-	f.Seq = frames
-	_, payload := f.block()
-	size := len(payload) // the largest of the frames (Seq has the most digits)
+	size := payloadSize(frame(0), frames) // the largest of the frames (Seq has the most digits)
 	c := newTestCluster(t, 3, clusterOpts{maxBacklog: bound * size})
-
-	entered, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	c.nodes[2].r.Subscribe(func(context.Context, Frame) error {
-		once.Do(func() { close(entered) })
-		<-release
-		return nil
-	})
-	var releaseOnce sync.Once
-	defer releaseOnce.Do(func() { close(release) }) // before Cleanup closes the nodes
+	entered, release := stuckHandler(t, c.nodes[2].r, func(Frame) bool { return true })
 
 	for i := range frames {
 		c.requireAccept(0, frame(i))
@@ -655,7 +669,7 @@ func TestQuasar_ApplyBacklogBounded(t *testing.T) {
 	require.Never(t, func() bool { return c.nodes[2].r.Metrics().SyncRequests > m.SyncRequests },
 		300*time.Millisecond, 10*time.Millisecond, "sync requested while backlogged (anti-entropy every 50ms)")
 
-	releaseOnce.Do(func() { close(release) })
+	release()
 	c.waitAllApplied(frames, 10*time.Second, 2)
 	c.requireConverged()
 	require.Zero(t, c.nodes[2].r.Metrics().Behind, "the frames were retained by the peers")
@@ -667,19 +681,8 @@ func TestQuasar_ApplyBacklogBounded(t *testing.T) {
 // not make it shed the others'.
 func TestQuasar_ApplyBacklogSparesWaitedOwnFrames(t *testing.T) {
 	const own = 10
-	f := put("own-0", "k", "v")
-	f.Seq = 1
-	_, payload := f.block()
-	size := len(payload)
-	c := newTestCluster(t, 3, clusterOpts{maxBacklog: 4 * size})
-
-	release := make(chan struct{})
-	var releaseOnce sync.Once
-	defer releaseOnce.Do(func() { close(release) })
-	c.nodes[2].r.Subscribe(func(context.Context, Frame) error {
-		<-release
-		return nil
-	})
+	c := newTestCluster(t, 3, clusterOpts{maxBacklog: 4 * payloadSize(put("own-0", "k", "v"), 1)})
+	_, release := stuckHandler(t, c.nodes[2].r, func(Frame) bool { return true })
 	var proposers sync.WaitGroup
 	for i := range own {
 		proposers.Go(func() {
@@ -697,16 +700,14 @@ func TestQuasar_ApplyBacklogSparesWaitedOwnFrames(t *testing.T) {
 	for i := range 2 {
 		f := put("remote", fmt.Sprint(i), "v")
 		c.requireAccept(0, f)
-		f.Seq = uint64(i + 1)
-		_, payload := f.block()
-		remote += len(payload)
+		remote += payloadSize(f, uint64(i+1))
 	}
 	require.Eventually(t, func() bool { return c.nodes[2].r.Metrics().FramesAccepted == own+2 }, 5*time.Second, time.Millisecond)
 	m := c.nodes[2].r.Metrics()
 	require.Zero(t, m.ProposalsShed, "%+v", m)
 	require.Equal(t, remote, m.PendingApplyBytes, "%+v", m)
 
-	releaseOnce.Do(func() { close(release) })
+	release()
 	proposers.Wait()
 	c.waitAllApplied(own+2, 5*time.Second)
 	require.Eventually(t, func() bool { return c.nodes[2].r.Metrics().PendingApplyBytes == 0 }, 5*time.Second, time.Millisecond)
@@ -716,24 +717,11 @@ func TestQuasar_ApplyBacklogSparesWaitedOwnFrames(t *testing.T) {
 // up waiting for it.
 func TestQuasar_ApplyBacklogCountsAbandonedOwnFrames(t *testing.T) {
 	const own = 5
-	f := put("own-0", "k", "v")
-	f.Seq = 1
-	_, payload := f.block()
-	size := len(payload) // every own-i frame has this size
+	size := payloadSize(put("own-0", "k", "v"), 1) // every own-i frame has this size
 	c := newTestCluster(t, 3, clusterOpts{})
-
 	// node-2's applyLoop gets stuck applying a frame of node-0, so no
 	// Propose call of node-2 can apply its own frame.
-	entered, release := make(chan struct{}), make(chan struct{})
-	var releaseOnce sync.Once
-	defer releaseOnce.Do(func() { close(release) })
-	c.nodes[2].r.Subscribe(func(_ context.Context, f Frame) error {
-		if f.Namespace == "blocker" {
-			close(entered)
-			<-release
-		}
-		return nil
-	})
+	entered, release := stuckHandler(t, c.nodes[2].r, func(f Frame) bool { return f.Namespace == "blocker" })
 	c.requireAccept(0, put("blocker", "k", "v"))
 	<-entered
 
@@ -751,7 +739,7 @@ func TestQuasar_ApplyBacklogCountsAbandonedOwnFrames(t *testing.T) {
 	require.Eventually(t, func() bool { return c.nodes[2].r.Metrics().PendingApply == own }, 5*time.Second, time.Millisecond)
 	require.Equal(t, own*size, c.nodes[2].r.Metrics().PendingApplyBytes)
 
-	releaseOnce.Do(func() { close(release) })
+	release()
 	c.waitAllApplied(own+1, 5*time.Second)
 	require.Eventually(t, func() bool { return c.nodes[2].r.Metrics().PendingApplyBytes == 0 }, 5*time.Second, time.Millisecond)
 }
