@@ -88,8 +88,10 @@ func (st *state) popApply() *entry {
 	st.applyQ[st.applyHead] = nil
 	st.applyHead++
 	e.queued = false
-	st.applyLen -= e.charged
-	e.charged = 0
+	if e.charged {
+		st.applyLen -= e.size
+		e.charged = false
+	}
 	if st.applyHead == len(st.applyQ) {
 		st.applyQ, st.applyHead = st.applyQ[:0], 0
 	}
@@ -101,11 +103,11 @@ func (st *state) pendingApply() int { return len(st.applyQ) - st.applyHead + st.
 // charge counts queued frame e in the apply backlog (see backlogged),
 // unless a Propose call of this node waits for it.
 func (st *state) charge(e *entry) {
-	if e.w != nil || e.charged != 0 {
+	if e.w != nil || e.charged {
 		return
 	}
-	e.charged = e.size
-	st.applyLen += e.charged
+	e.charged = true
+	st.applyLen += e.size
 }
 
 // backlogged reports whether this node sheds proposals of frames it does

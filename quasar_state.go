@@ -92,12 +92,12 @@ type entry struct {
 	linked, dispatched, deferred, forgotten bool
 	skip                                    bool // queued for apply, but a ResetNamespace covers it
 	applied                                 bool // handlers ran (or skip)
+	queued                                  bool // in applyQ[applyHead:]
+	charged                                 bool // queued, and its size is in state.applyLen (see backlogged)
 
 	commits, cancels voterSet
 	nCommit, nCancel int
-	size             int  // bytes of the frame's JSON encoding (the block payload)
-	charged          int  // what it adds to state.applyLen while queued (see backlogged)
-	queued           bool // in applyQ[applyHead:]
+	size             int // bytes of the frame's JSON encoding (the block payload)
 
 	ep *epoch  // engine holding the block while undecided
 	w  *waiter // the local Propose waiting for it, if any
@@ -226,7 +226,7 @@ type state struct {
 	ep        *epoch
 
 	applyQ    []*entry
-	applyLen  int  // entry.charged of the frames in applyQ[applyHead:], in bytes
+	applyLen  int  // entry.size of the charged frames in applyQ[applyHead:]
 	shedding  bool // applyLen reached MaxApplyBacklog and has not fallen to half of it since
 	applyHead int
 	applying  bool
