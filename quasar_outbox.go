@@ -49,7 +49,7 @@ func (st *state) sendCertificate(e *entry) {
 	if st.r.n == 1 {
 		return
 	}
-	voters := make(nodeList, 0, e.nCommit*nodeIDLen)
+	voters := make(nodeList, 0, int(e.nCommit)*nodeIDLen)
 	for i := 0; i < st.r.n; i++ {
 		if e.commits.has(i) {
 			voters = append(voters, st.r.ids[i][:]...)

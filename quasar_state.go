@@ -96,8 +96,8 @@ type entry struct {
 	charged                                 bool // queued, and its size is in state.applyLen (see backlogged)
 
 	commits, cancels voterSet
-	nCommit, nCancel int
-	size             int // bytes of the frame's JSON encoding (the block payload)
+	nCommit, nCancel uint16 // at most MaxValidators
+	size             int    // bytes of the frame's JSON encoding (the block payload)
 
 	ep *epoch  // engine holding the block while undecided
 	w  *waiter // the local Propose waiting for it, if any

@@ -89,7 +89,7 @@ func (st *state) countVote(e *entry, voter int, typ byte) {
 	}
 	e.cancels.add(voter)
 	e.nCancel++
-	if e.state == stUndecided && e.nCancel > st.r.n-st.r.q {
+	if e.state == stUndecided && int(e.nCancel) > st.r.n-st.r.q {
 		st.reject(e)
 	}
 }
