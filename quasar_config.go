@@ -68,13 +68,14 @@ type QuasarConfig struct {
 	// AntiEntropyInterval is how often a node advertises the heads of its
 	// namespaces, so that peers that missed frames ask for them. Default 1s.
 	AntiEntropyInterval time.Duration
-	// MaxApplyBacklog bounds, in bytes of their JSON encoding, the
-	// accepted frames that wait on this node for its handlers. A node whose handlers fall behind cannot slow down a quorum
-	// of others, so instead of queueing without bound it stops taking in
-	// proposals and certificates of frames it does not hold yet once the
-	// backlog reaches the bound, until it has fallen to half of it (counted
-	// in Metrics().ProposalsShed): it does not vote on them and asks for
-	// no missing frames meanwhile, as if it were partitioned away. Then it
+	// MaxApplyBacklog bounds, in bytes of their JSON encoding, the accepted
+	// frames that wait on this node for its handlers. A node whose handlers
+	// fall behind cannot slow down a quorum of others, so instead of
+	// queueing without bound it stops taking in proposals and certificates
+	// of frames it does not hold yet once the backlog reaches the bound,
+	// until it has fallen to half of it (counted in
+	// Metrics().ProposalsShed): it does not vote on them and asks for no
+	// missing frames meanwhile, as if it were partitioned away. Then it
 	// obtains the frames accepted meanwhile from its peers (anti-entropy),
 	// or, if they no longer retain them, is told so via OnBehind. The bound
 	// is soft: frames it already holds are still accepted and queued (those
@@ -82,8 +83,8 @@ type QuasarConfig struct {
 	// frame before them or for the frames their proposer ordered before
 	// them, and frames applied again after ResetNamespace). A frame of its
 	// own does not count while its Propose call waits for it (that call
-	// holds back its writer by itself), only once the call gave up. 0
-	// means DefaultMaxApplyBacklog (64 MiB); negative means no bound.
+	// holds back its writer by itself), only once the call gave up. 0 means
+	// DefaultMaxApplyBacklog (64 MiB); negative means no bound.
 	MaxApplyBacklog int
 	// OnBehind, when set, is called (on the apply goroutine, between
 	// frames) when a peer reports that this node asked for frames it no
