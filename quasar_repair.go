@@ -170,10 +170,9 @@ func (st *state) tick(wall time.Time) {
 			delete(st.orphans, id)
 		}
 	}
-	for i := range st.orphanQ {
-		if st.backlogged() {
-			break // the frames would be shed: fetch them once there is room
-		}
+	// While backlogged, the frames would be shed: fetch them once there is
+	// room.
+	for i, fetch := 0, !st.backlogged(); fetch && i < len(st.orphanQ); i++ {
 		o := st.orphans[st.orphanQ[i]]
 		if o == nil || o.fetched {
 			continue

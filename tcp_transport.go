@@ -418,6 +418,11 @@ func (t *TCPTransport) Stats() TCPStats {
 func (t *TCPTransport) track(c net.Conn) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	return t.trackLocked(c)
+}
+
+// trackLocked is track with mu held.
+func (t *TCPTransport) trackLocked(c net.Conn) bool {
 	if t.shutdown {
 		return false
 	}
@@ -512,10 +517,9 @@ func (t *TCPTransport) acceptLoop() {
 func (t *TCPTransport) trackHandshake(c net.Conn) (hs *tcpHandshake, evicted net.Conn, ok bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.shutdown {
+	if !t.trackLocked(c) {
 		return nil, nil, false
 	}
-	t.conns[c] = struct{}{}
 	if len(t.handshaking) >= t.cfg.MaxHandshakes {
 		old := t.handshaking[0]
 		old.evicted = true

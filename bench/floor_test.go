@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"io"
 	"net"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -61,8 +60,7 @@ func floorTLS(b *testing.B) (wrap *floorWrap) {
 		b.Fatal(err)
 	}
 	load := func(id string) *tls.Config {
-		conf, err := replication.LoadTLSConfig(
-			filepath.Join(dir, id+".pem"), filepath.Join(dir, id+"-key.pem"), filepath.Join(dir, "ca.pem"))
+		conf, err := devTLS(dir, id)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -107,8 +108,7 @@ func newQuasarTCP(tb testing.TB, proposers int) cluster {
 		return errors.Join(errs...)
 	}
 	for _, id := range ids {
-		tlsConf, err := replication.LoadTLSConfig(
-			filepath.Join(dir, id+".pem"), filepath.Join(dir, id+"-key.pem"), filepath.Join(dir, "ca.pem"))
+		tlsConf, err := devTLS(dir, id)
 		if err != nil {
 			_ = closeAll()
 			tb.Fatal(err)
@@ -142,6 +142,13 @@ func newQuasarTCP(tb testing.TB, proposers int) cluster {
 		return true
 	})
 	return c
+}
+
+// devTLS loads the TLS configuration of node id from a GenerateDevCerts
+// directory.
+func devTLS(dir, id string) (*tls.Config, error) {
+	return replication.LoadTLSConfig(
+		filepath.Join(dir, id+".pem"), filepath.Join(dir, id+"-key.pem"), filepath.Join(dir, "ca.pem"))
 }
 
 // freeLoopbackAddr returns a loopback address whose port was free a moment
