@@ -1642,7 +1642,7 @@ func (h *positionHarness) myVote(f Frame) byte {
 	id, _ := f.blockID(nil)
 	h.r.mu.Lock()
 	defer h.r.mu.Unlock()
-	if e := h.r.st.entries[id]; e != nil {
+	if e := h.r.c.entries[id]; e != nil {
 		return e.myVote
 	}
 	return 0

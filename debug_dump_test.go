@@ -9,31 +9,35 @@ import (
 func (r *QuasarReplicator) debugDump() string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.c.debugDump() + fmt.Sprintf("  flushing=%v applying=%v kick pending=%d sendKick pending=%d\n",
+		r.flushing, r.applying, len(r.kick), len(r.sendKick))
+}
+
+// debugDump describes a core's state (tests only). It visits namespaces
+// in map order: its output is for people, not for comparisons.
+func (c *core) debugDump() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "outbox flushing=%v count=%d full=%d bytes=%d; applying=%v applyQ=%d; undecided=%d\n",
-		r.st.out.flushing, r.st.out.count, len(r.st.out.full), len(r.st.out.buf), r.st.applying,
-		len(r.st.applyQ)-r.st.applyHead, r.st.undecided.n)
-	for _, e := range r.st.applyQ[r.st.applyHead:] {
+	fmt.Fprintf(&b, "%s; outbox %d bytes, %d cut\n", c, c.out.bytes, len(c.out.full))
+	for _, e := range c.applyQ[c.applyHead:] {
 		w := "none"
-		if e.w != nil {
-			w = fmt.Sprintf("waiter(wake=%v resolved=%v reentrant=%v)", e.w.wake != nil, e.w.resolved, e.w.reentrant)
+		if cl := e.call; cl != nil {
+			w = fmt.Sprintf("call(wake=%v decided=%v reentrant=%v)", cl.wake != nil, cl.decided, cl.reentrant)
 		}
-		fmt.Fprintf(&b, "  queued %s/%s seq=%d skip=%v applied=%v %s\n", e.key.org, e.key.ns, e.p.frame.Seq, e.skip, e.applied, w)
+		fmt.Fprintf(&b, "  queued %s/%s seq=%d skip=%v phase=%s %s\n", e.key.org, e.key.ns, e.p.frame.Seq, e.skip, e.phase, w)
 	}
-	fmt.Fprintf(&b, "  kick pending=%d needKick=%v sendKick pending=%d\n", len(r.kick), r.st.needKick, len(r.sendKick))
-	for _, ns := range r.st.spaces {
-		fmt.Fprintf(&b, "ns %s/%s head=%d dispatched=%d maxSeen=%d behind=%v busy=%v pending=%d deferred=%d open=%d voted=%v\n",
-			ns.key.org, ns.key.ns, ns.head, ns.dispatched, ns.maxSeen, ns.behind, ns.busy, len(ns.pending), len(ns.deferred), len(ns.open), ns.voted != nil)
+	for _, ns := range c.spaces {
+		fmt.Fprintf(&b, "ns %s/%s head=%d dispatched=%d maxSeen=%d behind=%v mine=%v turns=%d pending=%d deferred=%d open=%d voted=%v\n",
+			ns.key.org, ns.key.ns, ns.head, ns.dispatched, ns.maxSeen, ns.behind, ns.mine != nil, len(ns.turns), len(ns.pending), len(ns.deferred), len(ns.open), ns.voted != nil)
 		if len(ns.pending) > 0 {
 			e := ns.pending[0]
 			fmt.Fprintf(&b, "   front pending seq=%d prev=%d after=%d refs\n", e.p.frame.Seq, e.p.prev, len(e.p.deps))
 			for _, a := range e.p.deps {
 				d := a.ns
-				fmt.Fprintf(&b, "     dep %s/%s need %d: head=%d dispatched=%d behind=%v\n", d.key.org, d.key.ns, a.seq, d.head, d.dispatched, d.behind)
+				fmt.Fprintf(&b, "     dep %s/%s need %d: head=%d dispatched=%d behind=%v evicted=%v\n", d.key.org, d.key.ns, a.seq, d.head, d.dispatched, d.behind, d.evicted)
 			}
 		}
 		for prev, e := range ns.chain {
-			if e.p.prev >= ns.head && !e.linked {
+			if e.p.prev >= ns.head && e.phase == phaseAccepted {
 				fmt.Fprintf(&b, "   unlinked accepted at prev=%d seq=%d\n", prev, e.p.frame.Seq)
 			}
 		}

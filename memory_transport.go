@@ -494,6 +494,7 @@ type MemoryTransport struct {
 var (
 	_ Transport   = (*MemoryTransport)(nil)
 	_ SenderAware = (*MemoryTransport)(nil)
+	_ Unicaster   = (*MemoryTransport)(nil)
 )
 
 // LocalID returns this node's id, as given to Connect.
@@ -558,40 +559,58 @@ type memHandler = func(from string, payload []byte) error
 // apply to the others. After the hub is closed it returns an error that
 // wraps ErrClosed.
 func (t *MemoryTransport) Broadcast(_ context.Context, kind string, payload []byte) error {
-	h := t.hub
-	s := h.topo.Load()
+	s := t.hub.topo.Load()
 	if s.closed || t.idx < 0 {
 		return fmt.Errorf("memory transport %q: broadcast %q: %w", t.id, kind, ErrClosed)
 	}
-	var (
-		cp         []byte
-		copied     bool
-		sent, lost uint64
-	)
+	var cp []byte
 	for _, p := range s.nodes {
-		if p == t {
-			continue
+		if p != t {
+			cp = t.send(s, p, kind, payload, cp)
 		}
-		sent++
-		if !s.link(t.idx, p.idx) {
-			lost++
-			continue
-		}
-		if !copied {
-			cp, copied = slices.Clone(payload), true
-		}
-		m := memMsg{from: t, kind: kind, payload: cp, topo: s}
-		if s.faulty {
-			h.sendFaulty(p, m, &s.faults)
-		} else {
-			p.enqueue(m)
-		}
-	}
-	h.stats.sent.Add(sent)
-	if lost > 0 {
-		h.stats.lost.Add(lost)
 	}
 	return nil
+}
+
+// SendTo is Broadcast to the one node named to (it implements Unicaster).
+// Sending to an ID that is not connected to the hub returns an error
+// wrapping ErrInvalidConfig.
+func (t *MemoryTransport) SendTo(_ context.Context, to, kind string, payload []byte) error {
+	s := t.hub.topo.Load()
+	if s.closed || t.idx < 0 {
+		return fmt.Errorf("memory transport %q: send %q: %w", t.id, kind, ErrClosed)
+	}
+	i, ok := slices.BinarySearchFunc(s.nodes, to, func(p *MemoryTransport, id string) int { return strings.Compare(p.id, id) })
+	if !ok || s.nodes[i] == t {
+		return fmt.Errorf("%w: memory transport %q: send %q: %q is not a peer", ErrInvalidConfig, t.id, kind, to)
+	}
+	t.send(s, s.nodes[i], kind, payload, nil)
+	return nil
+}
+
+// send delivers payload to p under topology s: lost across a cut, else
+// queued (with s's faults). cp is the copy of payload made for an earlier
+// receiver, or nil; send returns the copy it used.
+func (t *MemoryTransport) send(s *memTopology, p *MemoryTransport, kind string, payload, cp []byte) []byte {
+	h := t.hub
+	h.stats.sent.Add(1)
+	if !s.link(t.idx, p.idx) {
+		h.stats.lost.Add(1)
+		return cp
+	}
+	if cp == nil {
+		cp = slices.Clone(payload)
+		if cp == nil {
+			cp = []byte{}
+		}
+	}
+	m := memMsg{from: t, kind: kind, payload: cp, topo: s}
+	if s.faulty {
+		h.sendFaulty(p, m, &s.faults)
+	} else {
+		p.enqueue(m)
+	}
+	return cp
 }
 
 // sendFaulty applies f to one delivery of m to t.

@@ -6,17 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/luxfi/consensus"
 )
 
-// QuasarReplicator drives consensus.NewPQ with WAL frames as block payloads.
-// On a single-node validator set the engine accepts every frame after a
-// self-vote; with more validators, proposals and votes travel over the
+// QuasarReplicator decides frames by the votes of a fixed set of
+// validators, counted by the github.com/luxfi/consensus engine
+// (consensus.NewPQ). With a single validator it decides every frame
+// locally; with n validators, proposals and votes travel over the
 // Transport and a frame is accepted once commit votes from a quorum of
 // distinct validators were recorded in the engine.
 //
@@ -34,16 +32,20 @@ import (
 // accepted at one position or with one Seq (S4). Every node applies a
 // namespace's frames in chain order and a proposer's frames after the frames
 // of its earlier, already returned, Propose calls (S5), so replicas that apply
-// the same frames end in the same state.
+// the same frames end in the same state. A node proposes one frame per
+// namespace at a time: a Propose waits for the node's previous frame there
+// to be decided, even if the Propose that made it gave up, so a node never
+// competes with its own frames (S6).
 //
-// Repair: a proposer re-broadcasts its undecided proposals every
-// WitnessAfter until ProposeWait; a validator re-sends its vote when it sees
-// a proposal again; a node that holds an undecided frame after WitnessAfter,
-// or sees votes for a frame it lacks, asks for it (fetch) and is answered
-// with the frame or its certificate (the frame with its q commit voters). A
-// node also advertises its namespace heads every AntiEntropyInterval; a peer
-// that is behind asks for the missing frames (sync) and gets their
-// certificates, or is told that they fell out of the retention window.
+// Repair: a proposer re-sends its undecided proposals every WitnessAfter to
+// the validators it has not heard from; a validator re-sends its vote when
+// it sees a proposal again; a node that holds an undecided frame, or sees
+// votes for a frame it lacks, asks one peer for it (fetch), and that peer
+// answers with the frame or its certificate (the frame with its q commit
+// voters). A node also advertises its namespace heads every
+// AntiEntropyInterval; a peer that is behind asks one advertiser for the
+// missing frames (sync) and gets their certificates, or is told that they
+// fell out of the retention window.
 //
 // Back-pressure: a node whose handlers fall behind cannot slow a quorum of
 // other validators down, so it bounds what it queues for them instead
@@ -52,40 +54,45 @@ import (
 // it does not hold yet, without voting, and asks for nothing, as a
 // partitioned node would miss them; then it catches up through sync.
 //
+// # Architecture
+//
+// The protocol is a deterministic state machine, the core (core.go): it
+// owns no goroutine, reads no clock, calls no transport and runs no user
+// code. QuasarReplicator is its driver: it owns the goroutines, the clock,
+// the transport and the user callbacks, feeds the core its inputs
+// (proposals, received messages, ticks, applied frames) and carries out its
+// outputs (messages to send, frames to apply, decided calls, log lines).
+//
 // # Threads
 //
-//   - applyLoop: woken by kick, applies queued accepted frames one at a
-//     time (handlers run without mu held). A Propose caller applies inline
-//     when nobody else is applying (the applying flag, under mu), so a single
-//     node decides and applies without a goroutine hand-off.
-//   - tickLoop: every WitnessAfter/2, re-sends, asks for undecided frames,
-//     forgets frames past the retention window, and sends digests.
+//   - applyLoop: woken by kick, applies queued frames one at a time and
+//     calls OnBehind between them (handlers and OnBehind run without mu
+//     held). A Propose caller applies the queue up to its own frame when
+//     nobody else is applying (the applying flag), so a single node decides
+//     and applies without a goroutine hand-off.
+//   - tickLoop: every WitnessAfter/2, feeds the core a tick (repair,
+//     retention, digests).
 //   - sendLoop: woken by sendKick under load (more than a couple of frames
 //     undecided), sends the outbox; with little load the goroutine that
-//     added a record sends it itself, saving a hand-off.
-//   - Transport callbacks decode outside mu, then take mu to update state;
-//     they never wait for consensus or run handlers, and never block on
-//     anything but mu. A Propose caller whose frame is ready is woken and
-//     applies the queue itself.
+//     gave the core its input sends it itself, saving a hand-off.
+//   - Transport callbacks decode outside mu, then feed the core under mu;
+//     they never wait for consensus or run handlers.
 //
-// mu guards all protocol state (entries, namespaces, chain index, queues,
-// outbox, the engine epochs: everything in state); counters are atomics;
-// handlers are a copy-on-write slice. Outgoing records are batched in the
-// outbox and sent by whichever goroutine finds it unsent (the flushing flag,
-// under mu, which is released around each Broadcast), so many votes share
-// one transport message under load. Close sets closed, cancels the handler
-// context, closes closing and waits for the three loops; Propose calls
-// waiting on closing return ErrClosed.
+// mu guards the core, the flushing and applying flags and the log lines
+// not written yet; counters are atomics; handlers are a copy-on-write
+// slice. mu is never held while a handler, OnBehind, the Transport or the
+// Logger runs. Whoever finds the outbox unsent takes the flushing role and
+// sends it, releasing mu around each send, so messages leave in the order
+// the core produced them. Close sets closed, cancels the handler context,
+// closes closing and waits for the three loops and for any handler still
+// running; Propose calls waiting on closing return ErrClosed.
 type QuasarReplicator struct {
-	cfg      QuasarConfig
-	log      *slog.Logger
-	tr       Transport
-	n, q     int
-	self     int
-	ids      []nodeID
-	byNodeID map[nodeID]int
-	byName   map[string]int
-	maxFrame int
+	cfg    QuasarConfig
+	log    *slog.Logger
+	tr     Transport
+	uni    Unicaster // nil: the Transport only broadcasts
+	n, q   int
+	byName map[string]int
 
 	handlers atomic.Pointer[[]Handler]
 	m        metrics
@@ -99,23 +106,31 @@ type QuasarReplicator struct {
 	kick      chan struct{}   // cap 1: wakes applyLoop
 	sendKick  chan struct{}   // cap 1: wakes sendLoop
 
+	// mu guards c, flushing, applying and logs.
 	mu        sync.Mutex
-	applyIdle sync.Cond // on mu: signalled when st.applying turns false
-	st        state     // guarded by mu
+	c         *core
+	flushing  bool       // a goroutine is sending the outbox
+	applying  bool       // a goroutine is applying frames
+	logs      []logEvent // written by unlock, after mu is released
+	applyIdle sync.Cond  // on mu: signalled when applying turns false
 }
 
 // applyMarker is the key of the value that marks a handler's context.
 type applyMarker struct{}
 
-var (
-	_ Replicator = (*QuasarReplicator)(nil)
-)
+var _ Replicator = (*QuasarReplicator)(nil)
 
-// NewQuasar wires consensus.NewPQ to the supplied transport and starts the engine.
-// Returns once the genesis block is in place.
-//
-// It validates cfg (see QuasarConfig.Validate) and starts nothing when it
-// is invalid. ctx bounds the start only; use Close to stop the replicator.
+// maxFrameHard bounds a frame's JSON size when MaxFrameBytes is negative:
+// the wire format's record length holds no more.
+const maxFrameHard = 1 << 34
+
+// inlineFlushMax: with more undecided frames than this, sendLoop sends, so
+// that more records share each message.
+const inlineFlushMax = 2
+
+// NewQuasar starts a replicator for cfg.NodeID. It validates cfg (see
+// QuasarConfig.Validate) and starts nothing when it is invalid. ctx bounds
+// the start only; use Close to stop the replicator.
 func NewQuasar(ctx context.Context, cfg QuasarConfig) (*QuasarReplicator, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.validate(); err != nil {
@@ -130,30 +145,42 @@ func NewQuasar(ctx context.Context, cfg QuasarConfig) (*QuasarReplicator, error)
 		tr:       cfg.Transport,
 		n:        len(cfg.Validators),
 		q:        cfg.Quorum,
-		maxFrame: cfg.MaxFrameBytes,
-		byNodeID: make(map[nodeID]int, len(cfg.Validators)),
 		byName:   make(map[string]int, len(cfg.Validators)),
 		closing:  make(chan struct{}),
 		kick:     make(chan struct{}, 1),
 		sendKick: make(chan struct{}, 1),
 	}
+	r.uni, _ = cfg.Transport.(Unicaster)
 	r.applyIdle.L = &r.mu
+	cc := coreConfig{
+		names:        cfg.Validators,
+		byNodeID:     make(map[nodeID]int, len(cfg.Validators)),
+		q:            cfg.Quorum,
+		witness:      int64(cfg.WitnessAfter),
+		retainFor:    int64(cfg.RetainFor),
+		antiEntropy:  int64(cfg.AntiEntropyInterval),
+		retainFrames: cfg.RetainFrames,
+		maxFrame:     cfg.MaxFrameBytes,
+		maxBacklog:   cfg.MaxApplyBacklog,
+		unicast:      r.uni != nil,
+	}
 	for i, v := range cfg.Validators {
 		id := validatorNodeID(v)
-		if _, dup := r.byNodeID[id]; dup {
+		if _, dup := cc.byNodeID[id]; dup {
 			return nil, fmt.Errorf("%w: validators %q collide in NodeID", ErrInvalidConfig, v)
 		}
-		r.ids = append(r.ids, id)
-		r.byNodeID[id] = i
+		cc.ids = append(cc.ids, id)
+		cc.byNodeID[id] = i
 		r.byName[v] = i
 		if v == cfg.NodeID {
-			r.self = i
+			cc.self = i
 		}
 	}
-	r.st.init(r)
-	if err := r.st.newEpoch(ctx); err != nil {
+	c, err := newCore(cc, &r.m)
+	if err != nil {
 		return nil, fmt.Errorf("replication: start consensus engine: %w", err)
 	}
+	r.c = c
 	life, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
 	r.applyCtx = context.WithValue(life, applyMarker{}, r)
@@ -187,16 +214,17 @@ func validatorNodeID(v string) (id nodeID) {
 	return id
 }
 
-// Subscribe registers an applier; called both for self-proposed frames (after engine accept) and for frames received from peers.
+// Subscribe registers a handler, called for every frame this node applies:
+// frames it proposed and frames received from peers alike.
 //
 // Handlers run one at a time on the applying goroutine, in the order frames
 // are accepted (chain order within a namespace, proposer order across). A
 // nil handler is ignored. A handler that panics: the panic propagates on
 // the goroutine that ran it (a Propose caller, or the driver's apply
 // goroutine, which ends the program), the frame counts as applied with an
-// error wrapping ErrApply, and the replicator stays usable. Subscribe is safe to call concurrently with
-// Propose; a handler added while frames are being applied sees the frames
-// applied after it was added.
+// error wrapping ErrApply, and the replicator stays usable. Subscribe is
+// safe to call concurrently with Propose; a handler added while frames are
+// being applied sees the frames applied after it was added.
 func (r *QuasarReplicator) Subscribe(h Handler) {
 	if h == nil {
 		return
@@ -214,13 +242,13 @@ func (r *QuasarReplicator) Subscribe(h Handler) {
 	}
 }
 
-// Stats returns counters used by /v1/tasks/cluster: the decisions of this
-// node's own Propose calls.
+// Stats returns the decisions of this node's own Propose calls. Metrics
+// returns more.
 func (r *QuasarReplicator) Stats() (accepted, rejected, timeouts uint64) {
 	return r.m.accepted.Load(), r.m.rejected.Load(), r.m.timeouts.Load()
 }
 
-// Close stops the engine.
+// Close stops the replicator.
 //
 // It stops the replicator's goroutines and fails every in-flight Propose
 // with ErrClosed (DecisionUndecided); it does not close the Transport. A
@@ -237,26 +265,27 @@ func (r *QuasarReplicator) Close() error {
 	})
 	r.wg.Wait()
 	r.mu.Lock()
-	for r.st.applying {
+	for r.applying {
 		r.applyIdle.Wait()
 	}
-	r.mu.Unlock()
+	r.unlock()
 	return nil
 }
 
-// Propose builds a Block whose payload is the JSON-encoded frame, adds it to the engine,
-// broadcasts it to peers, and waits for the engine to mark it accepted.
-// Self-vote happens immediately so single-node configurations terminate
-// without external traffic.
+// Propose proposes f and waits for its outcome: see the package
+// documentation for the outcomes and their errors.
 //
-// The outcomes are those of the package documentation. Proposals of one node
-// in one namespace are proposed one after the other (each extends the chain
-// the previous one decided), so concurrent Propose calls into one namespace
-// queue up locally rather than reject each other; proposals into different
-// namespaces proceed in parallel. A frame with an explicit Seq that does not
-// exceed the namespace's latest accepted Seq is rejected at once (the slot is
-// taken), and so is a frame whose OrgID, Namespace, Op or Key is not valid
-// UTF-8 (its block ID, a hash of its JSON, where invalid bytes become
+// A node proposes one frame per namespace at a time: concurrent Propose
+// calls into one namespace queue up locally, each extending the chain the
+// previous one decided, rather than reject each other; proposals into
+// different namespaces proceed in parallel. The queue also waits for a
+// frame whose Propose timed out: its outcome is settled before the next
+// frame of the namespace is proposed, so a node never competes with its
+// own frames, and such a frame, if it is accepted, is applied before the
+// node's next frame there. A frame with an explicit Seq that does not
+// exceed the namespace's latest accepted Seq is rejected at once (the slot
+// is taken), and so is a frame whose OrgID, Namespace, Op or Key is not
+// valid UTF-8 (its block ID, a hash of its JSON, where invalid bytes become
 // U+FFFD, would not tell it from others). A frame identical to one this
 // node proposed earlier that is still undecided (a retry after a timeout)
 // waits for that proposal, unless another Propose of this node returned
@@ -275,7 +304,11 @@ func (r *QuasarReplicator) Propose(ctx context.Context, f Frame) (Decision, erro
 	if err := ctx.Err(); err != nil {
 		return r.failed(err)
 	}
-	if err := f.checkSize(int64(r.maxFrame)); err != nil {
+	limit := int64(r.cfg.MaxFrameBytes)
+	if limit <= 0 {
+		limit = maxFrameHard
+	}
+	if err := f.checkSize(limit); err != nil {
 		r.m.rejected.Add(1)
 		return DecisionReject, fmt.Errorf("quasar propose: %w", err)
 	}
@@ -283,69 +316,33 @@ func (r *QuasarReplicator) Propose(ctx context.Context, f Frame) (Decision, erro
 		r.m.rejected.Add(1)
 		return DecisionReject, fmt.Errorf("quasar propose: %w: OrgID, Namespace, Op and Key must be valid UTF-8", ErrRejected)
 	}
-	reentrant := ctx.Value(applyMarker{}) == r
+	cl := &call{frame: f, reentrant: ctx.Value(applyMarker{}) == r}
 	// The timer covers ProposeWait only: a ctx deadline fires ctx.Done(),
-	// so that the error names ctx.Err() (SPEC §3).
+	// so that the error names ctx.Err().
 	deadline := time.Now().Add(r.cfg.ProposeWait)
 	if len(f.Value) > 0 {
-		f.Value = append([]byte(nil), f.Value...) // the caller may reuse its buffer
+		cl.frame.Value = append([]byte(nil), f.Value...) // the caller may reuse its buffer
 	}
 
+	// One critical section proposes, sends, applies (a single node decides
+	// at once) and checks the outcome: under load every extra lock
+	// hand-off counts.
 	r.mu.Lock()
-	w, err := r.st.propose(&f, reentrant, false)
-	if err == errBusy {
-		// Another Propose of this node is in flight in this namespace:
-		// wait for its decision, then propose on top of it.
-		turn := r.st.queueTurn(spaceKey{f.OrgID, f.Namespace})
-		r.mu.Unlock()
-		if d, err := r.waitTurn(ctx, turn, deadline); err != nil {
-			return d, err
-		}
-		r.mu.Lock()
-		w, err = r.st.propose(&f, reentrant, true)
+	r.c.propose(mono(), cl)
+	r.settleLocked()
+	if !cl.reentrant && !cl.decided && cl.e != nil && cl.e.phase == phaseQueued {
+		r.applyLocked(cl)
 	}
-	if err == errUnordered {
-		r.mu.Unlock()
-		r.m.timeouts.Add(1)
-		return DecisionTimeout, fmt.Errorf("quasar propose: %w: an identical frame %s/%s seq %d proposed earlier is still undecided "+
-			"(it may yet be accepted), and waiting for it would not order it after this node's proposals that returned since",
-			ErrTimeout, f.OrgID, f.Namespace, f.Seq)
+	if cl.decided {
+		r.unlock()
+		return r.result(cl)
 	}
-	if err != nil {
-		r.mu.Unlock()
-		r.m.rejected.Add(1)
-		return DecisionReject, fmt.Errorf("quasar propose: %w", err)
-	}
-	// One critical section sends, applies (a single node decides at once)
-	// and checks the outcome: under load every extra lock hand-off counts.
-	r.sendLocked()
-	if !reentrant {
-		r.applyLocked(w)
-	}
-	if w.resolved {
-		r.mu.Unlock()
-		return r.result(w)
-	}
-	w.wake = make(chan struct{}, 1)
-	r.mu.Unlock()
-	if reentrant {
+	cl.wake = make(chan struct{}, 1)
+	r.unlock()
+	if cl.reentrant {
 		r.kickApply()
 	}
-	return r.wait(ctx, w, deadline)
-}
-
-// waitTurn waits until the namespace is free for this proposal.
-func (r *QuasarReplicator) waitTurn(ctx context.Context, t *turn, deadline time.Time) (Decision, error) {
-	timer := getTimer(time.Until(deadline))
-	defer putTimer(timer)
-	cause := r.await(ctx, t.ch, timer)
-	if cause == nil {
-		return DecisionUndecided, nil
-	}
-	r.mu.Lock()
-	r.st.abandonTurn(t)
-	r.mu.Unlock()
-	return r.failed(cause)
+	return r.wait(ctx, cl, deadline)
 }
 
 // await waits for a signal on ch and returns nil, or returns why the wait
@@ -377,53 +374,58 @@ func (r *QuasarReplicator) failed(cause error) (Decision, error) {
 	}
 }
 
-// wait blocks until w is resolved, the deadline passes, ctx is done or the
-// replicator closes. The waiter is woken when its frame is ready to apply
+// wait blocks until cl is decided, the deadline passes, ctx is done or the
+// replicator closes. The call is woken when its frame is queued for apply
 // (it then applies the queue itself, saving a hand-off to applyLoop) and
-// when it is resolved.
+// when it is decided.
 //
-// The caller made w.wake, under mu, after checking that w was not resolved.
-func (r *QuasarReplicator) wait(ctx context.Context, w *waiter, deadline time.Time) (Decision, error) {
+// The caller made cl.wake, under mu, after checking that cl was not
+// decided.
+func (r *QuasarReplicator) wait(ctx context.Context, cl *call, deadline time.Time) (Decision, error) {
 	timer := getTimer(time.Until(deadline))
 	defer putTimer(timer)
 	var cause error
 	for {
-		if cause = r.await(ctx, w.wake, timer); cause != nil {
+		if cause = r.await(ctx, cl.wake, timer); cause != nil {
 			break
 		}
 		r.mu.Lock()
-		if !w.reentrant {
-			r.applyLocked(w)
+		if !cl.reentrant && !cl.decided {
+			r.applyLocked(cl)
 		}
-		resolved := w.resolved
-		r.mu.Unlock()
-		if resolved {
-			return r.result(w)
+		decided := cl.decided
+		r.unlock()
+		if decided {
+			return r.result(cl)
 		}
 	}
 	r.mu.Lock()
-	if w.resolved { // decided while we were giving up: report it
-		r.mu.Unlock()
-		return r.result(w)
+	if cl.decided { // decided while we were giving up: report it
+		r.unlock()
+		return r.result(cl)
 	}
-	r.st.abandon(w)
-	r.mu.Unlock()
+	r.c.abandon(cl)
+	r.settleLocked()
+	r.unlock()
 	r.kickApply() // the frame may sit in the apply queue, counting on us
 	return r.failed(cause)
 }
 
-// result reports a resolved waiter; w is no longer written once resolved.
-func (r *QuasarReplicator) result(w *waiter) (Decision, error) {
-	switch w.decision {
+// result reports a decided call; cl is no longer written once decided.
+func (r *QuasarReplicator) result(cl *call) (Decision, error) {
+	switch cl.decision {
 	case DecisionAccept:
 		r.m.accepted.Add(1)
-		if w.err != nil {
-			return DecisionAccept, fmt.Errorf("quasar propose: %w: %w", ErrApply, w.err)
+		if cl.err != nil {
+			return DecisionAccept, fmt.Errorf("quasar propose: %w: %w", ErrApply, cl.err)
 		}
 		return DecisionAccept, nil
 	case DecisionReject:
 		r.m.rejected.Add(1)
-		return DecisionReject, fmt.Errorf("quasar propose: %w", w.err)
+		return DecisionReject, fmt.Errorf("quasar propose: %w", cl.err)
+	case DecisionTimeout:
+		r.m.timeouts.Add(1)
+		return DecisionTimeout, fmt.Errorf("quasar propose: %w", cl.err)
 	default:
 		return DecisionUndecided, fmt.Errorf("quasar propose: %w", ErrClosed)
 	}
@@ -457,263 +459,6 @@ func putTimer(t *time.Timer) {
 	timerPool.Put(t)
 }
 
-// receive handles one transport message. sender is the validator index of
-// an authenticated sender, or -1 when the transport cannot tell.
-func (r *QuasarReplicator) receive(sender int, payload []byte) error {
-	if r.closed.Load() {
-		return ErrClosed
-	}
-	m, err := readMessage(payload, r.maxFrame)
-	if err == nil && m.left > recordChunk {
-		// Check the whole message before acting on any record of it; the
-		// records are then decoded again, a chunk at a time.
-		err = checkMessage(payload, r.maxFrame)
-	}
-	rb := recordPool.Get().(*[]record)
-	defer recordPool.Put(rb)
-	for err == nil {
-		var recs []record
-		if recs, err = m.read((*rb)[:0], recordChunk); err != nil {
-			break // the first chunk is the whole message: nothing was done
-		}
-		r.handleChunk(sender, recs)
-		clear(recs)
-		*rb = recs[:0]
-		if !m.more() {
-			return nil
-		}
-	}
-	r.m.malformed.Add(1)
-	r.log.Debug("dropped malformed message", "err", err)
-	return err
-}
-
-// handleChunk acts on decoded records of one message.
-func (r *QuasarReplicator) handleChunk(sender int, recs []record) {
-	// Hash the frames before taking mu: the block ID is the costliest part
-	// of a proposal and needs no shared state.
-	for i := range recs {
-		if rec := &recs[i]; rec.typ == recProposal || rec.typ == recCertificate {
-			rec.id, rec.payload = rec.prop.frame.block()
-		}
-	}
-	r.mu.Lock()
-	for i := range recs {
-		r.st.handle(&recs[i], sender)
-	}
-	kick := r.st.takeKick()
-	r.sendLocked()
-	r.mu.Unlock()
-	if kick {
-		r.kickApply()
-	}
-}
-
-var recordPool = sync.Pool{New: func() any { s := make([]record, 0, recordChunk); return &s }}
-
-// flush sends the outbox unless another goroutine is already sending it.
-// Under load (more than inlineFlushMax frames undecided) it leaves the work
-// to sendLoop instead: by the time that goroutine runs, more records have
-// joined the message, so one transport message carries many of them.
-func (r *QuasarReplicator) flush() {
-	r.mu.Lock()
-	r.sendLocked()
-	r.mu.Unlock()
-}
-
-// sendLocked is flush with mu held (released around each Broadcast).
-func (r *QuasarReplicator) sendLocked() {
-	o := &r.st.out
-	if o.flushing || (o.count == 0 && len(o.full) == 0) {
-		return
-	}
-	if r.st.undecided.n > inlineFlushMax {
-		select {
-		case r.sendKick <- struct{}{}:
-		default:
-		}
-		return
-	}
-	r.flushLocked()
-}
-
-// flushLocked sends every queued message; mu is held on entry and exit and
-// released around each Broadcast.
-func (r *QuasarReplicator) flushLocked() {
-	o := &r.st.out
-	if o.flushing {
-		return
-	}
-	o.flushing = true
-	for {
-		var msg []byte
-		if len(o.full) > 0 {
-			msg = o.full[0]
-			o.full = o.full[1:]
-		} else if o.count > 0 {
-			msg = finishMessage(o.buf, o.count)
-			o.buf, o.count = o.spare, 0
-			o.spare = nil
-		} else {
-			break
-		}
-		r.mu.Unlock()
-		if err := r.tr.Broadcast(context.Background(), quasarKind, msg); err != nil {
-			r.m.sendErrors.Add(1)
-			r.log.Debug("broadcast failed", "err", err)
-		}
-		r.m.messagesSent.Add(1)
-		r.mu.Lock()
-		if cap(msg) <= maxBatchBytes*2 {
-			o.spare = msg[:0] // Broadcast copied it (Transport contract)
-		}
-	}
-	o.flushing = false
-}
-
-func (r *QuasarReplicator) sendLoop() {
-	defer r.wg.Done()
-	for {
-		select {
-		case <-r.closing:
-			return
-		case <-r.sendKick:
-			runtime.Gosched() // let the goroutines that kicked us add to the batch
-			r.mu.Lock()
-			r.flushLocked()
-			r.mu.Unlock()
-		}
-	}
-}
-
-func (r *QuasarReplicator) kickApply() {
-	select {
-	case r.kick <- struct{}{}:
-	default:
-	}
-}
-
-func (r *QuasarReplicator) applyLoop() {
-	defer r.wg.Done()
-	for {
-		select {
-		case <-r.closing:
-			return
-		case <-r.kick:
-			r.drainApply()
-		}
-	}
-}
-
-// drainApply applies queued frames until the queue is empty, unless another
-// goroutine is already doing so.
-func (r *QuasarReplicator) drainApply() {
-	r.mu.Lock()
-	r.applyLocked(nil)
-	r.mu.Unlock()
-}
-
-// applyLocked applies queued frames with mu held (released around handlers
-// and OnBehind): all of them, or, for a proposer (mine not nil), those up
-// to its own frame. A proposer leaves the rest to applyLoop, so that its
-// Propose is not held past its frame by frames that keep arriving.
-func (r *QuasarReplicator) applyLocked(mine *waiter) {
-	if r.st.applying {
-		return
-	}
-	r.st.applying = true
-	var running *entry // the frame whose handlers run (mu not held)
-	defer func() {
-		if running == nil {
-			return
-		}
-		// A handler panicked: the panic goes on up this goroutine (a
-		// Propose caller's, or applyLoop's, which ends the program). The
-		// frame counts as applied with an error, and applying resumes.
-		r.m.applyErrors.Add(1)
-		r.mu.Lock()
-		r.st.applied(running, fmt.Errorf("%w: a handler panicked", ErrApply))
-		r.st.applying = false
-		r.applyIdle.Broadcast()
-		r.mu.Unlock()
-		r.kickApply()
-	}()
-	for !r.closed.Load() && (mine == nil || !mine.resolved) {
-		if len(r.st.behindEvents) > 0 {
-			evs := r.st.behindEvents
-			r.st.behindEvents = nil
-			r.mu.Unlock()
-			for _, err := range evs {
-				r.log.Warn("fell behind the retention window", "err", err)
-				if r.cfg.OnBehind != nil {
-					r.cfg.OnBehind(err)
-				}
-			}
-			r.mu.Lock()
-			continue
-		}
-		e := r.st.popApply()
-		if e == nil {
-			break
-		}
-		var err error
-		if e.skip {
-			r.m.skipped.Add(1) // covered by a restored snapshot
-		} else {
-			r.mu.Unlock()
-			running = e
-			err = r.apply(e)
-			running = nil
-			r.mu.Lock()
-		}
-		r.st.applied(e, err)
-	}
-	r.st.applying = false
-	r.applyIdle.Broadcast()
-	if mine != nil && (r.st.applyHead < len(r.st.applyQ) || len(r.st.behindEvents) > 0) {
-		r.kickApply()
-	}
-}
-
-// apply runs every handler for e's frame, stopping at the first error.
-func (r *QuasarReplicator) apply(e *entry) error {
-	hs := r.handlers.Load()
-	if hs == nil {
-		return nil
-	}
-	for _, h := range *hs {
-		if err := h(r.applyCtx, e.p.frame); err != nil {
-			r.m.applyErrors.Add(1)
-			r.log.Error("handler failed to apply accepted frame",
-				"org", e.p.frame.OrgID, "ns", e.p.frame.Namespace, "seq", e.p.frame.Seq, "err", err)
-			return err
-		}
-	}
-	return nil
-}
-
-func (r *QuasarReplicator) tickLoop() {
-	defer r.wg.Done()
-	period := r.cfg.WitnessAfter / 2
-	if period < time.Millisecond {
-		period = time.Millisecond
-	}
-	t := time.NewTicker(period)
-	defer t.Stop()
-	for {
-		select {
-		case <-r.closing:
-			return
-		case now := <-t.C:
-			r.mu.Lock()
-			r.st.tick(now)
-			r.sendLocked()
-			r.mu.Unlock()
-			r.kickApply()
-		}
-	}
-}
-
 // ResetNamespace tells the replicator that the application restored the
 // namespace (OrgID, Namespace) from a snapshot taken at Seq seq (the Seq of
 // the last frame the snapshot contains). Frames of the namespace up to seq
@@ -733,10 +478,9 @@ func (r *QuasarReplicator) tickLoop() {
 // to keep it.
 func (r *QuasarReplicator) ResetNamespace(org, ns string, seq uint64) {
 	r.mu.Lock()
-	r.st.resetNamespace(spaceKey{org, ns}, seq)
-	r.mu.Unlock()
-	r.flush()
-	r.kickApply()
+	r.c.reset(mono(), spaceKey{org, ns}, seq)
+	r.settleLocked()
+	r.unlock()
 }
 
 // Metrics returns a snapshot of the replicator's counters and gauges, for a
@@ -744,27 +488,19 @@ func (r *QuasarReplicator) ResetNamespace(org, ns string, seq uint64) {
 func (r *QuasarReplicator) Metrics() QuasarMetrics {
 	m := r.m.snapshot()
 	r.mu.Lock()
-	m.Pending = r.st.undecided.n
-	m.PendingApply = r.st.pendingApply()
-	m.PendingApplyBytes = r.st.applyLen
-	m.Retained = r.st.retained.n
-	m.Namespaces = len(r.st.spaces)
+	c := r.c
+	m.Pending = c.undecided.n
+	m.PendingApply = c.pendingApply()
+	m.PendingApplyBytes = c.applyLen
+	m.Retained = c.retained.n
+	m.Namespaces = len(c.spaces)
 	r.mu.Unlock()
 	m.Validators, m.Quorum = r.n, r.q
 	return m
 }
 
-// newEngine is consensus.NewPQ with Alpha = q: the engine accepts a block
-// once q votes were recorded, and the driver records only checked commit
-// votes, one per validator.
-func (r *QuasarReplicator) newEngine(ctx context.Context) (consensus.Engine, error) {
-	cfg := consensus.DefaultConfig()
-	cfg.Alpha = r.q
-	cfg.K = r.n
-	cfg.MaxMessageSize = r.maxFrame
-	eng := consensus.NewPQ(cfg)
-	if err := eng.Start(ctx); err != nil {
-		return nil, err
-	}
-	return eng, nil
-}
+var clockStart = time.Now()
+
+// mono is a monotonic clock reading in nanoseconds: the time the driver
+// gives the core.
+func mono() int64 { return int64(time.Since(clockStart)) }

@@ -49,7 +49,8 @@ type QuasarMetrics struct {
 	SyncRequests uint64 `json:"sync_requests"`
 	Certificates uint64 `json:"certificates"`
 
-	// Messages: sent, send errors, malformed received, from a sender that
+	// Messages: sent, send errors, records dropped because more than 64
+	// MiB waited to be sent, malformed received, from a sender that
 	// is not a validator; proposals (and certificates, which carry the
 	// frame) of frames not held, dropped because too many frames are
 	// undecided or shed because the apply backlog reached MaxApplyBacklog;
@@ -58,6 +59,7 @@ type QuasarMetrics struct {
 	// validator for a frame it cancelled).
 	MessagesSent         uint64 `json:"messages_sent"`
 	SendErrors           uint64 `json:"send_errors"`
+	OutboxDropped        uint64 `json:"outbox_dropped"`
 	Malformed            uint64 `json:"malformed"`
 	UnknownSender        uint64 `json:"unknown_sender"`
 	ProposalsDropped     uint64 `json:"proposals_dropped"`
@@ -109,6 +111,7 @@ type metrics struct {
 	resent, fetches, served, syncRequests          atomic.Uint64
 	certificates                                   atomic.Uint64
 	messagesSent, sendErrors, malformed            atomic.Uint64
+	outboxDropped                                  atomic.Uint64
 	unknownSender, proposalsDropped, proposalsShed atomic.Uint64
 	proposalsConflicting, certificatesBad          atomic.Uint64
 	stale, expired, behind, droppedUnapplied       atomic.Uint64
@@ -129,6 +132,7 @@ func (m *metrics) snapshot() QuasarMetrics {
 		Resent:             m.resent.Load(), Fetches: m.fetches.Load(), Served: m.served.Load(),
 		SyncRequests: m.syncRequests.Load(), Certificates: m.certificates.Load(),
 		MessagesSent: m.messagesSent.Load(), SendErrors: m.sendErrors.Load(), Malformed: m.malformed.Load(),
+		OutboxDropped: m.outboxDropped.Load(),
 		UnknownSender: m.unknownSender.Load(), ProposalsDropped: m.proposalsDropped.Load(),
 		ProposalsShed:        m.proposalsShed.Load(),
 		ProposalsConflicting: m.proposalsConflicting.Load(), CertificatesBad: m.certificatesBad.Load(),

@@ -557,7 +557,7 @@ func TestQuasar_BehindNamespaceDoesNotAccumulate(t *testing.T) {
 	}
 	r := c.nodes[2].r
 	r.mu.Lock()
-	held := len(r.st.spaces[spaceKey{"org", "a"}].deferred)
+	held := len(r.c.spaces[spaceKey{"org", "a"}].deferred)
 	r.mu.Unlock()
 	require.LessOrEqual(t, held, 64, "deferred proposals held for the namespace node-2 is behind in")
 }
@@ -749,13 +749,13 @@ func TestQuasarConfig_MaxApplyBacklog(t *testing.T) {
 	require.Equal(t, DefaultMaxApplyBacklog, QuasarConfig{}.withDefaults().MaxApplyBacklog)
 	require.Equal(t, 5, QuasarConfig{MaxApplyBacklog: 5}.withDefaults().MaxApplyBacklog)
 	require.Zero(t, QuasarConfig{MaxApplyBacklog: -1}.withDefaults().MaxApplyBacklog, "no bound")
-	st := &state{r: &QuasarReplicator{cfg: QuasarConfig{MaxApplyBacklog: -1}.withDefaults()}}
+	st := &core{cfg: coreConfig{maxBacklog: QuasarConfig{MaxApplyBacklog: -1}.withDefaults().MaxApplyBacklog}}
 	st.applyLen = 1 << 40
 	require.False(t, st.backlogged(), "negative means no bound")
 
 	// Shedding starts at the bound and lasts until the backlog is down to
 	// half of it.
-	st = &state{r: &QuasarReplicator{cfg: QuasarConfig{MaxApplyBacklog: 100}.withDefaults()}}
+	st = &core{cfg: coreConfig{maxBacklog: 100}}
 	for _, step := range []struct {
 		len  int
 		shed bool

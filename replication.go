@@ -145,3 +145,18 @@ type Transport interface {
 type SenderAware interface {
 	OnReceiveFrom(kind string, h func(from string, payload []byte) error)
 }
+
+// Unicaster is an optional interface of a Transport that can send a
+// message to one validator instead of all of them. When the Transport given
+// to NewQuasar implements it, the driver sends answers to the node that
+// asked (repair and catch-up) and re-sends a proposal only to the
+// validators that have not voted on it; otherwise it broadcasts them, and
+// the validators they are not meant for ignore them. Both MemoryTransport
+// and TCPTransport implement it.
+//
+// SendTo follows Broadcast's contract: best effort, it returns promptly,
+// and the payload may be reused once it returns. Sending to an ID that is
+// not a peer of the Transport returns an error.
+type Unicaster interface {
+	SendTo(ctx context.Context, to, kind string, payload []byte) error
+}

@@ -49,6 +49,7 @@ package replication
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -78,7 +79,7 @@ import (
 // goroutine of that sender's connection; messages from different senders
 // may be delivered concurrently.
 //
-// TCPTransport implements Transport and SenderAware. All methods are safe
+// TCPTransport implements Transport, SenderAware and Unicaster. All methods are safe
 // for concurrent use by multiple goroutines.
 type TCPTransport struct {
 	cfg       TCPConfig // filled and validated; read-only after construction
@@ -154,6 +155,7 @@ type tcpInbound struct {
 var (
 	_ Transport   = (*TCPTransport)(nil)
 	_ SenderAware = (*TCPTransport)(nil)
+	_ Unicaster   = (*TCPTransport)(nil)
 )
 
 // NewTCPTransport copies cfg, fills the defaults, validates the copy, starts
@@ -242,40 +244,71 @@ func (t *TCPTransport) Validators() []string {
 // bytes; ErrMalformed if kind is empty (the empty kind is reserved). Safe for
 // concurrent use.
 func (t *TCPTransport) Broadcast(ctx context.Context, kind string, payload []byte) error {
+	msg, err := t.frame("broadcast", ctx, kind, payload)
+	if err != nil || msg == nil {
+		return err
+	}
+	for _, p := range t.peers {
+		t.enqueue(p, msg)
+	}
+	return nil
+}
+
+// SendTo is Broadcast to the one peer named to (it implements Unicaster).
+// Sending to an ID that is not a configured peer returns an error wrapping
+// ErrInvalidConfig. Safe for concurrent use.
+func (t *TCPTransport) SendTo(ctx context.Context, to, kind string, payload []byte) error {
+	i, ok := slices.BinarySearchFunc(t.peers, to, func(p *tcpPeer, id string) int { return cmp.Compare(p.id, id) })
+	if !ok {
+		return fmt.Errorf("%w: tcp send: %q is not a peer", ErrInvalidConfig, to)
+	}
+	msg, err := t.frame("send", ctx, kind, payload)
+	if err != nil || msg == nil {
+		return err
+	}
+	t.enqueue(t.peers[i], msg)
+	return nil
+}
+
+// frame checks a message and frames it; a nil frame with a nil error means
+// there is no peer to send it to.
+func (t *TCPTransport) frame(op string, ctx context.Context, kind string, payload []byte) ([]byte, error) {
 	if t.closed.Load() {
-		return fmt.Errorf("replication: tcp broadcast: %w", ErrClosed)
+		return nil, fmt.Errorf("replication: tcp %s: %w", op, ErrClosed)
 	}
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("replication: tcp broadcast: %w", err)
+		return nil, fmt.Errorf("replication: tcp %s: %w", op, err)
 	}
 	switch {
 	case kind == "":
-		return fmt.Errorf("%w: tcp broadcast: empty kind", ErrMalformed)
+		return nil, fmt.Errorf("%w: tcp %s: empty kind", ErrMalformed, op)
 	case len(kind) > tcpMaxKindLen:
-		return fmt.Errorf("%w: tcp broadcast: kind of %d bytes exceeds %d", ErrTooLarge, len(kind), tcpMaxKindLen)
+		return nil, fmt.Errorf("%w: tcp %s: kind of %d bytes exceeds %d", ErrTooLarge, op, len(kind), tcpMaxKindLen)
 	}
 	if n := tcpFrameBodyLen(kind, payload); n > t.cfg.MaxMessageBytes {
-		return fmt.Errorf("%w: tcp broadcast: message of %d bytes exceeds MaxMessageBytes %d", ErrTooLarge, n, t.cfg.MaxMessageBytes)
+		return nil, fmt.Errorf("%w: tcp %s: message of %d bytes exceeds MaxMessageBytes %d", ErrTooLarge, op, n, t.cfg.MaxMessageBytes)
 	}
 	if len(t.peers) == 0 {
-		return nil
+		return nil, nil
 	}
-	msg := appendTCPFrame(make([]byte, 0, tcpFramePrefixLen+tcpFrameBodyLen(kind, payload)), kind, payload)
+	return appendTCPFrame(make([]byte, 0, tcpFramePrefixLen+tcpFrameBodyLen(kind, payload)), kind, payload), nil
+}
+
+// enqueue queues framed msg for p without blocking, or drops it when p's
+// queue is full in messages or in bytes.
+func (t *TCPTransport) enqueue(p *tcpPeer, msg []byte) {
 	n := int64(len(msg))
-	for _, p := range t.peers {
-		if p.queuedBytes.Add(n) > int64(t.cfg.SendQueueBytes) {
-			p.queuedBytes.Add(-n)
-			t.drop(p)
-			continue
-		}
-		select {
-		case p.queue <- msg:
-		default:
-			p.queuedBytes.Add(-n)
-			t.drop(p)
-		}
+	if p.queuedBytes.Add(n) > int64(t.cfg.SendQueueBytes) {
+		p.queuedBytes.Add(-n)
+		t.drop(p)
+		return
 	}
-	return nil
+	select {
+	case p.queue <- msg:
+	default:
+		p.queuedBytes.Add(-n)
+		t.drop(p)
+	}
 }
 
 // drop counts a message dropped for p because its queue is full, in

@@ -9,11 +9,11 @@ import (
 
 // Wire format of the Quasar driver.
 //
-// Every message the driver hands to Transport.Broadcast has the kind
-// quasarKind ("quasar/2") and carries a batch of records, so that under load
-// one transport message carries many proposals and votes:
+// Every message the driver sends (Transport.Broadcast, or Unicaster.SendTo)
+// has the kind quasarKind ("quasar/3") and carries a batch of records, so
+// that under load one transport message carries many proposals and votes:
 //
-//	message     = version:u8 (=2) ‖ count:uvarint ‖ record × count
+//	message     = version:u8 (=3) ‖ count:uvarint ‖ record × count
 //	record      = type:u8 ‖ length:uvarint ‖ body[length]
 //
 //	str         = length:uvarint ‖ bytes
@@ -23,10 +23,10 @@ import (
 //	type 1 proposal     body = proposal
 //	type 2 vote         body = prev:uvarint ‖ blockID:32 ‖ voter:20 ‖ voteType:u8 ‖ signature (rest of body, may be empty)
 //	type 3 certificate  body = proposalLen:uvarint ‖ proposal ‖ n:uvarint ‖ voter:20 × n
-//	type 4 fetch        body = blockID:32
-//	type 5 sync         body = org:str ‖ ns:str ‖ from:uvarint ‖ requester:20
+//	type 4 fetch        body = blockID:32 ‖ requester:20 ‖ asked:20
+//	type 5 sync         body = org:str ‖ ns:str ‖ from:uvarint ‖ requester:20 ‖ asked:20
 //	type 6 digest       body = n:uvarint ‖ (org:str ‖ ns:str ‖ head:uvarint) × n
-//	type 7 behind       body = org:str ‖ ns:str ‖ from:uvarint ‖ requester:20
+//	type 7 behind       body = org:str ‖ ns:str ‖ from:uvarint ‖ requester:20 ‖ asked:20
 //
 // The vote is the documented consensus vote: block ID (32 bytes) ‖ voter
 // NodeID (20 bytes: the first 20 bytes of SHA-256 of the validator's string
@@ -54,9 +54,11 @@ import (
 //
 // A certificate is an accepted frame with the validators whose commit votes
 // decided it: it is how a node catches up on frames whose votes it missed.
-// fetch asks for a block by ID; sync asks for the accepted frames of a
-// namespace after Seq from; digest advertises namespace heads (anti-entropy);
-// behind tells requester that its sync asked for frames no longer retained.
+// fetch asks one validator (asked) for a block by ID; sync asks one
+// validator for the accepted frames of a namespace after Seq from; only the
+// validator asked answers either, and only to the requester. digest
+// advertises namespace heads (anti-entropy); behind tells requester that
+// the validator it asked (asked) no longer retains the frames after from.
 //
 // Decoded strings, values and lists (after lists, certificate voters,
 // digests) alias the message buffer: the driver copies what it keeps before
@@ -71,8 +73,8 @@ import (
 // time, so a small message cannot make a node hold much more than its own
 // size, whatever counts it claims.
 const (
-	quasarKind  = "quasar/2"
-	wireVersion = 2 // 2: vote records carry the position (prev) they were cast at
+	quasarKind  = "quasar/3"
+	wireVersion = 3 // 2: vote records carry the position (prev) they were cast at; 3: fetch and sync name who is asked
 
 	recProposal    = 1
 	recVote        = 2
@@ -97,16 +99,6 @@ type nodeID = [nodeIDLen]byte
 type nsRef struct {
 	org, ns string
 	seq     uint64
-}
-
-// depRef is an after-list entry a node holds: the namespace's state on
-// this node and the Seq. It replaces the names (nsRef) once a proposal is
-// made or owned, so that the apply path follows a pointer instead of
-// looking the names up again, and a held entry costs 16 bytes and one
-// pointer per reference instead of two strings.
-type depRef struct {
-	ns  *nsState
-	seq uint64
 }
 
 // proposal is a proposal record. A decoded one names its after-list in
@@ -168,12 +160,12 @@ type record struct {
 	block  [idLen]byte // fetch
 	voters nodeList    // certificate
 	ref    nsRef       // sync, behind (seq = from)
-	who    nodeID      // sync, behind: requester
+	who    nodeID      // fetch, sync, behind: requester
+	to     nodeID      // fetch, sync, behind: the validator asked
 	digest refList     // digest (seq = head)
-	// Filled by the driver, not the decoder: the block ID and JSON payload
-	// of a proposal's or certificate's frame.
-	id      [idLen]byte
-	payload []byte
+	// Filled by prepareRecords, not the decoder: the block ID of a
+	// proposal's or certificate's frame.
+	id [idLen]byte
 }
 
 // appendUvarint and friends build records into a reused buffer.
@@ -221,22 +213,21 @@ func appendProposal(b []byte, p *proposal) []byte {
 
 // beginRecord appends a record header with a placeholder length and returns
 // the buffer and the offset where the body starts; endRecord patches the
-// length in. Lengths are written as fixed 4-byte-wide uvarints (padded with
-// continuation bits), which every uvarint decoder reads.
+// length in. Lengths are written as fixed 5-byte-wide uvarints (padded with
+// continuation bits), which every uvarint decoder reads: up to 2^35-1
+// bytes, far above any frame the driver lets through (maxFrameHard).
 func beginRecord(b []byte, typ byte) ([]byte, int) {
-	b = append(b, typ, 0x80, 0x80, 0x80, 0x00)
+	b = append(b, typ, 0x80, 0x80, 0x80, 0x80, 0x00)
 	return b, len(b)
 }
 
 func endRecord(b []byte, start int) []byte {
-	n := len(b) - start
-	if n >= 1<<28 {
-		panic("replication: record too large") // unreachable: frames are limited far below
-	}
-	b[start-4] = byte(n) | 0x80
-	b[start-3] = byte(n>>7) | 0x80
-	b[start-2] = byte(n>>14) | 0x80
-	b[start-1] = byte(n >> 21)
+	n := uint64(len(b) - start)
+	b[start-5] = byte(n) | 0x80
+	b[start-4] = byte(n>>7) | 0x80
+	b[start-3] = byte(n>>14) | 0x80
+	b[start-2] = byte(n>>21) | 0x80
+	b[start-1] = byte(n>>28) & 0x7f
 	return b
 }
 
@@ -261,17 +252,20 @@ func appendCertificateRecord(b []byte, p *proposal, voters nodeList) []byte {
 	return endRecord(b, s)
 }
 
-func appendFetchRecord(b []byte, block *[idLen]byte) []byte {
-	b = append(b, recFetch, idLen)
-	return append(b, block[:]...)
+func appendFetchRecord(b []byte, block *[idLen]byte, who, to *nodeID) []byte {
+	b = append(b, recFetch, idLen+2*nodeIDLen)
+	b = append(b, block[:]...)
+	b = append(b, who[:]...)
+	return append(b, to[:]...)
 }
 
-func appendSyncRecord(b []byte, typ byte, org, ns string, from uint64, who *nodeID) []byte {
+func appendSyncRecord(b []byte, typ byte, org, ns string, from uint64, who, to *nodeID) []byte {
 	b, s := beginRecord(b, typ)
 	b = appendStr(b, org)
 	b = appendStr(b, ns)
 	b = binary.AppendUvarint(b, from)
 	b = append(b, who[:]...)
+	b = append(b, to[:]...)
 	return endRecord(b, s)
 }
 
@@ -443,11 +437,14 @@ func (d *decoder) record(r *record, maxFrame int) {
 		}
 	case recFetch:
 		copy(r.block[:], body.take(idLen, "fetch block"))
+		r.who = body.node("fetch requester")
+		r.to = body.node("fetch asked")
 	case recSync, recBehind:
 		r.ref.org = body.str("sync org")
 		r.ref.ns = body.str("sync ns")
 		r.ref.seq = body.uvarint("sync from")
 		r.who = body.node("sync requester")
+		r.to = body.node("sync asked")
 	case recDigest:
 		r.digest = body.refs("digest count", "digest entry")
 	default:

@@ -68,9 +68,9 @@ func wireSamples() []wireSample {
 		{"vote at a position", record{typ: recVote, vote: vote{prev: 1 << 40, block: id, voter: validatorNodeID("node-2"), typ: voteCommit}}},
 		{"certificate", record{typ: recCertificate, prop: p, voters: nodes(validatorNodeID("node-0"), validatorNodeID("node-1"))}},
 		{"certificate no voters", record{typ: recCertificate, prop: bare}},
-		{"fetch", record{typ: recFetch, block: id}},
-		{"sync", record{typ: recSync, ref: nsRef{"org", "ns", 42}, who: validatorNodeID("node-2")}},
-		{"behind", record{typ: recBehind, ref: nsRef{"org", "ns", 42}, who: validatorNodeID("node-0")}},
+		{"fetch", record{typ: recFetch, block: id, who: validatorNodeID("node-1"), to: validatorNodeID("node-0")}},
+		{"sync", record{typ: recSync, ref: nsRef{"org", "ns", 42}, who: validatorNodeID("node-2"), to: validatorNodeID("node-1")}},
+		{"behind", record{typ: recBehind, ref: nsRef{"org", "ns", 42}, who: validatorNodeID("node-0"), to: validatorNodeID("node-2")}},
 		{"digest", record{typ: recDigest, digest: refs(nsRef{"org", "ns", 9}, nsRef{"org", "ns2", 1})}},
 		{"digest empty", record{typ: recDigest}},
 	}
@@ -86,9 +86,9 @@ func appendRecord(b []byte, r *record) []byte {
 	case recCertificate:
 		return appendCertificateRecord(b, &r.prop, r.voters)
 	case recFetch:
-		return appendFetchRecord(b, &r.block)
+		return appendFetchRecord(b, &r.block, &r.who, &r.to)
 	case recSync, recBehind:
-		return appendSyncRecord(b, r.typ, r.ref.org, r.ref.ns, r.ref.seq, &r.who)
+		return appendSyncRecord(b, r.typ, r.ref.org, r.ref.ns, r.ref.seq, &r.who, &r.to)
 	case recDigest:
 		return appendDigestRecord(b, slices.Collect(r.digest.all()))
 	}
@@ -196,8 +196,9 @@ func wireMalformed() []struct {
 		{"record type zero", withRecord(0, nil)},
 		{"vote short", withRecord(recVote, make([]byte, voteLen-1))},
 		{"key not UTF-8", encodeMessage([]record{{typ: recProposal, prop: proposal{frame: Frame{OrgID: "org", Namespace: "ns", Seq: 1, Key: "k\xff"}}}})},
-		{"fetch short", withRecord(recFetch, make([]byte, idLen-1))},
-		{"fetch long", withRecord(recFetch, make([]byte, idLen+1))},
+		{"fetch short", withRecord(recFetch, make([]byte, idLen+2*nodeIDLen-1))},
+		{"fetch long", withRecord(recFetch, make([]byte, idLen+2*nodeIDLen+1))},
+		{"fetch without requester", withRecord(recFetch, make([]byte, idLen))},
 		{"proposal seq zero", withRecord(recProposal, appendProposal(nil, &proposal{}))},
 		{"proposal seq not above prev", withRecord(recProposal, appendProposal(nil, &proposal{frame: Frame{Seq: 3}, prev: 3}))},
 		{"proposal huge string length", withRecord(recProposal, append([]byte{1}, huge...))},
@@ -209,6 +210,7 @@ func wireMalformed() []struct {
 		{"certificate proposal trailing", withRecord(recCertificate, append(appendBytes(nil, append(bytes.Clone(prop), 0)), 0))},
 		{"sync without requester", withRecord(recSync, append(appendStr(appendStr(nil, "o"), "n"), 1))},
 		{"behind short requester", withRecord(recBehind, append(append(appendStr(appendStr(nil, "o"), "n"), 1), make([]byte, nodeIDLen-1)...))},
+		{"sync without validator asked", withRecord(recSync, append(append(appendStr(appendStr(nil, "o"), "n"), 1), make([]byte, nodeIDLen)...))},
 		{"digest huge count", withRecord(recDigest, huge)},
 		{"digest cut", withRecord(recDigest, append([]byte{2}, appendStr(appendStr(nil, "o"), "n")...))},
 		{"garbage", []byte("\x01\x03garbage that is no message at all")},
@@ -448,9 +450,9 @@ func quasarReceiveSeeds() []quasarReceiveSeed {
 		{"certificate chain", true, 1, encodeMessage([]record{{typ: recCertificate, prop: p, voters: nodes(n1, n2)}, {typ: recCertificate, prop: p2, voters: nodes(n0, n1)}})},
 		{"certificate too few voters", true, 1, encodeMessage([]record{{typ: recCertificate, prop: p, voters: nodes(n1)}})},
 		{"votes for an unknown block", true, -1, encodeMessage([]record{vote(gid, n1, voteCommit), vote(gid, n2, voteCancel)})},
-		{"fetch", true, 2, encodeMessage([]record{{typ: recFetch, block: id}})},
-		{"sync", true, 2, encodeMessage([]record{{typ: recSync, ref: nsRef{"org", "ns", 0}, who: n2}})},
-		{"behind", true, 1, encodeMessage([]record{{typ: recBehind, ref: nsRef{"org", "ns", 0}, who: n0}})},
+		{"fetch", true, 2, encodeMessage([]record{{typ: recFetch, block: id, who: n2, to: n0}})},
+		{"sync", true, 2, encodeMessage([]record{{typ: recSync, ref: nsRef{"org", "ns", 0}, who: n2, to: n0}})},
+		{"behind", true, 1, encodeMessage([]record{{typ: recBehind, ref: nsRef{"org", "ns", 0}, who: n0, to: n1}})},
 		{"digest", true, 2, encodeMessage([]record{{typ: recDigest, digest: refs(nsRef{"org", "ns", 5})}})},
 		{"single node proposal", false, -1, encodeMessage([]record{{typ: recProposal, prop: p}})},
 	}

@@ -1,0 +1,345 @@
+package replication
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/luxfi/consensus"
+)
+
+// core is the Quasar protocol as a deterministic state machine. It owns no
+// goroutine, reads no clock, calls no transport and runs no user code: the
+// driver (QuasarReplicator) or the test simulator feeds it inputs and
+// carries out its outputs.
+//
+// Inputs, each a method:
+//
+//	propose(now, call)      a Propose call of this node
+//	step(now, from, recs)   a received message, decoded (from: the sender's
+//	                        validator index when the transport knows it, else -1)
+//	tick(now)               the periodic tick, with the current time
+//	applied(now, e, err)    the handlers ran for a frame popApply returned
+//	abandon(call)           a Propose call gave up (timeout, ctx, close)
+//	reset(now, key, seq)    ResetNamespace
+//
+// Outputs, collected until the caller takes them:
+//
+//   - messages to send (to every validator, or to one), in out: see outbox.
+//     Nothing needs to be durable before they leave yet: every vote and
+//     head lives in memory (see the package documentation on restarts).
+//   - frames to apply, in order, and behind notices between them:
+//     popApply; the caller runs the handlers and reports applied.
+//   - the Propose calls decided (ready.decided) and those whose frame was
+//     queued for apply (ready.wake), and whether other frames were queued
+//     (ready.kick): takeReady.
+//   - log events (ready.logs): the caller logs them, never the core.
+//
+// The same inputs in the same order give the same outputs: the core never
+// iterates a map where the order could reach an output, and time is only
+// what the inputs carry. The consensus engine it calls
+// (github.com/luxfi/consensus) is deterministic too.
+//
+// A core is not safe for concurrent use: the driver guards it with its
+// mutex. Its metrics are atomics, read without that mutex.
+//
+// The protocol is spread over files by concern: core_propose.go (this
+// node's own proposals and the order they promise), core_vote.go (the
+// voting rule, counting and deciding), core_chain.go (the chain of each
+// namespace and the apply queue), core_repair.go (repair, anti-entropy and
+// retention), core_outbox.go (outgoing messages).
+type core struct {
+	cfg  coreConfig
+	m    *metrics
+	solo bool // a single validator: decides alone, sends and retains nothing
+
+	entries   map[[idLen]byte]*entry
+	spaces    map[spaceKey]*nsState
+	spaceList []*nsState // namespaces with a head, for digests
+	newSpaces []*nsState // namespaces made without a head, checked for eviction
+	depPass   uint64     // counts own calls, to spot a namespace an after list names twice
+	digestAt  int
+
+	// The held frames, by lifecycle: undecided (ordered by next repair),
+	// waiting (accepted, not yet queued for apply; ordered by doneAt),
+	// retained (decided and done here: rejected, or queued for apply;
+	// ordered by doneAt, kept to repair and catch up peers).
+	undecided entryList
+	waiting   entryList
+	retained  entryList
+	heldBytes int // bytes of the frames in undecided and waiting that peers proposed
+	ep        *epoch
+
+	applyQ    []*entry
+	applyHead int
+	applyLen  int  // entry.size of the charged frames in applyQ[applyHead:]
+	shedding  bool // applyLen reached MaxApplyBacklog and has not fallen to half of it since
+	nPending  int  // linked frames waiting in nsState.pending
+
+	out outbox
+
+	orphans map[[idLen]byte]*orphan
+	orphanQ [][idLen]byte
+
+	// probes are namespaces a digest named that this node knows nothing
+	// of: when this node last asked for their frames. Bounded (maxProbes),
+	// so that digests naming many namespaces cost bounded memory.
+	probes  map[spaceKey]int64
+	probeQ  []spaceKey
+	probeAt int
+
+	// frontier: the namespaces of own frames whose Propose returned
+	// DecisionAccept and that no accepted later proposal names in its
+	// after list yet (nsState.frontierSeq, frontierAt). At most one frame
+	// per namespace: the namespace chain orders the rest. A slice, not a
+	// map: every proposal copies it, so iterating it is the hot path.
+	frontier []*nsState
+	returned uint64 // Propose calls of this node that returned Accept
+
+	// forgot: this validator's votes on frames it forgot (see remember).
+	forgot    map[blockAt]forgotVote
+	forgotQ   []forgotRef
+	forgotGen uint64
+	forgotCap int
+
+	// behindQ: behind notices for OnBehind, handed out by popApply ahead
+	// of queued frames (the application may restore a snapshot that
+	// covers them).
+	behindQ []error
+
+	lastDigest int64
+	vote       consensus.Vote // scratch for RecordVote (the engine copies it)
+
+	rd ready
+}
+
+// coreConfig is what a core needs of QuasarConfig, with the defaults
+// applied.
+type coreConfig struct {
+	self         int
+	ids          []nodeID // validators' consensus NodeIDs, by index
+	names        []string // validators' string IDs, by index
+	byNodeID     map[nodeID]int
+	q            int
+	witness      int64 // WitnessAfter, ns
+	retainFor    int64 // RetainFor, ns
+	antiEntropy  int64 // AntiEntropyInterval, ns
+	retainFrames int
+	maxFrame     int // 0: the wire format's own limit
+	maxBacklog   int // 0: none
+	// unicast: the transport can send to one validator (Unicaster). When
+	// false, messages to one validator join the broadcast; the records
+	// that ask for an answer name who is to answer.
+	unicast bool
+}
+
+func (c *coreConfig) n() int { return len(c.ids) }
+
+// ready is what the core produced since the caller last took it.
+type ready struct {
+	// decided: calls whose outcome is set (call.decided).
+	decided []*call
+	// wake: calls whose frame was queued for apply; the caller may apply
+	// the queue up to it on the call's own goroutine.
+	wake []*call
+	// kick: frames were queued for apply that no call in wake covers.
+	kick bool
+	logs []logEvent
+}
+
+// logEvent is a log line the core asks the driver to write.
+type logEvent struct {
+	level slog.Level
+	msg   string
+	args  []any
+}
+
+// maxLogEvents bounds the log events held between two takeReady calls.
+const maxLogEvents = 256
+
+func (c *core) logf(level slog.Level, msg string, args ...any) {
+	if len(c.rd.logs) < maxLogEvents {
+		c.rd.logs = append(c.rd.logs, logEvent{level, msg, args})
+	}
+}
+
+// takeReady returns what the core produced since the last call, and
+// starts a new batch.
+func (c *core) takeReady() ready {
+	rd := c.rd
+	c.rd = ready{}
+	return rd
+}
+
+const (
+	epochBlocks    = 256       // blocks fed to one engine before a fresh one takes over (its maps stay small)
+	maxBatchBytes  = 256 << 10 // a message is cut once it holds this much
+	maxOutboxBytes = 64 << 20  // messages waiting to be sent; more are dropped (repair resends)
+	maxOrphans     = 4096      // votes for unknown blocks held, by block
+	maxUndecided   = 1 << 16   // frames of peers held undecided or waiting; more proposals are dropped
+	maxHeldBytes   = 256 << 20 // bytes of those frames
+	maxProbes      = 1024      // namespaces named by digests and not known here
+	syncBatch      = 256       // certificates per sync answer
+	digestBatch    = 256       // namespace heads per digest
+)
+
+func newCore(cfg coreConfig, m *metrics) (*core, error) {
+	c := &core{
+		cfg:       cfg,
+		m:         m,
+		solo:      cfg.n() == 1,
+		entries:   make(map[[idLen]byte]*entry),
+		spaces:    make(map[spaceKey]*nsState),
+		orphans:   make(map[[idLen]byte]*orphan),
+		probes:    make(map[spaceKey]int64),
+		forgot:    make(map[blockAt]forgotVote),
+		forgotCap: 4 * cfg.retainFrames,
+	}
+	c.out.init(cfg.n(), cfg.unicast, m)
+	if err := c.newEpoch(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// newEngine is consensus.NewPQ with Alpha = q: the engine accepts a block
+// once q votes were recorded, and the core records only checked commit
+// votes, one per validator.
+func (c *core) newEngine() (consensus.Engine, error) {
+	cfg := consensus.DefaultConfig()
+	cfg.Alpha = c.cfg.q
+	cfg.K = c.cfg.n()
+	cfg.MaxMessageSize = c.cfg.maxFrame
+	eng := consensus.NewPQ(cfg)
+	if err := eng.Start(context.Background()); err != nil {
+		return nil, err
+	}
+	return eng, nil
+}
+
+func (c *core) newEpoch() error {
+	eng, err := c.newEngine()
+	if err != nil {
+		return err
+	}
+	c.ep = &epoch{eng: eng}
+	c.m.engines.Add(1)
+	return nil
+}
+
+// epoch is one consensus engine. The engine keeps every block it is given,
+// so after epochBlocks blocks a fresh engine takes over; an old one is
+// garbage once its last undecided block is decided or forgotten.
+type epoch struct {
+	eng   consensus.Engine
+	added int
+	last  [idLen]byte
+}
+
+// space returns the namespace's state, creating it if needed. key may alias
+// a received message: a new namespace keeps copies of its strings.
+func (c *core) space(now int64, key spaceKey) *nsState {
+	ns := c.spaces[key]
+	if ns == nil {
+		key = spaceKey{strings.Clone(key.org), strings.Clone(key.ns)}
+		ns = &nsState{key: key, created: now}
+		c.spaces[key] = ns
+		c.newSpaces = append(c.newSpaces, ns)
+		delete(c.probes, key) // known now: no longer a probe
+	}
+	return ns
+}
+
+// live returns the current state of the namespace d names: d.ns, unless
+// that namespace was evicted since (then it is looked up, or made again).
+func (c *core) live(now int64, d *depRef) *nsState {
+	if d.ns.evicted {
+		d.ns = c.space(now, d.ns.key)
+	}
+	return d.ns
+}
+
+// step handles the records of one received message. from is the sender's
+// validator index when the transport authenticated it, else -1. The
+// records' id fields must hold the block IDs of their frames (see
+// prepareRecords).
+func (c *core) step(now int64, from int, recs []record) {
+	for i := range recs {
+		c.handle(now, &recs[i], from)
+	}
+}
+
+// handle acts on one record of a received message.
+func (c *core) handle(now int64, rec *record, from int) {
+	switch rec.typ {
+	case recProposal:
+		c.onProposal(now, &rec.prop, nil, rec.id, from)
+	case recCertificate:
+		c.onProposal(now, &rec.prop, &rec.voters, rec.id, from)
+	case recVote:
+		c.onVote(now, &rec.vote, from)
+	case recFetch:
+		c.onFetch(now, rec, from)
+	case recSync:
+		c.onSync(now, rec, from)
+	case recDigest:
+		c.onDigest(now, rec.digest, from)
+	case recBehind:
+		c.onBehind(now, rec.ref, rec.who, from)
+	}
+}
+
+// prepareRecords computes the block ID of every proposal's and
+// certificate's frame. It needs no core state: the driver runs it before
+// it takes its lock.
+func prepareRecords(recs []record) {
+	var buf []byte
+	for i := range recs {
+		if rec := &recs[i]; rec.typ == recProposal || rec.typ == recCertificate {
+			rec.id, buf = rec.prop.frame.blockID(buf)
+		}
+	}
+}
+
+// tick runs the periodic jobs: repair of undecided frames, retention,
+// orphan votes, anti-entropy and eviction of empty namespaces.
+func (c *core) tick(now int64) {
+	c.repairUndecided(now)
+	c.expireWaiting(now)
+	c.expireRetained(now)
+	c.repairOrphans(now)
+	c.sendDigest(now)
+	c.evictEmpty(now)
+}
+
+// peerName names validator i for logs and errors ("unknown" for -1).
+func (c *core) peerName(i int) string {
+	if i < 0 {
+		return "unknown"
+	}
+	return c.cfg.names[i]
+}
+
+// pickPeer chooses whom to ask in repair round round: hint (a validator
+// likely to hold what is asked for) on even rounds, the other validators
+// in turn otherwise. It never returns this node.
+func (c *core) pickPeer(hint int, round uint32) int {
+	n := c.cfg.n()
+	if n == 1 {
+		return -1 // alone: nothing is sent
+	}
+	if hint >= 0 && hint != c.cfg.self && round%2 == 0 {
+		return hint
+	}
+	k := int(round/2) % (n - 1)
+	if k >= c.cfg.self {
+		k++
+	}
+	return k
+}
+
+func (c *core) String() string {
+	return fmt.Sprintf("core(%s: %d namespaces, %d undecided, %d waiting, %d retained, %d to apply)",
+		c.cfg.names[c.cfg.self], len(c.spaces), c.undecided.n, c.waiting.n, c.retained.n, c.pendingApply())
+}

@@ -1,0 +1,255 @@
+package replication
+
+import "fmt"
+
+// This file holds the types of the protocol core's state: the frames a node
+// holds (entry) and their lifecycle (phase), what it knows of each
+// namespace (nsState), and the Propose calls it tracks (call). See core.go
+// for the core itself.
+
+// spaceKey names a namespace.
+type spaceKey struct{ org, ns string }
+
+// phase is where a held frame stands in its lifecycle. A frame moves
+// forward only, except that ResetNamespace may queue an applied frame
+// again (replay):
+//
+//	undecided ─┬─> rejected
+//	           ├─> accepted ─> linked ─> queued ─> applied
+//	           └─> forgotten
+//
+// An undecided frame is voted on and its votes counted; it may also be
+// deferred (see entry.deferred) while this node has not reached its chain
+// position. An accepted frame waits for the frames before it in its
+// namespace's chain; a linked frame is in the chain and waits for the frames
+// its proposer ordered before it (its after list); a queued frame waits in
+// the apply queue; an applied frame's handlers ran (or a ResetNamespace
+// covered it). A forgotten frame stayed undecided for RetainFor and was
+// dropped.
+type phase uint8
+
+const (
+	phaseUndecided phase = iota
+	phaseRejected
+	phaseAccepted
+	phaseLinked
+	phaseQueued
+	phaseApplied
+	phaseForgotten
+)
+
+var phaseNames = [...]string{"undecided", "rejected", "accepted", "linked", "queued", "applied", "forgotten"}
+
+func (p phase) String() string {
+	if int(p) < len(phaseNames) {
+		return phaseNames[p]
+	}
+	return fmt.Sprintf("phase(%d)", uint8(p))
+}
+
+// accepted reports whether a frame in phase p was accepted.
+func (p phase) accepted() bool { return p >= phaseAccepted && p <= phaseApplied }
+
+// voterSet is a set of validator indexes.
+type voterSet [MaxValidators / 64]uint64
+
+func (s *voterSet) has(i int) bool { return s[i>>6]&(1<<(i&63)) != 0 }
+func (s *voterSet) add(i int)      { s[i>>6] |= 1 << (i & 63) }
+
+// entry is a frame this node holds.
+type entry struct {
+	id    [idLen]byte
+	p     proposal
+	key   spaceKey
+	ns    *nsState
+	phase phase
+	// myVote is this validator's vote on the frame at its position (0:
+	// none yet).
+	myVote byte
+	// own: proposed by this node. returned: core.returned when it was
+	// proposed (see core.propose).
+	own      bool
+	returned uint64
+	// deferred: undecided, in ns.deferred, waiting for this node to reach
+	// its position before voting.
+	deferred bool
+	// skip: queued, but covered by a ResetNamespace: counts as applied
+	// without running handlers.
+	skip bool
+	// charged: queued, and its size counts in core.applyLen (see
+	// core.backlogged).
+	charged bool
+
+	commits, cancels voterSet
+	nCommit, nCancel uint16 // at most MaxValidators
+	size             int    // bytes of the frame's JSON encoding
+
+	ep   *epoch // the engine holding its block while undecided
+	call *call  // the Propose call of this node waiting for it, if any
+
+	born     int64 // when this node took it in
+	next     int64 // undecided: when it is next repaired (order of core.undecided)
+	doneAt   int64 // when it entered core.waiting or core.retained
+	served   int64 // when this node last answered for it
+	voted    int64 // when this node last sent its vote on it
+	repairAt int64 // repair backoff of frames nobody here waits for
+	backoff  int64
+	repairs  uint32 // repair rounds: picks whom a fetch asks
+	// origin is the proposer's validator index (-1: not a validator).
+	origin int
+	// In at most one of core.undecided, core.waiting and core.retained.
+	prevL, nextL *entry
+	inList       *entryList
+}
+
+// entryList is an intrusive doubly linked list of entries.
+type entryList struct {
+	head, tail *entry
+	n          int
+}
+
+func (l *entryList) pushBack(e *entry) {
+	e.prevL, e.nextL, e.inList = l.tail, nil, l
+	if l.tail != nil {
+		l.tail.nextL = e
+	} else {
+		l.head = e
+	}
+	l.tail = e
+	l.n++
+}
+
+func (l *entryList) remove(e *entry) {
+	if e.prevL != nil {
+		e.prevL.nextL = e.nextL
+	} else {
+		l.head = e.nextL
+	}
+	if e.nextL != nil {
+		e.nextL.prevL = e.prevL
+	} else {
+		l.tail = e.prevL
+	}
+	e.prevL, e.nextL, e.inList = nil, nil, nil
+	l.n--
+}
+
+// unlist removes e from whichever list holds it.
+func unlist(e *entry) {
+	if e.inList != nil {
+		e.inList.remove(e)
+	}
+}
+
+// nsState is what a node knows of one namespace.
+type nsState struct {
+	key spaceKey
+	// head is the Seq of the last accepted frame of the chain that this
+	// node holds without gaps; voting and proposing build on it.
+	head uint64
+	// dispatched is the Seq of the last frame queued for apply; applied of
+	// the last frame applied (or covered by ResetNamespace). maxSeen is
+	// the highest Seq seen (assigned Seqs go above it).
+	dispatched uint64
+	applied    uint64
+	maxSeen    uint64
+	// voted is the frame this validator committed on top of head, if any:
+	// the S4 rule (see core_vote.go).
+	voted *entry
+	// deferred: proposals on top of a position beyond head; voted on once
+	// head reaches it. deferredDead counts the entries no longer deferred
+	// (see undefer).
+	deferred     []*entry
+	deferredDead int
+	// pending: linked frames waiting for frames of other namespaces that
+	// their proposer ordered before them; afterWaiters: the namespaces
+	// whose pending head waits for this one.
+	pending      []*entry
+	afterWaiters []*nsState
+	// mine is this node's own undecided frame in the namespace, if any;
+	// turns are the Propose calls of this node waiting for it to be
+	// decided, in arrival order (one own frame per namespace at a time, so
+	// that a node's next frame never competes with its previous one).
+	mine  *entry
+	turns []*call
+	// Repair of the namespace: when a sync was last asked for, how many
+	// rounds so far (picks whom to ask).
+	lastSync   int64
+	syncRounds uint32
+	behind     bool
+	listed     bool // in core.spaceList (it has a head)
+	// frontierSeq is the Seq of this namespace's frame in core.frontier,
+	// at index frontierAt-1 (0: not in it).
+	frontierSeq uint64
+	frontierAt  int
+	// depPass and depAt: the after list being owned (core.depPass) names
+	// this namespace at deps[depAt].
+	depPass uint64
+	depAt   int
+	// chain holds the accepted frames this node retains, by the Seq they
+	// extend (their position): how links are followed and syncs served.
+	chain map[uint64]*entry
+	// open: the namespace's undecided frames, so that the frames competing
+	// for a position are rejected as soon as another frame is accepted
+	// there.
+	open []*entry
+	// evicted: the namespace was empty and core.spaces dropped it; a
+	// depRef still pointing here resolves to the live state (core.live).
+	evicted bool
+	// created is when the namespace was created (eviction grace).
+	created int64
+}
+
+// empty reports whether ns holds nothing worth keeping: no head, no
+// frames, no votes, no waiters. Such a namespace can be dropped and made
+// again without changing the protocol's behaviour.
+func (ns *nsState) empty() bool {
+	return ns.head == 0 && ns.maxSeen == 0 && ns.applied == 0 && ns.dispatched == 0 &&
+		!ns.behind && ns.voted == nil && ns.mine == nil && len(ns.turns) == 0 &&
+		len(ns.deferred) == 0 && len(ns.pending) == 0 && len(ns.afterWaiters) == 0 &&
+		len(ns.chain) == 0 && len(ns.open) == 0 && ns.frontierAt == 0 && !ns.listed
+}
+
+// close removes e from the open list.
+func (ns *nsState) close(e *entry) {
+	for i, x := range ns.open {
+		if x == e {
+			last := len(ns.open) - 1
+			ns.open[i] = ns.open[last]
+			ns.open[last] = nil
+			ns.open = ns.open[:last]
+			return
+		}
+	}
+}
+
+func (ns *nsState) at(prev uint64) *entry {
+	return ns.chain[prev] // nil map reads are fine
+}
+
+// call is a Propose call the core tracks. The driver makes it and keeps
+// wake; the core sets the outcome and reports the call in ready.decided
+// (and in ready.wake when its frame is queued for apply).
+type call struct {
+	frame     Frame
+	reentrant bool // made from a handler: decided at acceptance, applied later
+
+	// Set by the core.
+	e        *entry // the frame proposed for it (nil while it waits its turn)
+	queued   bool   // waiting its turn in e's namespace (nsState.turns)
+	decided  bool
+	decision Decision
+	err      error
+
+	// wake belongs to the driver (the core never touches it).
+	wake chan struct{}
+}
+
+// depRef is an after-list entry a node holds: the namespace's state on
+// this node and the Seq. It replaces the names (nsRef) once a proposal is
+// made or owned, so that the apply path follows a pointer instead of
+// looking the names up again.
+type depRef struct {
+	ns  *nsState
+	seq uint64
+}

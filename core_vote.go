@@ -1,0 +1,516 @@
+package replication
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/luxfi/consensus"
+)
+
+// This file holds how a validator takes in frames, votes, counts votes and
+// decides: the rules the safety invariants rest on.
+//
+// The voting rule (S4, one frame per slot). A frame names its chain
+// position: prev, the Seq of the accepted frame it extends. A validator
+// casts at most one commit vote per position of a namespace
+// (nsState.voted), and only at its own head: any other frame there gets a
+// cancel vote, a frame beyond its head waits (deferred) until this node
+// caught up, and a frame below its head gets no vote. Its vote on a frame
+// never changes, also after it forgot the frame (remember). A vote counts
+// only at the position it was cast at.
+//
+// Deciding (S1, S2). Only checked votes count: from validators, one per
+// validator per frame, from the sender itself when the transport knows the
+// sender, for a frame this node holds at the vote's position (votes for a
+// frame not held yet wait aside, see orphan). Commit votes go to the
+// consensus engine (consensus.NewPQ, Alpha = q), which accepts the block
+// at q of them; cancel votes are counted here, and a frame is rejected
+// once more than n-q validators cancelled it. Both cannot happen: they
+// need more than n votes. A certificate (an accepted frame with q commit
+// voters, relayed for repair) counts as those voters' commit votes.
+
+// add registers a new undecided frame and feeds its block to the engine.
+func (c *core) add(now int64, e *entry) {
+	// A block ID the current engine has seen before (a forgotten frame that
+	// came back) must go to a fresh engine: the engine keeps the votes it
+	// recorded for a block and would count them again.
+	if c.ep.added >= epochBlocks || c.ep.eng.GetStatus(e.id) != consensus.StatusUnknown {
+		if err := c.newEpoch(); err != nil {
+			c.logf(slog.LevelError, "starting a new consensus engine failed; keeping the current one", "err", err)
+		}
+	}
+	e.size = e.p.frame.size()
+	e.origin = -1
+	if i, ok := c.cfg.byNodeID[e.p.proposer]; ok {
+		e.origin = i
+	}
+	ep := c.ep
+	ep.added++
+	// The block carries no payload: the core holds the frame, and the
+	// engine keeps every block it is given until the epoch is dropped.
+	_ = ep.eng.Add(context.Background(), &consensus.Block{ID: e.id, ParentID: ep.last, Height: uint64(ep.added)})
+	ep.last = e.id
+	e.ep = ep
+	e.born, e.next = now, now+c.cfg.witness
+	if !c.solo {
+		c.entries[e.id] = e
+		e.ns.open = append(e.ns.open, e)
+	}
+	c.relist(e, &c.undecided)
+	if v, ok := c.forgot[blockAt{e.id, e.p.prev}]; ok {
+		delete(c.forgot, blockAt{e.id, e.p.prev})
+		ns := e.ns
+		current := v.typ == voteCommit && e.p.prev == ns.head
+		if !current || ns.voted == nil || ns.voted.id == e.id {
+			// A frame this validator voted on at this position and forgot:
+			// same vote again. (Remembered by block and position: at
+			// another position the vote is cast afresh, by the voting
+			// rule, and a commit counts at one position only.)
+			e.myVote, e.voted = v.typ, now
+			if current {
+				ns.voted = e
+			}
+			c.countVote(now, e, c.cfg.self, v.typ)
+		}
+	}
+	if o := c.orphans[e.id]; o != nil {
+		delete(c.orphans, e.id)
+		for _, x := range o.votes {
+			switch {
+			case x.prev != e.p.prev:
+				c.m.votesOtherPosition.Add(1)
+			case e.phase == phaseUndecided:
+				c.countVote(now, e, int(x.voter), x.typ)
+			}
+		}
+	}
+}
+
+// relist moves e to list to (nil: to none), keeping heldBytes: the bytes
+// of peers' frames in undecided and waiting.
+func (c *core) relist(e *entry, to *entryList) {
+	held := func(l *entryList) bool { return !e.own && (l == &c.undecided || l == &c.waiting) }
+	if held(e.inList) {
+		c.heldBytes -= e.size
+	}
+	unlist(e)
+	if to != nil {
+		to.pushBack(e)
+		if held(to) {
+			c.heldBytes += e.size
+		}
+	}
+}
+
+// castVote applies this validator's voting rule to e.
+func (c *core) castVote(now int64, e *entry) {
+	if e.myVote != 0 || e.phase != phaseUndecided {
+		return
+	}
+	ns := e.ns
+	var typ byte
+	switch {
+	case e.p.prev > ns.head:
+		// We have not accepted the position yet: catch up first.
+		if !e.deferred {
+			e.deferred = true
+			ns.deferred = append(ns.deferred, e)
+		}
+		c.requestSync(now, ns, e.origin)
+		return
+	case e.p.prev < ns.head:
+		// The position is passed. Cancel only when we still hold the frame
+		// accepted there; a position we no longer remember gets no vote
+		// (a vote on forgotten history could contradict one cast then).
+		at := ns.at(e.p.prev)
+		if at == nil || at == e {
+			c.m.stale.Add(1)
+			return
+		}
+		typ = voteCancel
+	case ns.voted != nil && ns.voted.id != e.id:
+		typ = voteCancel
+	default:
+		typ = voteCommit
+		ns.voted = e
+	}
+	e.myVote = typ
+	e.voted = now
+	c.sendVote(e, -1)
+	c.countVote(now, e, c.cfg.self, typ)
+}
+
+// countVote records a checked vote of validator voter on e.
+func (c *core) countVote(now int64, e *entry, voter int, typ byte) {
+	if e.commits.has(voter) || e.cancels.has(voter) {
+		c.m.votesDuplicate.Add(1)
+		return
+	}
+	if typ == voteCommit {
+		e.commits.add(voter)
+		e.nCommit++
+		if e.phase == phaseUndecided && e.ep != nil {
+			v := &c.vote
+			*v = consensus.Vote{BlockID: e.id, VoteType: consensus.VoteCommit, Voter: consensus.NodeID(c.cfg.ids[voter])}
+			if err := e.ep.eng.RecordVote(context.Background(), v); err != nil {
+				c.logf(slog.LevelError, "engine refused a vote", "err", err)
+				return
+			}
+			if e.ep.eng.IsAccepted(e.id) {
+				c.accept(now, e)
+			}
+		}
+		return
+	}
+	e.cancels.add(voter)
+	e.nCancel++
+	if e.phase == phaseUndecided && int(e.nCancel) > c.cfg.n()-c.cfg.q {
+		c.reject(now, e)
+	}
+}
+
+// decided takes e (just accepted or rejected) out of the undecided state.
+func (c *core) decided(e *entry) {
+	e.ep = nil
+	c.undefer(e)
+	e.ns.close(e)
+}
+
+func (c *core) accept(now int64, e *entry) {
+	e.phase = phaseAccepted
+	c.decided(e)
+	c.m.framesAccepted.Add(1)
+	ns := e.ns
+	ns.maxSeen = max(ns.maxSeen, e.p.frame.Seq)
+	if cl := e.call; cl != nil && cl.reentrant {
+		c.decide(cl, DecisionAccept, nil)
+	}
+	switch at := ns.at(e.p.prev); {
+	case at != nil && at != e && at.phase.accepted():
+		c.m.conflicts.Add(1)
+		c.logf(slog.LevelError, "two frames accepted at one chain position",
+			"org", e.key.org, "ns", e.key.ns, "prev", e.p.prev, "seq", e.p.frame.Seq, "other", at.p.frame.Seq)
+		c.done(now, e)
+	case e.p.prev < ns.head:
+		c.m.stale.Add(1) // behind our head (restored past it)
+		c.done(now, e)
+	default:
+		c.wait(now, e)
+		if !c.solo {
+			if ns.chain == nil {
+				ns.chain = make(map[uint64]*entry)
+			}
+			ns.chain[e.p.prev] = e
+		}
+		if e.p.prev == ns.head {
+			c.link(now, ns, e)
+		} else {
+			c.requestSync(now, ns, e.origin) // the frames in between are missing here
+		}
+	}
+	if ns.mine == e {
+		// After linking: the next own frame extends the chain through e.
+		c.releaseNS(now, ns)
+	}
+}
+
+// wait puts accepted e on the waiting list, until it is queued for apply.
+func (c *core) wait(now int64, e *entry) {
+	if c.solo {
+		c.relist(e, nil)
+		return
+	}
+	e.doneAt = now
+	c.relist(e, &c.waiting)
+}
+
+// done puts decided e on the retained list: it is kept to repair and catch
+// up peers until the retention window passes it.
+func (c *core) done(now int64, e *entry) {
+	if c.solo {
+		c.relist(e, nil) // nobody to repair: nothing is retained
+		return
+	}
+	e.doneAt = now
+	c.relist(e, &c.retained)
+}
+
+func (c *core) reject(now int64, e *entry) {
+	c.rejectErr(now, e, fmt.Errorf("%w: %d of %d validators cancelled %s/%s seq %d (quorum %d)",
+		ErrRejected, e.nCancel, c.cfg.n(), e.key.org, e.key.ns, e.p.frame.Seq, c.cfg.q))
+}
+
+func (c *core) rejectErr(now int64, e *entry, err error) {
+	e.phase = phaseRejected
+	c.decided(e)
+	c.done(now, e)
+	c.m.framesRejected.Add(1)
+	ns := e.ns
+	if v := ns.voted; v != nil && v.id == e.id && v.p.prev == e.p.prev {
+		ns.voted = nil // the position is free again: e can never be accepted
+	}
+	if cl := e.call; cl != nil {
+		c.decide(cl, DecisionReject, err)
+	}
+	if ns.mine == e {
+		c.releaseNS(now, ns)
+	}
+}
+
+// onProposal handles a received proposal, or a certificate (cert: its
+// voters; nil for a proposal). id is the frame's block ID (prepareRecords).
+func (c *core) onProposal(now int64, p *proposal, cert *nodeList, id [idLen]byte, from int) {
+	m := c.m
+	e := c.entries[id]
+	if e == nil {
+		if c.undecided.n+c.waiting.n >= maxUndecided || c.heldBytes >= maxHeldBytes {
+			m.proposalsDropped.Add(1)
+			return
+		}
+		if c.backlogged() {
+			m.proposalsShed.Add(1)
+			return
+		}
+		ns := c.space(now, spaceKey{p.frame.OrgID, p.frame.Namespace})
+		e = &entry{id: id, key: ns.key, ns: ns, p: *p}
+		c.own(now, &e.p, ns)
+		ns.maxSeen = max(ns.maxSeen, p.frame.Seq)
+		c.add(now, e)
+	} else if e.p.prev != p.prev {
+		m.proposalsConflicting.Add(1)
+		return
+	}
+	if cert != nil {
+		c.applyCertificate(now, e, *cert)
+	}
+	switch {
+	case e.phase == phaseUndecided && e.myVote == 0:
+		c.castVote(now, e)
+	case e.phase == phaseUndecided:
+		c.resendVote(now, e, from)
+	case cert == nil && e.phase.accepted():
+		c.serve(now, e, from) // someone is still proposing a frame decided here
+	case cert == nil:
+		c.resendVote(now, e, from)
+	}
+}
+
+// own makes a decoded proposal (whose strings and value alias the message)
+// safe to keep: namespace names are interned, the rest copied.
+func (c *core) own(now int64, p *proposal, ns *nsState) {
+	f := &p.frame
+	f.OrgID, f.Namespace = ns.key.org, ns.key.ns
+	switch f.Op {
+	case "put":
+		f.Op = "put"
+	case "del":
+		f.Op = "del"
+	default:
+		f.Op = strings.Clone(f.Op)
+	}
+	f.Key = strings.Clone(f.Key)
+	if len(f.Value) > 0 {
+		f.Value = bytes.Clone(f.Value)
+	}
+	if p.after.n > 0 {
+		// One reference per namespace, its highest Seq, as a proposer
+		// sends them: a list naming a namespace over and over costs no
+		// more than naming it once.
+		c.depPass++
+		p.deps = make([]depRef, 0, min(p.after.n, 16))
+		for a := range p.after.all() {
+			ns := c.space(now, spaceKey{a.org, a.ns})
+			if ns.depPass == c.depPass {
+				p.deps[ns.depAt].seq = max(p.deps[ns.depAt].seq, a.seq)
+				continue
+			}
+			ns.depPass, ns.depAt = c.depPass, len(p.deps)
+			p.deps = append(p.deps, depRef{ns, a.seq})
+		}
+		p.after = refList{}
+	}
+}
+
+func (c *core) applyCertificate(now int64, e *entry, voters nodeList) {
+	m := c.m
+	if voters.len() > c.cfg.n() {
+		m.certificatesBad.Add(1)
+		return
+	}
+	var seen voterSet
+	idx := make([]int, 0, voters.len())
+	for k := range voters.len() {
+		i, ok := c.cfg.byNodeID[voters.at(k)]
+		// A certificate naming this validator, which cancelled the frame,
+		// is a lie: an honest one lists commit votes its sender received.
+		if !ok || seen.has(i) || (i == c.cfg.self && e.cancels.has(i)) {
+			m.certificatesBad.Add(1)
+			return
+		}
+		seen.add(i)
+		idx = append(idx, i)
+	}
+	if len(idx) < c.cfg.q {
+		m.certificatesBad.Add(1)
+		return
+	}
+	if e.phase == phaseRejected {
+		m.conflicts.Add(1)
+		c.logf(slog.LevelError, "certificate for a frame rejected here", "org", e.key.org, "ns", e.key.ns, "seq", e.p.frame.Seq)
+		return
+	}
+	if e.phase != phaseUndecided {
+		return
+	}
+	m.certificates.Add(1)
+	for _, i := range idx {
+		if e.phase != phaseUndecided {
+			break
+		}
+		if !e.commits.has(i) && !e.cancels.has(i) {
+			c.countVote(now, e, i, voteCommit)
+		}
+	}
+}
+
+func (c *core) onVote(now int64, v *vote, from int) {
+	m := c.m
+	voter, ok := c.cfg.byNodeID[v.voter]
+	switch {
+	case !ok:
+		m.votesUnknownVoter.Add(1)
+		return
+	case v.typ != voteCommit && v.typ != voteCancel:
+		m.votesBadType.Add(1)
+		return
+	case from >= 0 && from != voter:
+		m.votesWrongSender.Add(1)
+		return
+	}
+	m.votesReceived.Add(1)
+	e := c.entries[v.block]
+	if e == nil {
+		c.orphan(now, v, voter)
+		return
+	}
+	if e.p.prev != v.prev {
+		m.votesOtherPosition.Add(1) // cast for this frame at another position
+		return
+	}
+	again := e.commits.has(voter) || e.cancels.has(voter)
+	c.countVote(now, e, voter, v.typ)
+	if again && e.phase.accepted() {
+		// A repeated vote is a re-send: its voter has not learned that the
+		// frame was accepted; the certificate tells it. (A rejected frame
+		// is served on fetch only: serving it re-sends a vote, and answering
+		// repeated votes with votes would echo between decided nodes.)
+		c.serve(now, e, voter)
+	}
+}
+
+// orphan holds the votes received for a block this node does not hold
+// (yet), each with the position it was cast at.
+type orphan struct {
+	votes     []orphanVote
+	born      int64
+	nextFetch int64
+	fetches   uint32
+}
+
+type orphanVote struct {
+	prev  uint64 // the position it was cast at
+	voter uint16
+	typ   byte
+}
+
+// orphan holds a vote for a block this node does not have (yet): it counts
+// if the block arrives at the vote's position, and a fetch asks one of its
+// voters for the block (repairOrphans).
+func (c *core) orphan(now int64, v *vote, voter int) {
+	c.m.votesUnknownBlock.Add(1)
+	id := v.block
+	o := c.orphans[id]
+	if o == nil {
+		for len(c.orphans) >= maxOrphans && len(c.orphanQ) > 0 {
+			old := c.orphanQ[0]
+			c.orphanQ = c.orphanQ[1:]
+			if x := c.orphans[old]; x != nil {
+				c.m.votesDropped.Add(uint64(len(x.votes)))
+				delete(c.orphans, old)
+			}
+		}
+		o = &orphan{born: now, nextFetch: now + c.cfg.witness/2}
+		c.orphans[id] = o
+		c.orphanQ = append(c.orphanQ, id)
+	}
+	held := 0 // this voter's votes held for the block
+	for _, x := range o.votes {
+		if int(x.voter) == voter {
+			if x.prev == v.prev {
+				return // a re-send: the first counts
+			}
+			held++
+		}
+	}
+	if held >= 2 { // room for each voter at two positions: no voter crowds out the others
+		c.m.votesDropped.Add(1)
+		return
+	}
+	o.votes = append(o.votes, orphanVote{prev: v.prev, voter: uint16(voter), typ: v.typ})
+}
+
+// remember keeps this validator's vote on a frame it forgets, so that if the
+// frame comes back (a late re-send, a fetch answer) it gets the same vote
+// again: a validator that voted cancel and later commit on one frame could
+// let one node count the cancel and another the commit, breaking S1. A
+// vote is remembered by block and position, as votes count (see wire.go).
+//
+// Only votes at positions the namespace has not passed matter: a validator
+// commits only on top of its head, and a frame at a passed position can
+// never be accepted (another frame holds q commits there), so a different
+// vote on it is harmless. The memory therefore drops the oldest votes beyond
+// forgotCap only once their position is passed; votes at a current position
+// are kept whatever their number (they are bounded by the frames racing for
+// the heads of the namespaces).
+func (c *core) remember(e *entry) {
+	if e.myVote == 0 || e.p.prev < e.ns.head {
+		return // no vote, or a passed position: nothing to protect
+	}
+	for n := min(len(c.forgotQ), 8); n > 0 && len(c.forgotQ) >= c.forgotCap; n-- { // bounded work per call
+		old := c.forgotQ[0]
+		c.forgotQ = c.forgotQ[1:]
+		v, ok := c.forgot[old.at]
+		if !ok || v.gen != old.gen {
+			continue // restored or re-forgotten since
+		}
+		if v.ns.head <= old.at.prev && !v.ns.evicted {
+			c.forgotQ = append(c.forgotQ, old) // still current: keep
+			continue
+		}
+		delete(c.forgot, old.at)
+	}
+	c.forgotGen++
+	at := blockAt{e.id, e.p.prev}
+	c.forgot[at] = forgotVote{typ: e.myVote, gen: c.forgotGen, ns: e.ns}
+	c.forgotQ = append(c.forgotQ, forgotRef{at: at, gen: c.forgotGen})
+}
+
+type forgotVote struct {
+	typ byte
+	gen uint64
+	ns  *nsState
+}
+
+type forgotRef struct {
+	at  blockAt
+	gen uint64
+}
+
+// blockAt is a block at a chain position: what a vote is cast for.
+type blockAt struct {
+	id   [idLen]byte
+	prev uint64
+}
