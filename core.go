@@ -58,7 +58,6 @@ type core struct {
 	spaces    map[spaceKey]*nsState
 	spaceList []*nsState // namespaces with a head, for digests
 	newSpaces []*nsState // namespaces made without a head, checked for eviction
-	depPass   uint64     // counts own calls, to spot a namespace an after list names twice
 	digestAt  int
 
 	// The held frames, by lifecycle: undecided (ordered by next repair),
@@ -98,7 +97,7 @@ type core struct {
 	returned uint64 // Propose calls of this node that returned Accept
 
 	// forgot: this validator's votes on frames it forgot (see remember).
-	forgot    map[blockAt]forgotVote
+	forgot    map[[idLen]byte]forgotVote
 	forgotQ   []forgotRef
 	forgotGen uint64
 	forgotCap int
@@ -193,7 +192,7 @@ func newCore(cfg coreConfig, m *metrics) (*core, error) {
 		spaces:    make(map[spaceKey]*nsState),
 		orphans:   make(map[[idLen]byte]*orphan),
 		probes:    make(map[spaceKey]int64),
-		forgot:    make(map[blockAt]forgotVote),
+		forgot:    make(map[[idLen]byte]forgotVote),
 		forgotCap: 4 * cfg.retainFrames,
 	}
 	c.out.init(cfg.n(), cfg.unicast, m)
@@ -251,11 +250,16 @@ func (c *core) space(now int64, key spaceKey) *nsState {
 	return ns
 }
 
-// live returns the current state of the namespace d names: d.ns, unless
-// that namespace was evicted since (then it is looked up, or made again).
-func (c *core) live(now int64, d *depRef) *nsState {
+// live returns the current state of the namespace d names, or nil if
+// this node no longer knows it: d.ns, unless that namespace was evicted
+// since (then it is looked up again).
+func (c *core) live(d *depRef) *nsState {
 	if d.ns.evicted {
-		d.ns = c.space(now, d.ns.key)
+		if ns := c.spaces[d.ns.key]; ns != nil {
+			d.ns = ns
+		} else {
+			return nil
+		}
 	}
 	return d.ns
 }
@@ -290,14 +294,13 @@ func (c *core) handle(now int64, rec *record, from int) {
 	}
 }
 
-// prepareRecords computes the block ID of every proposal's and
-// certificate's frame. It needs no core state: the driver runs it before
-// it takes its lock.
+// prepareRecords computes the block ID of every proposal and
+// certificate. It needs no core state: the driver runs it before it takes
+// its lock.
 func prepareRecords(recs []record) {
-	var buf []byte
 	for i := range recs {
 		if rec := &recs[i]; rec.typ == recProposal || rec.typ == recCertificate {
-			rec.id, buf = rec.prop.frame.blockID(buf)
+			rec.id = blockIDOf(rec.prop.raw)
 		}
 	}
 }

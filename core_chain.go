@@ -108,7 +108,7 @@ func (c *core) reevaluate(now int64, ns *nsState) {
 }
 
 func (c *core) enqueueApply(now int64, ns *nsState, e *entry) {
-	if len(ns.pending) == 0 && c.afterOK(now, e) {
+	if len(ns.pending) == 0 && c.afterOK(e) {
 		c.dispatch(now, ns, e)
 		return
 	}
@@ -121,20 +121,68 @@ func (c *core) enqueueApply(now int64, ns *nsState, e *entry) {
 
 // afterOK reports whether every frame that e's proposer ordered before it
 // was queued for apply here (or its namespace is known to be lost).
-func (c *core) afterOK(now int64, e *entry) bool {
+func (c *core) afterOK(e *entry) bool {
+	if e.p.unknown > 0 && !c.resolveDeps(&e.p) {
+		return false // a namespace this node does not know: nothing queued there
+	}
 	for i := range e.p.deps {
-		a := &e.p.deps[i]
-		if dep := c.live(now, a); dep.dispatched < a.seq && !dep.behind {
+		if !c.depOK(&e.p.deps[i]) {
 			return false
 		}
 	}
 	return true
 }
 
+// resolveDeps resolves p's after list (p.after) to the namespaces this node
+// knows (p.deps), unless it is resolved already, and reports whether every
+// namespace it names is known. Only a proposal naming a namespace this node
+// did not know when it took the proposal in has one to resolve.
+func (c *core) resolveDeps(p *proposal) bool {
+	if p.unknown == 0 {
+		return true
+	}
+	deps := p.deps[:0]
+	unknown := 0
+	for a := range p.after.all() {
+		if ns := c.spaces[spaceKey{a.org, a.ns}]; ns != nil {
+			deps = append(deps, depRef{ns, a.seq})
+		} else if a.seq > 0 {
+			unknown++
+		}
+	}
+	p.deps, p.unknown = deps, unknown
+	return unknown == 0
+}
+
+// depOK reports whether the frame a names was queued for apply here (or
+// its namespace is known to be lost).
+func (c *core) depOK(a *depRef) bool {
+	dep := c.live(a)
+	return dep != nil && (dep.dispatched >= a.seq || dep.behind)
+}
+
+// waitAfter registers ns, whose pending head e waits for its after list,
+// with the first namespace e still waits for, and asks for that
+// namespace's frames if this node lacks them.
 func (c *core) waitAfter(now int64, ns *nsState, e *entry) {
+	if !c.resolveDeps(&e.p) {
+		for a := range e.p.after.all() {
+			if c.spaces[spaceKey{a.org, a.ns}] == nil && a.seq > 0 {
+				dep := c.space(now, spaceKey{a.org, a.ns}) // known from now on
+				dep.afterWaiters = append(dep.afterWaiters, ns)
+				c.requestSync(now, dep, e.origin)
+				return
+			}
+		}
+	}
 	for i := range e.p.deps {
 		a := &e.p.deps[i]
-		if dep := c.live(now, a); dep.dispatched < a.seq && !dep.behind {
+		if !c.depOK(a) {
+			dep := c.live(a)
+			if dep == nil {
+				dep = c.space(now, a.ns.key) // evicted meanwhile: known from now on
+				a.ns = dep
+			}
 			dep.afterWaiters = append(dep.afterWaiters, ns)
 			if dep.head < a.seq {
 				c.requestSync(now, dep, e.origin)
@@ -173,7 +221,7 @@ func (c *core) wakeAfterWaiters(now int64, ns *nsState) {
 func (c *core) drainPending(now int64, ns *nsState) {
 	for len(ns.pending) > 0 {
 		e := ns.pending[0]
-		if !c.afterOK(now, e) {
+		if !c.afterOK(e) {
 			c.waitAfter(now, ns, e)
 			return
 		}

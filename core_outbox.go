@@ -134,7 +134,7 @@ func (c *core) sendProposal(p *proposal, to int) {
 // sendVote sends this validator's vote on e.
 func (c *core) sendVote(e *entry, to int) {
 	if slot, ok := c.out.begin(to); ok {
-		c.out.bufs[slot] = appendVoteRecord(c.out.bufs[slot], e.p.prev, &e.id, &c.cfg.ids[c.cfg.self], e.myVote)
+		c.out.bufs[slot] = appendVoteRecord(c.out.bufs[slot], &e.id, &c.cfg.ids[c.cfg.self], e.myVote)
 		c.out.end(slot)
 	}
 }

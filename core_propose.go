@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"math"
@@ -36,51 +37,46 @@ var errUnordered = errors.New("an identical frame proposed earlier is still unde
 func (c *core) propose(now int64, cl *call) {
 	f := &cl.frame
 	ns := c.space(now, spaceKey{f.OrgID, f.Namespace})
-	if f.Seq > ns.head && c.attachRetry(now, ns, cl) {
+	if f.Seq != 0 && ns.mine != nil && ns.mine.call == nil && sameFrame(&ns.mine.p.frame, f) {
+		c.attachRetry(ns.mine, cl)
 		return
 	}
 	if ns.mine != nil || len(ns.turns) > 0 {
 		cl.queued = true
 		ns.turns = append(ns.turns, cl)
+		if mine := ns.mine; mine != nil && mine.call == nil {
+			mine.repairAt, mine.backoff = 0, 0 // someone waits for it again: repair it at once
+		}
 		return
 	}
 	c.start(now, ns, cl)
 }
 
-// attachRetry handles a Propose of a frame (with an explicit Seq above the
-// namespace's head) that is identical to one this node holds: a retry
-// after a timeout waits for the undecided original. It reports whether it
-// decided or attached the call.
-func (c *core) attachRetry(now int64, ns *nsState, cl *call) bool {
-	if c.solo {
-		return false // nothing is held
-	}
-	id, _ := cl.frame.blockID(nil)
-	e := c.entries[id]
-	if e == nil {
-		return false
-	}
-	f := &cl.frame
-	switch {
-	case e.phase != phaseUndecided || e.p.prev != ns.head || e.call != nil:
-		c.decide(cl, DecisionReject, fmt.Errorf("%w: an identical frame %s/%s seq %d was already proposed",
-			ErrRejected, f.OrgID, f.Namespace, f.Seq))
-	case !e.own || e.returned != c.returned:
-		// Its after list was made before Propose calls of this node
-		// returned Accept (or by another node): waiting for it would not
-		// order this call after them (S5).
+// attachRetry handles a Propose of the very frame (with an explicit Seq)
+// that this node's undecided frame e in the namespace holds, and that no
+// call waits for: a retry after a timeout. The call waits for e, unless
+// another Propose of this node returned Accept since e was proposed: e's
+// after list does not order it after that one (S5), so the call returns
+// Timeout at once.
+func (c *core) attachRetry(e *entry, cl *call) {
+	if e.returned != c.returned {
+		f := &cl.frame
 		c.decide(cl, DecisionTimeout, fmt.Errorf("%w: %s/%s seq %d: %w", ErrTimeout, f.OrgID, f.Namespace, f.Seq, errUnordered))
-	default:
-		e.call, cl.e = cl, e
+		return
 	}
-	return true
+	e.call, cl.e = cl, e
+}
+
+// sameFrame reports whether a and b are the same frame, byte for byte.
+func sameFrame(a, b *Frame) bool {
+	return a.Seq == b.Seq && a.OrgID == b.OrgID && a.Namespace == b.Namespace &&
+		a.Op == b.Op && a.Key == b.Key && bytes.Equal(a.Value, b.Value)
 }
 
 // start proposes cl's frame on top of the namespace's head. The namespace
 // has no own undecided frame.
 func (c *core) start(now int64, ns *nsState, cl *call) {
 	f := &cl.frame
-	explicit := f.Seq != 0
 	seq := f.Seq
 	if seq == 0 {
 		seq = max(ns.maxSeen, ns.head) + 1
@@ -96,14 +92,7 @@ func (c *core) start(now int64, ns *nsState, cl *call) {
 	}
 	f.Seq = seq
 	ns.maxSeen = max(ns.maxSeen, seq)
-	// An identical frame held here (a peer's, or an own frame at another
-	// position) must not be proposed again under the same block ID. With
-	// an assigned Seq there is none: it is above every Seq seen here.
-	if explicit && c.attachRetry(now, ns, cl) {
-		return
-	}
 	e := &entry{key: ns.key, ns: ns, own: true, returned: c.returned}
-	e.id, _ = f.blockID(nil)
 	e.p.frame = *f
 	e.p.prev = ns.head
 	for _, dep := range c.frontier {
@@ -117,7 +106,25 @@ func (c *core) start(now int64, ns *nsState, cl *call) {
 		}
 		e.p.deps = append(e.p.deps, depRef{dep, dep.frontierSeq})
 	}
+	slices.SortFunc(e.p.deps, func(a, b depRef) int {
+		return compareRefs(a.ns.key.org, a.ns.key.ns, b.ns.key.org, b.ns.key.ns)
+	})
 	e.p.proposer = c.cfg.ids[c.cfg.self]
+	e.p.raw = appendProposal(nil, &e.p)
+	e.id = blockIDOf(e.p.raw)
+	if held := c.entries[e.id]; held != nil {
+		// This very proposal (frame, position, after list) was made
+		// before and is still held: it is the same block, with the same
+		// votes.
+		if held.phase == phaseUndecided && held.own && held.call == nil {
+			ns.mine = held
+			held.call, cl.e = cl, held
+			return
+		}
+		c.decide(cl, DecisionReject, fmt.Errorf("%w: %s/%s seq %d: this very proposal was decided already (%s)",
+			ErrRejected, f.OrgID, f.Namespace, f.Seq, held.phase))
+		return
+	}
 	e.call, cl.e = cl, e
 	ns.mine = e
 	c.add(now, e)
@@ -181,7 +188,8 @@ func (c *core) decide(cl *call, d Decision, err error) {
 func (c *core) returnedAccept(e *entry) {
 	c.returned++
 	for i := range e.p.deps {
-		if dep := e.p.deps[i].ns; !dep.evicted && dep.frontierAt != 0 && dep.frontierSeq <= e.p.deps[i].seq {
+		// Namespaces in the frontier are never evicted: d.ns is current.
+		if dep := e.p.deps[i].ns; dep != nil && dep.frontierAt != 0 && dep.frontierSeq <= e.p.deps[i].seq {
 			c.leaveFrontier(dep)
 		}
 	}

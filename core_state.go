@@ -182,10 +182,6 @@ type nsState struct {
 	// at index frontierAt-1 (0: not in it).
 	frontierSeq uint64
 	frontierAt  int
-	// depPass and depAt: the after list being owned (core.depPass) names
-	// this namespace at deps[depAt].
-	depPass uint64
-	depAt   int
 	// chain holds the accepted frames this node retains, by the Seq they
 	// extend (their position): how links are followed and syncs served.
 	chain map[uint64]*entry
@@ -245,10 +241,9 @@ type call struct {
 	wake chan struct{}
 }
 
-// depRef is an after-list entry a node holds: the namespace's state on
-// this node and the Seq. It replaces the names (nsRef) once a proposal is
-// made or owned, so that the apply path follows a pointer instead of
-// looking the names up again.
+// depRef is an after-list entry a node holds, resolved: the namespace's
+// state on this node and the Seq, so that the apply path follows a pointer
+// instead of looking the name up again (see proposal.deps).
 type depRef struct {
 	ns  *nsState
 	seq uint64

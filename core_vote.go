@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"strings"
 
 	"github.com/luxfi/consensus"
 )
@@ -19,8 +18,8 @@ import (
 // (nsState.voted), and only at its own head: any other frame there gets a
 // cancel vote, a frame beyond its head waits (deferred) until this node
 // caught up, and a frame below its head gets no vote. Its vote on a frame
-// never changes, also after it forgot the frame (remember). A vote counts
-// only at the position it was cast at.
+// never changes, also after it forgot the frame (remember). A vote names a
+// block, and a block names its position: a vote counts only there.
 //
 // Deciding (S1, S2). Only checked votes count: from validators, one per
 // validator per frame, from the sender itself when the transport knows the
@@ -60,15 +59,12 @@ func (c *core) add(now int64, e *entry) {
 		e.ns.open = append(e.ns.open, e)
 	}
 	c.relist(e, &c.undecided)
-	if v, ok := c.forgot[blockAt{e.id, e.p.prev}]; ok {
-		delete(c.forgot, blockAt{e.id, e.p.prev})
+	if v, ok := c.forgot[e.id]; ok {
+		delete(c.forgot, e.id)
 		ns := e.ns
 		current := v.typ == voteCommit && e.p.prev == ns.head
 		if !current || ns.voted == nil || ns.voted.id == e.id {
-			// A frame this validator voted on at this position and forgot:
-			// same vote again. (Remembered by block and position: at
-			// another position the vote is cast afresh, by the voting
-			// rule, and a commit counts at one position only.)
+			// A block this validator voted on and forgot: same vote again.
 			e.myVote, e.voted = v.typ, now
 			if current {
 				ns.voted = e
@@ -79,31 +75,32 @@ func (c *core) add(now int64, e *entry) {
 	if o := c.orphans[e.id]; o != nil {
 		delete(c.orphans, e.id)
 		for _, x := range o.votes {
-			switch {
-			case x.prev != e.p.prev:
-				c.m.votesOtherPosition.Add(1)
-			case e.phase == phaseUndecided:
+			if e.phase == phaseUndecided {
 				c.countVote(now, e, int(x.voter), x.typ)
 			}
 		}
 	}
 }
 
-// relist moves e to list to (nil: to none), keeping heldBytes: the bytes
-// of peers' frames in undecided and waiting.
+// relist moves e to list to (nil: to none), keeping heldBytes: what the
+// peers' frames in undecided and waiting weigh (heldWeight).
 func (c *core) relist(e *entry, to *entryList) {
 	held := func(l *entryList) bool { return !e.own && (l == &c.undecided || l == &c.waiting) }
 	if held(e.inList) {
-		c.heldBytes -= e.size
+		c.heldBytes -= heldWeight(e)
 	}
 	unlist(e)
 	if to != nil {
 		to.pushBack(e)
 		if held(to) {
-			c.heldBytes += e.size
+			c.heldBytes += heldWeight(e)
 		}
 	}
 }
+
+// heldWeight is about the memory a held frame takes: its JSON size, and
+// its after list (names included, counted generously).
+func heldWeight(e *entry) int { return e.size + 64*len(e.p.deps) }
 
 // castVote applies this validator's voting rule to e.
 func (c *core) castVote(now int64, e *entry) {
@@ -276,7 +273,7 @@ func (c *core) onProposal(now int64, p *proposal, cert *nodeList, id [idLen]byte
 		}
 		ns := c.space(now, spaceKey{p.frame.OrgID, p.frame.Namespace})
 		e = &entry{id: id, key: ns.key, ns: ns, p: *p}
-		c.own(now, &e.p, ns)
+		c.own(&e.p, ns)
 		ns.maxSeen = max(ns.maxSeen, p.frame.Seq)
 		c.add(now, e)
 	} else if e.p.prev != p.prev {
@@ -298,9 +295,15 @@ func (c *core) onProposal(now int64, p *proposal, cert *nodeList, id [idLen]byte
 	}
 }
 
-// own makes a decoded proposal (whose strings and value alias the message)
-// safe to keep: namespace names are interned, the rest copied.
-func (c *core) own(now int64, p *proposal, ns *nsState) {
+// own makes a decoded proposal (whose strings, value and after list alias
+// the message) safe to keep: one copy of its canonical bytes, which the
+// frame then aliases (the namespace names are interned), and its after
+// list resolved to the namespaces this node knows. A namespace named in the
+// after list and unknown here gets no state (see resolveDeps).
+func (c *core) own(p *proposal, ns *nsState) {
+	raw := bytes.Clone(p.raw)
+	d := decoder{b: raw}
+	d.proposal(p, 0) // decodes again what was decoded once: it cannot fail
 	f := &p.frame
 	f.OrgID, f.Namespace = ns.key.org, ns.key.ns
 	switch f.Op {
@@ -308,30 +311,9 @@ func (c *core) own(now int64, p *proposal, ns *nsState) {
 		f.Op = "put"
 	case "del":
 		f.Op = "del"
-	default:
-		f.Op = strings.Clone(f.Op)
 	}
-	f.Key = strings.Clone(f.Key)
-	if len(f.Value) > 0 {
-		f.Value = bytes.Clone(f.Value)
-	}
-	if p.after.n > 0 {
-		// One reference per namespace, its highest Seq, as a proposer
-		// sends them: a list naming a namespace over and over costs no
-		// more than naming it once.
-		c.depPass++
-		p.deps = make([]depRef, 0, min(p.after.n, 16))
-		for a := range p.after.all() {
-			ns := c.space(now, spaceKey{a.org, a.ns})
-			if ns.depPass == c.depPass {
-				p.deps[ns.depAt].seq = max(p.deps[ns.depAt].seq, a.seq)
-				continue
-			}
-			ns.depPass, ns.depAt = c.depPass, len(p.deps)
-			p.deps = append(p.deps, depRef{ns, a.seq})
-		}
-		p.after = refList{}
-	}
+	p.deps, p.unknown = nil, p.after.n
+	c.resolveDeps(p)
 }
 
 func (c *core) applyCertificate(now int64, e *entry, voters nodeList) {
@@ -396,10 +378,6 @@ func (c *core) onVote(now int64, v *vote, from int) {
 		c.orphan(now, v, voter)
 		return
 	}
-	if e.p.prev != v.prev {
-		m.votesOtherPosition.Add(1) // cast for this frame at another position
-		return
-	}
 	again := e.commits.has(voter) || e.cancels.has(voter)
 	c.countVote(now, e, voter, v.typ)
 	if again && e.phase.accepted() {
@@ -412,7 +390,7 @@ func (c *core) onVote(now int64, v *vote, from int) {
 }
 
 // orphan holds the votes received for a block this node does not hold
-// (yet), each with the position it was cast at.
+// (yet): one per voter.
 type orphan struct {
 	votes     []orphanVote
 	born      int64
@@ -421,7 +399,6 @@ type orphan struct {
 }
 
 type orphanVote struct {
-	prev  uint64 // the position it was cast at
 	voter uint16
 	typ   byte
 }
@@ -446,20 +423,12 @@ func (c *core) orphan(now int64, v *vote, voter int) {
 		c.orphans[id] = o
 		c.orphanQ = append(c.orphanQ, id)
 	}
-	held := 0 // this voter's votes held for the block
 	for _, x := range o.votes {
 		if int(x.voter) == voter {
-			if x.prev == v.prev {
-				return // a re-send: the first counts
-			}
-			held++
+			return // a re-send: the first counts
 		}
 	}
-	if held >= 2 { // room for each voter at two positions: no voter crowds out the others
-		c.m.votesDropped.Add(1)
-		return
-	}
-	o.votes = append(o.votes, orphanVote{prev: v.prev, voter: uint16(voter), typ: v.typ})
+	o.votes = append(o.votes, orphanVote{voter: uint16(voter), typ: v.typ})
 }
 
 // remember keeps this validator's vote on a frame it forgets, so that if the
@@ -482,35 +451,29 @@ func (c *core) remember(e *entry) {
 	for n := min(len(c.forgotQ), 8); n > 0 && len(c.forgotQ) >= c.forgotCap; n-- { // bounded work per call
 		old := c.forgotQ[0]
 		c.forgotQ = c.forgotQ[1:]
-		v, ok := c.forgot[old.at]
+		v, ok := c.forgot[old.id]
 		if !ok || v.gen != old.gen {
 			continue // restored or re-forgotten since
 		}
-		if v.ns.head <= old.at.prev && !v.ns.evicted {
+		if v.ns.head <= v.prev {
 			c.forgotQ = append(c.forgotQ, old) // still current: keep
 			continue
 		}
-		delete(c.forgot, old.at)
+		delete(c.forgot, old.id)
 	}
 	c.forgotGen++
-	at := blockAt{e.id, e.p.prev}
-	c.forgot[at] = forgotVote{typ: e.myVote, gen: c.forgotGen, ns: e.ns}
-	c.forgotQ = append(c.forgotQ, forgotRef{at: at, gen: c.forgotGen})
+	c.forgot[e.id] = forgotVote{typ: e.myVote, gen: c.forgotGen, ns: e.ns, prev: e.p.prev}
+	c.forgotQ = append(c.forgotQ, forgotRef{id: e.id, gen: c.forgotGen})
 }
 
 type forgotVote struct {
-	typ byte
-	gen uint64
-	ns  *nsState
+	typ  byte
+	gen  uint64
+	ns   *nsState
+	prev uint64 // the position of the block voted on
 }
 
 type forgotRef struct {
-	at  blockAt
+	id  [idLen]byte
 	gen uint64
-}
-
-// blockAt is a block at a chain position: what a vote is cast for.
-type blockAt struct {
-	id   [idLen]byte
-	prev uint64
 }

@@ -35,6 +35,9 @@ func (c *core) debugDump() string {
 				d := a.ns
 				fmt.Fprintf(&b, "     dep %s/%s need %d: head=%d dispatched=%d behind=%v evicted=%v\n", d.key.org, d.key.ns, a.seq, d.head, d.dispatched, d.behind, d.evicted)
 			}
+			if e.p.unknown > 0 {
+				fmt.Fprintf(&b, "     and %d namespaces not known here\n", e.p.unknown)
+			}
 		}
 		for prev, e := range ns.chain {
 			if e.p.prev >= ns.head && e.phase == phaseAccepted {

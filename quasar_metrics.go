@@ -25,20 +25,18 @@ type QuasarMetrics struct {
 	// VotesReceived counts checked votes from validators. Votes dropped,
 	// by reason: voter not a validator, vote type not commit/cancel, voter
 	// is not the authenticated sender, repeated vote of one voter for one
-	// frame. VotesUnknownBlock counts votes for a frame not held when they
-	// arrived (held aside, counted if the frame arrives);
-	// VotesDropped counts those never claimed. VotesOtherPosition counts
-	// votes cast for a frame at another chain position than the proposal
-	// of it held here (the same frame proposed again after its first
-	// attempt failed): they never count.
-	VotesReceived      uint64 `json:"votes_received"`
-	VotesUnknownVoter  uint64 `json:"votes_unknown_voter"`
-	VotesBadType       uint64 `json:"votes_bad_type"`
-	VotesWrongSender   uint64 `json:"votes_wrong_sender"`
-	VotesDuplicate     uint64 `json:"votes_duplicate"`
-	VotesUnknownBlock  uint64 `json:"votes_unknown_block"`
-	VotesOtherPosition uint64 `json:"votes_other_position"`
-	VotesDropped       uint64 `json:"votes_dropped"`
+	// frame. VotesUnknownBlock counts votes for a block not held when they
+	// arrived (held aside, counted if the block arrives; a block names a
+	// frame at one chain position, so a vote for the same frame proposed
+	// at another position is for another block); VotesDropped counts
+	// those never claimed.
+	VotesReceived     uint64 `json:"votes_received"`
+	VotesUnknownVoter uint64 `json:"votes_unknown_voter"`
+	VotesBadType      uint64 `json:"votes_bad_type"`
+	VotesWrongSender  uint64 `json:"votes_wrong_sender"`
+	VotesDuplicate    uint64 `json:"votes_duplicate"`
+	VotesUnknownBlock uint64 `json:"votes_unknown_block"`
+	VotesDropped      uint64 `json:"votes_dropped"`
 
 	// Repairs: proposals re-sent by their proposer, fetches for undecided
 	// or unknown frames, frames served to peers, namespace syncs asked for,
@@ -106,7 +104,6 @@ type metrics struct {
 	applyErrors                                    atomic.Uint64
 	votesReceived, votesUnknownVoter, votesBadType atomic.Uint64
 	votesWrongSender, votesDuplicate               atomic.Uint64
-	votesOtherPosition                             atomic.Uint64
 	votesUnknownBlock, votesDropped                atomic.Uint64
 	resent, fetches, served, syncRequests          atomic.Uint64
 	certificates                                   atomic.Uint64
@@ -127,9 +124,8 @@ func (m *metrics) snapshot() QuasarMetrics {
 		VotesReceived: m.votesReceived.Load(), VotesUnknownVoter: m.votesUnknownVoter.Load(),
 		VotesBadType: m.votesBadType.Load(), VotesWrongSender: m.votesWrongSender.Load(),
 		VotesDuplicate: m.votesDuplicate.Load(), VotesUnknownBlock: m.votesUnknownBlock.Load(),
-		VotesOtherPosition: m.votesOtherPosition.Load(),
-		VotesDropped:       m.votesDropped.Load(),
-		Resent:             m.resent.Load(), Fetches: m.fetches.Load(), Served: m.served.Load(),
+		VotesDropped: m.votesDropped.Load(),
+		Resent:       m.resent.Load(), Fetches: m.fetches.Load(), Served: m.served.Load(),
 		SyncRequests: m.syncRequests.Load(), Certificates: m.certificates.Load(),
 		MessagesSent: m.messagesSent.Load(), SendErrors: m.sendErrors.Load(), Malformed: m.malformed.Load(),
 		OutboxDropped: m.outboxDropped.Load(),

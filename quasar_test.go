@@ -336,14 +336,14 @@ func TestQuasar_ForgedAndDuplicateVotesNeverCount(t *testing.T) {
 	outsider := hub.Connect("mallory") // not a validator at all
 
 	f := Frame{OrgID: "org", Namespace: "ns", Seq: 1, Op: "put", Key: "k", Value: []byte("v")}
-	id, _ := (&f).blockID(nil)
+	id := proposalID(&proposal{frame: f, proposer: validatorNodeID("node-0")}) // node-0's proposal of f
 	res := make(chan Decision, 1)
 	go func() { d, _ := rs[0].Propose(context.Background(), f); res <- d }()
 	require.Eventually(t, func() bool { return rs[0].Metrics().VotesReceived >= 1 }, 5*time.Second, time.Millisecond)
 
 	send := func(tr *MemoryTransport, voter string, typ byte) {
 		v := validatorNodeID(voter)
-		msg := finishMessage(appendVoteRecord(newMessage(nil), 0, &id, &v, typ), 1)
+		msg := finishMessage(appendVoteRecord(newMessage(nil), &id, &v, typ), 1)
 		require.NoError(t, tr.Broadcast(context.Background(), quasarKind, msg))
 	}
 	send(outsider, "mallory", voteCommit) // not a validator, not a validator's link
@@ -636,12 +636,11 @@ func stuckHandler(t *testing.T, r *QuasarReplicator, match func(Frame) bool) (en
 	return in, release
 }
 
-// payloadSize is the size of f's JSON encoding (its block payload) with
-// Seq seq: what it counts in the apply backlog.
+// payloadSize is the size of f's JSON encoding with Seq seq: what it
+// counts in the apply backlog.
 func payloadSize(f Frame, seq uint64) int {
 	f.Seq = seq
-	_, payload := f.block()
-	return len(payload)
+	return f.size()
 }
 
 // A node whose handler is stuck queues at most MaxApplyBacklog bytes of

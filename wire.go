@@ -1,9 +1,13 @@
 package replication
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"hash"
 	"iter"
+	"strings"
+	"sync"
 	"unsafe"
 )
 
@@ -21,7 +25,7 @@ import (
 //	proposal    = frame ‖ prev:uvarint ‖ n:uvarint ‖ (afterOrg:str ‖ afterNs:str ‖ afterSeq:uvarint) × n ‖ proposer:20
 //
 //	type 1 proposal     body = proposal
-//	type 2 vote         body = prev:uvarint ‖ blockID:32 ‖ voter:20 ‖ voteType:u8 ‖ signature (rest of body, may be empty)
+//	type 2 vote         body = blockID:32 ‖ voter:20 ‖ voteType:u8 ‖ signature (rest of body, may be empty)
 //	type 3 certificate  body = proposalLen:uvarint ‖ proposal ‖ n:uvarint ‖ voter:20 × n
 //	type 4 fetch        body = blockID:32 ‖ requester:20 ‖ asked:20
 //	type 5 sync         body = org:str ‖ ns:str ‖ from:uvarint ‖ requester:20 ‖ asked:20
@@ -31,17 +35,21 @@ import (
 // The vote is the documented consensus vote: block ID (32 bytes) ‖ voter
 // NodeID (20 bytes: the first 20 bytes of SHA-256 of the validator's string
 // ID) ‖ vote type (1 byte, the github.com/luxfi/consensus VoteType: 1 commit,
-// 2 cancel) ‖ signature (empty for now). A frame's block ID is not sent with
-// a proposal: every receiver derives it, SHA-256(seq as 8 bytes big-endian ‖
-// the frame's JSON encoding), so a proposal cannot claim a foreign ID.
+// 2 cancel) ‖ signature (empty for now).
 //
-// A vote record prefixes the vote with prev, the chain position the vote
-// was cast at. The block ID names a frame, not where it was proposed, and
-// the very same frame (content and Seq) can be proposed again at another
-// position after its first attempt failed: a commit cast at one position
-// must never count at another, where its voter may have committed a
-// different frame (S4). A vote counts only for the proposal of its block at
-// its prev; a vote for another position is dropped and counted.
+// A proposal is canonical: every uvarint in it takes the fewest bytes, and
+// its after list names namespaces in strictly increasing order (by org,
+// then ns, bytewise), so each at most once; a proposal that is not is
+// malformed. Its block ID is SHA-256(blockIDDomain ‖ proposal), over the
+// proposal's bytes as they appear in a proposal or certificate record. A
+// block ID is not sent with a proposal: every receiver derives it, so a
+// proposal cannot claim a foreign ID, and every node holding the proposal
+// encodes the very same bytes again when it relays it. The ID covers the
+// frame, the chain position it extends (prev), its after list and its
+// proposer: the same frame proposed again (a retry with the same Seq, or
+// the same frame from another node) at another position or with another
+// after list is another block, and a vote for one never counts for the
+// other (S4, S5).
 //
 // prev is the Seq of the frame this one extends in its namespace's chain (0:
 // the start); the after list names frames of the same proposer whose Propose
@@ -74,7 +82,10 @@ import (
 // size, whatever counts it claims.
 const (
 	quasarKind  = "quasar/3"
-	wireVersion = 3 // 2: vote records carry the position (prev) they were cast at; 3: fetch and sync name who is asked
+	wireVersion = 3 // 3: block IDs over the canonical proposal; fetch and sync name who is asked
+
+	// blockIDDomain prefixes what a block ID hashes.
+	blockIDDomain = "replication/quasar block v3\x00"
 
 	recProposal    = 1
 	recVote        = 2
@@ -101,15 +112,44 @@ type nsRef struct {
 	seq     uint64
 }
 
-// proposal is a proposal record. A decoded one names its after-list in
-// after (encoded, aliasing the message); a held one (made by propose or
-// owned from a decoded one) in deps, with after empty. Both encode alike.
+// proposal is a proposal record. A decoded one aliases the message: its
+// frame's strings and value, its after list (after, still encoded) and its
+// canonical bytes (raw), which its block ID hashes and which encode it
+// again as they are. A held one (see core.own) aliases a copy of raw, and
+// its after list is also resolved to the namespaces this node knows
+// (deps; the others are counted in unknown). An own one, while it is made,
+// names its after list in deps only, until it is encoded.
 type proposal struct {
 	frame    Frame
 	prev     uint64
 	after    refList
 	deps     []depRef
+	unknown  int // held: after-list entries of namespaces not in deps
 	proposer nodeID
+	raw      []byte
+}
+
+// hashPool recycles the SHA-256 states block IDs are computed with.
+var hashPool = sync.Pool{New: func() any { return sha256.New() }}
+
+// blockIDOf returns the block ID of a proposal whose canonical encoding is
+// raw: SHA-256(blockIDDomain ‖ raw).
+func blockIDOf(raw []byte) (id [idLen]byte) {
+	h := hashPool.Get().(hash.Hash)
+	h.Reset()
+	h.Write([]byte(blockIDDomain))
+	h.Write(raw)
+	h.Sum(id[:0])
+	hashPool.Put(h)
+	return id
+}
+
+// compareRefs orders after-list entries as a canonical list holds them.
+func compareRefs(aOrg, aNS, bOrg, bNS string) int {
+	if c := strings.Compare(aOrg, bOrg); c != 0 {
+		return c
+	}
+	return strings.Compare(aNS, bNS)
 }
 
 // refList is a list of n references (org:str ‖ ns:str ‖ seq:uvarint each)
@@ -145,7 +185,6 @@ func (l nodeList) at(i int) (id nodeID) {
 }
 
 type vote struct {
-	prev  uint64 // the chain position it was cast at
 	block [idLen]byte
 	voter nodeID
 	typ   byte
@@ -194,7 +233,12 @@ func appendRef(b []byte, r nsRef) []byte {
 	return binary.AppendUvarint(b, r.seq)
 }
 
+// appendProposal appends p's canonical encoding: raw, if p has it, or
+// else its fields (with its after list from after, or from deps).
 func appendProposal(b []byte, p *proposal) []byte {
+	if p.raw != nil {
+		return append(b, p.raw...)
+	}
 	f := &p.frame
 	b = binary.AppendUvarint(b, f.Seq)
 	b = appendStr(b, f.OrgID)
@@ -203,10 +247,16 @@ func appendProposal(b []byte, p *proposal) []byte {
 	b = appendStr(b, f.Key)
 	b = appendBytes(b, f.Value)
 	b = binary.AppendUvarint(b, p.prev)
-	b = binary.AppendUvarint(b, uint64(p.after.n+len(p.deps))) // one is empty
+	if p.after.n > 0 {
+		b = binary.AppendUvarint(b, uint64(p.after.n))
+	} else {
+		b = binary.AppendUvarint(b, uint64(len(p.deps)))
+	}
 	b = append(b, p.after.b...)
-	for _, d := range p.deps {
-		b = appendRef(b, nsRef{d.ns.key.org, d.ns.key.ns, d.seq})
+	if p.after.n == 0 {
+		for _, d := range p.deps {
+			b = appendRef(b, nsRef{d.ns.key.org, d.ns.key.ns, d.seq})
+		}
 	}
 	return append(b, p.proposer[:]...)
 }
@@ -236,9 +286,8 @@ func appendProposalRecord(b []byte, p *proposal) []byte {
 	return endRecord(appendProposal(b, p), s)
 }
 
-func appendVoteRecord(b []byte, prev uint64, block *[idLen]byte, voter *nodeID, typ byte) []byte {
-	b = append(b, recVote, byte(uvarintLen(prev)+voteLen)) // at most 63: one length byte
-	b = binary.AppendUvarint(b, prev)
+func appendVoteRecord(b []byte, block *[idLen]byte, voter *nodeID, typ byte) []byte {
+	b = append(b, recVote, voteLen) // under 128: one length byte
 	b = append(b, block[:]...)
 	b = append(b, voter[:]...)
 	return append(b, typ)
@@ -246,7 +295,11 @@ func appendVoteRecord(b []byte, prev uint64, block *[idLen]byte, voter *nodeID, 
 
 func appendCertificateRecord(b []byte, p *proposal, voters nodeList) []byte {
 	b, s := beginRecord(b, recCertificate)
-	b = appendBytes(b, appendProposal(nil, p))
+	if p.raw != nil {
+		b = appendBytes(b, p.raw)
+	} else {
+		b = appendBytes(b, appendProposal(nil, p))
+	}
 	b = binary.AppendUvarint(b, uint64(voters.len()))
 	b = append(b, voters...)
 	return endRecord(b, s)
@@ -316,6 +369,21 @@ func (d *decoder) uvarint(what string) uint64 {
 	return v
 }
 
+// minUvarint reads a uvarint that must take the fewest bytes (canonical
+// encodings).
+func (d *decoder) minUvarint(what string) uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 || n != uvarintLen(v) {
+		d.fail(what)
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
 func (d *decoder) take(n uint64, what string) []byte {
 	if d.err != nil {
 		return nil
@@ -338,10 +406,18 @@ func (d *decoder) byte1(what string) byte {
 }
 
 // str returns a string that aliases the message (no copy): records must not
-// outlive the message unless their strings are copied (the driver interns
-// or clones every string it keeps, see state.onProposal and state.space).
+// outlive the message unless their strings are copied (the core interns
+// or clones every string it keeps, see core.own and core.space).
 func (d *decoder) str(what string) string {
-	b := d.take(d.uvarint(what), what)
+	return aliasString(d.take(d.uvarint(what), what))
+}
+
+// minStr is str with a canonical length.
+func (d *decoder) minStr(what string) string {
+	return aliasString(d.take(d.minUvarint(what), what))
+}
+
+func aliasString(b []byte) string {
 	if len(b) == 0 {
 		return ""
 	}
@@ -359,18 +435,20 @@ func (d *decoder) done(what string) {
 	}
 }
 
+// proposal reads a canonical proposal (see the format above).
 func (d *decoder) proposal(p *proposal, maxFrame int) {
+	start := d.b
 	f := &p.frame
-	f.Seq = d.uvarint("seq")
-	f.OrgID = d.str("org")
-	f.Namespace = d.str("ns")
-	f.Op = d.str("op")
-	f.Key = d.str("key")
-	if v := d.take(d.uvarint("val"), "val"); len(v) > 0 {
+	f.Seq = d.minUvarint("seq")
+	f.OrgID = d.minStr("org")
+	f.Namespace = d.minStr("ns")
+	f.Op = d.minStr("op")
+	f.Key = d.minStr("key")
+	if v := d.take(d.minUvarint("val"), "val"); len(v) > 0 {
 		f.Value = v // aliases the message, like str
 	}
-	p.prev = d.uvarint("prev")
-	p.after = d.refs("after count", "after entry")
+	p.prev = d.minUvarint("prev")
+	p.after = d.afterList()
 	p.proposer = d.node("proposer")
 	if d.err == nil {
 		if f.Seq == 0 || f.Seq <= p.prev {
@@ -381,6 +459,32 @@ func (d *decoder) proposal(p *proposal, maxFrame int) {
 			d.fail("frame string not UTF-8")
 		}
 	}
+	if d.err == nil {
+		p.raw = start[: len(start)-len(d.b) : len(start)-len(d.b)]
+	}
+}
+
+// afterList reads a canonical after list: entries in strictly increasing
+// (org, ns) order, every length and Seq in its shortest form.
+func (d *decoder) afterList() refList {
+	n := d.minUvarint("after count")
+	if d.err == nil && n > uint64(len(d.b))/3 { // an entry takes 3 bytes at least
+		d.fail("after count")
+	}
+	start := d.b
+	var lastOrg, lastNS string
+	for i := uint64(0); i < n && d.err == nil; i++ {
+		org, ns := d.minStr("after entry"), d.minStr("after entry")
+		d.minUvarint("after entry")
+		if i > 0 && compareRefs(lastOrg, lastNS, org, ns) >= 0 {
+			d.fail("after list not in increasing order")
+		}
+		lastOrg, lastNS = org, ns
+	}
+	if d.err != nil || n == 0 {
+		return refList{}
+	}
+	return refList{b: start[: len(start)-len(d.b) : len(start)-len(d.b)], n: int(n)}
 }
 
 // refs reads a count and that many references, checking each, and returns
@@ -415,7 +519,6 @@ func (d *decoder) record(r *record, maxFrame int) {
 	case recProposal:
 		body.proposal(&r.prop, maxFrame)
 	case recVote:
-		r.vote.prev = body.uvarint("vote position")
 		copy(r.vote.block[:], body.take(idLen, "vote block"))
 		r.vote.voter = body.node("vote voter")
 		r.vote.typ = body.byte1("vote type")

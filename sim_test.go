@@ -1,0 +1,763 @@
+package replication
+
+import (
+	"container/heap"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"time"
+)
+
+// This file is the simulator: it runs n validators of the real protocol
+// core (core.go) in one goroutine, with virtual time and a simulated
+// network, and plays the driver's part for each of them (it applies their
+// frames, runs their Propose calls, delivers their messages). Every choice
+// comes from one seed: the cluster size and timings, the workload, message
+// drops, duplicates, delays and reordering, partitions, disconnected nodes
+// and crashed nodes (a crashed node stops and later resumes with its
+// memory intact). The invariant checker (checker_test.go) sees every
+// delivery, apply and decision, and the run stops at the first step after
+// which an invariant is broken. The same seed replays the identical run:
+// nothing in it depends on the machine, the clock or the goroutine
+// scheduler. TestSim (sim_seeds_test.go) runs it.
+
+// simOpts are the settings of one simulated run, all drawn from its seed.
+type simOpts struct {
+	n            int
+	witness      int64 // WitnessAfter
+	proposeWait  int64
+	antiEntropy  int64
+	retainFor    int64
+	retainFrames int
+	maxBacklog   int
+	proposals    int   // Propose calls of the load phase
+	pacing       int64 // a client waits up to this long between two Propose calls
+	unicast      bool  // the transport can send to one validator
+	senderAware  bool  // the transport tells who sent each message
+}
+
+func (o simOpts) String() string {
+	return fmt.Sprintf("%d validators, WitnessAfter %s, ProposeWait %s, RetainFrames %d, RetainFor %s, MaxApplyBacklog %d, %d proposals paced up to %s, unicast %v, sender-aware %v",
+		o.n, time.Duration(o.witness), time.Duration(o.proposeWait), o.retainFrames, time.Duration(o.retainFor), o.maxBacklog,
+		o.proposals, time.Duration(o.pacing), o.unicast, o.senderAware)
+}
+
+// simOptsFor draws the settings of seed's run.
+func simOptsFor(seed uint64) simOpts {
+	rng := rand.New(rand.NewPCG(seed, 0x5e771))
+	ms := int64(time.Millisecond)
+	o := simOpts{
+		n:            3 + 2*int(seed%3),
+		witness:      (10 + rng.Int64N(31)) * ms,
+		proposeWait:  (500 + rng.Int64N(1501)) * ms,
+		antiEntropy:  (50 + rng.Int64N(200)) * ms,
+		retainFor:    []int64{60_000, 5_000, 2_000}[rng.IntN(3)] * ms,
+		retainFrames: []int{DefaultRetainFrames, 256, 32}[rng.IntN(3)],
+		proposals:    200 + rng.IntN(201),
+		pacing:       []int64{10, 50, 200}[rng.IntN(3)] * ms,
+		unicast:      rng.IntN(4) != 0,
+		senderAware:  rng.IntN(4) != 0,
+	}
+	if rng.IntN(3) == 0 {
+		o.maxBacklog = 2 << 10 // about fifteen frames: bursts and catch-ups shed
+	}
+	return o
+}
+
+// Event kinds.
+const (
+	evDeliver  = iota // a message reaches node
+	evTick            // node's periodic tick
+	evApply           // node applies one frame (or behind notice) of its queue
+	evPropose         // a client of node starts its next Propose
+	evDeadline        // a Propose call's ProposeWait passes
+	evFault           // the fault schedule's next step
+	evRace            // the racer's next round
+	evRestore         // node's application tries a snapshot restore again
+	evResume          // a crashed node resumes
+	evHealed          // after healing: check convergence
+)
+
+type simEvent struct {
+	at     int64
+	seq    uint64 // ties broken by scheduling order
+	kind   int
+	node   int
+	from   int
+	msg    []byte
+	client *simClient
+	call   *call
+	behind *BehindError
+}
+
+type eventQueue []*simEvent
+
+func (q eventQueue) Len() int { return len(q) }
+func (q eventQueue) Less(i, j int) bool {
+	if q[i].at != q[j].at {
+		return q[i].at < q[j].at
+	}
+	return q[i].seq < q[j].seq
+}
+func (q eventQueue) Swap(i, j int) { q[i], q[j] = q[j], q[i] }
+func (q *eventQueue) Push(x any)   { *q = append(*q, x.(*simEvent)) }
+func (q *eventQueue) Pop() any {
+	old := *q
+	e := old[len(old)-1]
+	old[len(old)-1] = nil
+	*q = old[:len(old)-1]
+	return e
+}
+
+// simNode is one validator: its core and what its driver would hold.
+type simNode struct {
+	i        int
+	c        *core
+	m        metrics
+	crashed  bool
+	cut      bool // disconnected from the network
+	deaf     bool // receives nothing, but what it sends arrives
+	applying bool // an evApply is scheduled
+	calls    map[*call]*simClient
+}
+
+// simClient is one proposer of a workload: it proposes one frame after
+// the other into its namespace, with Seq 0, or, as one of the racers,
+// with an explicit Seq.
+type simClient struct {
+	node  int
+	ns    string
+	name  string
+	k     int
+	sole  bool   // the only writer of ns (S6)
+	retry *Frame // a frame to propose as is: a retry after a timeout, or a frame other racers propose too
+	op    *checkedOp
+	call  *call
+	final bool // the proposal after healing: must be accepted
+}
+
+// simPhase is where a run stands.
+type simPhase int
+
+const (
+	phaseLoad  simPhase = iota // workload and faults
+	phaseHeal                  // network healed: waiting for convergence
+	phaseFinal                 // one more proposal per node, then convergence again
+	phaseDone
+)
+
+type simulator struct {
+	seed   uint64
+	o      simOpts
+	rng    *rand.Rand // the network, the faults and the workload
+	now    int64
+	seq    uint64
+	events eventQueue
+	nodes  []*simNode
+	ids    []string
+	chk    *checker
+
+	group  []int // partition group per node (0: no partition)
+	drop   float64
+	dup    float64
+	delay  [2]int64 // min, max
+	phase  simPhase
+	begun  int // Propose calls begun
+	open   int // Propose calls not yet returned
+	finals int // final proposals accepted
+	healAt int64
+	steps  int
+	fail   string
+	trace  *simTrace
+
+	delivered, lost, dropped, duplicated int
+	restores, racerSlot                  int
+}
+
+// simTrace keeps the last events of a run for a failure report, or every
+// event when replaying a seed verbosely.
+type simTrace struct {
+	all   bool
+	lines []string
+	max   int
+}
+
+func (t *simTrace) add(format string, args ...any) {
+	if t == nil {
+		return
+	}
+	if !t.all && len(t.lines) >= t.max {
+		copy(t.lines, t.lines[len(t.lines)/2:])
+		t.lines = t.lines[:len(t.lines)-len(t.lines)/2]
+	}
+	t.lines = append(t.lines, fmt.Sprintf(format, args...))
+}
+
+// newSimulator sets up seed's run. trace, if not nil, records events.
+func newSimulator(seed uint64, trace *simTrace) *simulator {
+	o := simOptsFor(seed)
+	s := &simulator{seed: seed, o: o, rng: rand.New(rand.NewPCG(seed, 0xfa17)), trace: trace}
+	for i := range o.n {
+		s.ids = append(s.ids, fmt.Sprintf("node-%d", i))
+	}
+	q := o.n/2 + 1
+	s.chk = newChecker(s.ids, q)
+	s.group = make([]int, o.n)
+	cc := coreConfig{
+		names:        s.ids,
+		byNodeID:     map[nodeID]int{},
+		q:            q,
+		witness:      o.witness,
+		retainFor:    o.retainFor,
+		antiEntropy:  o.antiEntropy,
+		retainFrames: o.retainFrames,
+		maxFrame:     DefaultMaxFrameBytes,
+		maxBacklog:   o.maxBacklog,
+		unicast:      o.unicast,
+	}
+	for i, id := range s.ids {
+		cc.ids = append(cc.ids, validatorNodeID(id))
+		cc.byNodeID[validatorNodeID(id)] = i
+	}
+	s.now = int64(time.Second) // the clock starts above zero, as the driver's does
+	for i := range o.n {
+		n := &simNode{i: i, calls: map[*call]*simClient{}}
+		cfg := cc
+		cfg.self = i
+		c, err := newCore(cfg, &n.m)
+		if err != nil {
+			panic(err)
+		}
+		n.c = c
+		s.nodes = append(s.nodes, n)
+		s.at(s.now+s.rng.Int64N(o.witness/2), &simEvent{kind: evTick, node: i})
+	}
+	// The workload: two proposers per node in namespaces of their own,
+	// one per node in namespaces a few nodes share, one per node in the
+	// "gap" namespace (explicit Seqs a little above the head, retried
+	// after a timeout), and the racer.
+	nShared := max(1, o.n/3)
+	for i := range o.n {
+		for j := range 2 {
+			ns := fmt.Sprintf("own-%d-%d", i, j)
+			s.chk.soleWriter("org", ns)
+			s.startClient(&simClient{node: i, ns: ns, name: fmt.Sprintf("n%d.w%d", i, j), sole: true})
+		}
+		s.startClient(&simClient{node: i, ns: fmt.Sprintf("shared-%d", i%nShared), name: fmt.Sprintf("n%d.s", i)})
+		s.startClient(&simClient{node: i, ns: "gap", name: fmt.Sprintf("n%d.g", i)})
+	}
+	s.at(s.now, &simEvent{kind: evRace})
+	s.at(s.now+s.rng.Int64N(int64(300*time.Millisecond)), &simEvent{kind: evFault})
+	return s
+}
+
+func (s *simulator) startClient(cl *simClient) {
+	s.at(s.now+s.rng.Int64N(int64(10*time.Millisecond)), &simEvent{kind: evPropose, node: cl.node, client: cl})
+}
+
+// at schedules ev at time t.
+func (s *simulator) at(t int64, ev *simEvent) {
+	ev.at = max(t, s.now)
+	s.seq++
+	ev.seq = s.seq
+	heap.Push(&s.events, ev)
+}
+
+// run runs the simulation to its end, or to the first broken invariant,
+// and returns why it failed ("" if it did not).
+func (s *simulator) run() string {
+	for s.phase != phaseDone && s.fail == "" && len(s.events) > 0 {
+		ev := heap.Pop(&s.events).(*simEvent)
+		if ev.at-int64(time.Second) > simMaxTime {
+			s.fail = fmt.Sprintf("still in phase %d after %s of virtual time (%d Propose calls begun, %d open)",
+				s.phase, time.Duration(simMaxTime), s.begun, s.open)
+			break
+		}
+		s.now = ev.at
+		s.step(ev)
+		s.steps++
+		if v := s.chk.check(); len(v) > 0 {
+			s.fail = fmt.Sprintf("step %d (%s): %d invariant violations:\n%s", s.steps, time.Duration(s.now), len(v), strings.Join(v, "\n"))
+		}
+	}
+	if s.fail == "" && s.phase != phaseDone {
+		s.fail = "no event left before the run ended"
+	}
+	return s.fail
+}
+
+// step carries out one event.
+func (s *simulator) step(ev *simEvent) {
+	switch ev.kind {
+	case evDeliver:
+		s.deliver(ev)
+	case evTick:
+		n := s.nodes[ev.node]
+		s.at(s.now+max(s.o.witness/2, int64(time.Millisecond)), ev)
+		if !n.crashed {
+			n.c.tick(s.now)
+			s.settle(n)
+		}
+	case evApply:
+		s.apply(s.nodes[ev.node])
+	case evPropose:
+		s.propose(ev.client)
+	case evDeadline:
+		s.deadline(ev)
+	case evFault:
+		s.faultStep()
+	case evRace:
+		s.raceStep()
+	case evRestore:
+		s.restore(s.nodes[ev.node], ev.behind)
+	case evResume:
+		n := s.nodes[ev.node]
+		n.crashed = false
+		s.trace.add("%s resume %s", s.clock(), s.ids[n.i])
+		if n.c.applyBusy() {
+			s.scheduleApply(n)
+		}
+	case evHealed:
+		s.healedStep()
+	}
+}
+
+func (s *simulator) clock() string {
+	return fmt.Sprintf("%9.3fms", float64(s.now-int64(time.Second))/1e6)
+}
+
+// settle carries out what node n's core produced, as the driver does: it
+// reports decided calls, schedules the apply queue and sends the outbox.
+func (s *simulator) settle(n *simNode) {
+	rd := n.c.takeReady()
+	for _, cl := range rd.decided {
+		s.decided(n, cl)
+	}
+	if n.c.applyBusy() {
+		s.scheduleApply(n)
+	}
+	for _, l := range rd.logs {
+		s.trace.add("%s %s log %s %s %v", s.clock(), s.ids[n.i], l.level, l.msg, l.args)
+	}
+	for {
+		msg, ok := n.c.out.pop()
+		if !ok {
+			break
+		}
+		s.send(n.i, msg)
+	}
+}
+
+// scheduleApply has node n apply its next frame after a short while (its
+// handlers take time).
+func (s *simulator) scheduleApply(n *simNode) {
+	if n.applying {
+		return
+	}
+	n.applying = true
+	s.at(s.now+s.rng.Int64N(int64(2*time.Millisecond)), &simEvent{kind: evApply, node: n.i})
+}
+
+// send puts a message of node from on the network.
+func (s *simulator) send(from int, msg outMsg) {
+	for to := range s.o.n {
+		if to == from || (msg.to >= 0 && msg.to != to) {
+			continue
+		}
+		if !s.link(from, to) {
+			s.lost++
+			continue
+		}
+		if s.drop > 0 && s.rng.Float64() < s.drop {
+			s.dropped++
+			continue
+		}
+		copies := 1
+		if s.dup > 0 && s.rng.Float64() < s.dup {
+			copies = 2
+			s.duplicated++
+		}
+		for range copies {
+			d := s.delay[0]
+			if s.delay[1] > s.delay[0] {
+				d += s.rng.Int64N(s.delay[1] - s.delay[0] + 1)
+			}
+			s.at(s.now+d, &simEvent{kind: evDeliver, node: to, from: from, msg: msg.b})
+		}
+	}
+}
+
+func (s *simulator) link(a, b int) bool {
+	na, nb := s.nodes[a], s.nodes[b]
+	return !na.cut && !nb.cut && s.group[a] == s.group[b]
+}
+
+func (s *simulator) deliver(ev *simEvent) {
+	n := s.nodes[ev.node]
+	if n.crashed || n.deaf || !s.link(ev.from, ev.node) {
+		s.lost++
+		return
+	}
+	s.delivered++
+	s.chk.onDeliver(s.ids[ev.from], s.ids[ev.node], quasarKind, ev.msg)
+	m, err := readMessage(ev.msg, DefaultMaxFrameBytes)
+	var recs []record
+	for err == nil && m.more() {
+		recs, err = m.read(recs, recordChunk)
+	}
+	if err != nil {
+		s.fail = fmt.Sprintf("%s sent %s a message that does not decode: %v", s.ids[ev.from], s.ids[ev.node], err)
+		return
+	}
+	if s.trace != nil && s.trace.all {
+		s.trace.add("%s %s <- %s %s", s.clock(), s.ids[ev.node], s.ids[ev.from], describeRecords(recs))
+	}
+	prepareRecords(recs)
+	from := ev.from
+	if !s.o.senderAware {
+		from = -1
+	}
+	n.c.step(s.now, from, recs)
+	s.settle(n)
+}
+
+// apply applies node n's next frame, as its driver's apply goroutine
+// would, or hands a behind notice to the application.
+func (s *simulator) apply(n *simNode) {
+	n.applying = false
+	if n.crashed {
+		return // evResume schedules it again
+	}
+	e, behind := n.c.popApply()
+	switch {
+	case behind != nil:
+		var be *BehindError
+		if !errors.As(behind, &be) || !errors.Is(behind, ErrBehind) {
+			s.fail = fmt.Sprintf("%s: behind notice %v is not a *BehindError wrapping ErrBehind", s.ids[n.i], behind)
+			return
+		}
+		s.trace.add("%s %s behind %v", s.clock(), s.ids[n.i], behind)
+		s.restore(n, be)
+	case e != nil:
+		s.chk.applied(n.i, e.p.frame)
+		n.c.applied(e, nil)
+	}
+	s.settle(n)
+}
+
+// restore does what an application does on OnBehind: it restores the
+// namespace from a snapshot of a replica further ahead, and calls
+// ResetNamespace; with none ahead yet, it tries again a little later.
+func (s *simulator) restore(n *simNode, be *BehindError) {
+	if n.crashed {
+		s.at(s.now+int64(100*time.Millisecond), &simEvent{kind: evRestore, node: n.i, behind: be})
+		return
+	}
+	seq, ok := s.chk.restoreFrom(n.i, be.OrgID, be.Namespace, be.From)
+	if !ok {
+		s.at(s.now+int64(50*time.Millisecond), &simEvent{kind: evRestore, node: n.i, behind: be})
+		return
+	}
+	s.restores++
+	s.trace.add("%s %s restores %s/%s at seq %d", s.clock(), s.ids[n.i], be.OrgID, be.Namespace, seq)
+	n.c.reset(s.now, spaceKey{be.OrgID, be.Namespace}, seq)
+	s.settle(n)
+}
+
+// propose starts client cl's next Propose.
+func (s *simulator) propose(cl *simClient) {
+	n := s.nodes[cl.node]
+	if n.crashed {
+		s.at(s.now+int64(10*time.Millisecond), &simEvent{kind: evPropose, node: cl.node, client: cl})
+		return
+	}
+	if !cl.final && (s.phase != phaseLoad || s.begun >= s.o.proposals) && cl.retry == nil {
+		return // the load is over for this client
+	}
+	var f Frame
+	if cl.retry != nil {
+		f, cl.retry = *cl.retry, nil
+		cl.op = s.chk.beginShared(cl.node, f)
+	} else {
+		f = Frame{OrgID: "org", Namespace: cl.ns, Op: "put", Key: fmt.Sprintf("k%d", s.rng.IntN(8)),
+			Value: fmt.Appendf(nil, "%s.%d", cl.name, cl.k)}
+		if s.rng.IntN(4) == 0 {
+			f.Op = "del"
+		}
+		switch cl.ns {
+		case "race":
+			f.Seq = uint64(s.racerSlot)
+		case "gap":
+			f.Seq = s.chk.maxHead("org", "gap") + 1 + uint64(s.rng.IntN(3))
+		}
+		cl.k++
+		cl.op = s.chk.begin(cl.node, f)
+	}
+	s.begun++
+	s.open++
+	cl.call = &call{frame: f}
+	n.calls[cl.call] = cl
+	s.trace.add("%s %s propose %s/%s seq %d %q", s.clock(), s.ids[n.i], f.OrgID, f.Namespace, f.Seq, f.Value)
+	s.at(s.now+s.o.proposeWait, &simEvent{kind: evDeadline, node: cl.node, client: cl, call: cl.call})
+	n.c.propose(s.now, cl.call)
+	s.settle(n)
+}
+
+// decided ends the Propose of call cl of node n.
+func (s *simulator) decided(n *simNode, cl *call) {
+	c := n.calls[cl]
+	if c == nil {
+		return
+	}
+	delete(n.calls, cl)
+	var err error
+	switch cl.decision {
+	case DecisionReject, DecisionTimeout:
+		err = fmt.Errorf("quasar propose: %w", cl.err)
+	case DecisionAccept:
+		if cl.err != nil {
+			err = fmt.Errorf("quasar propose: %w: %w", ErrApply, cl.err)
+		}
+	}
+	s.finish(c, cl.decision, err)
+}
+
+// deadline ends a Propose whose ProposeWait passed, as the driver does.
+func (s *simulator) deadline(ev *simEvent) {
+	n := s.nodes[ev.node]
+	c := n.calls[ev.call]
+	if c == nil {
+		return // decided already
+	}
+	if n.crashed { // the caller is stopped too
+		s.at(s.now+int64(10*time.Millisecond), ev)
+		return
+	}
+	delete(n.calls, ev.call)
+	n.c.abandon(ev.call)
+	s.settle(n)
+	s.finish(c, DecisionTimeout, fmt.Errorf("quasar propose: %w: not decided within %s", ErrTimeout, time.Duration(s.o.proposeWait)))
+}
+
+func (s *simulator) finish(c *simClient, d Decision, err error) {
+	s.trace.add("%s %s %s %q: %v", s.clock(), s.ids[c.node], d, c.op.token, err)
+	s.chk.end(c.op, d, err)
+	s.open--
+	c.call = nil
+	if c.final {
+		if d != DecisionAccept {
+			s.fail = fmt.Sprintf("liveness: %s's proposal after healing, with every node connected, returned %v: %v", s.ids[c.node], d, err)
+			return
+		}
+		s.finals++
+		return
+	}
+	if s.phase == phaseLoad && s.begun >= s.o.proposals && s.open == 0 {
+		s.heal()
+		return
+	}
+	switch {
+	case (c.ns == "race" || c.ns == "gap") && d == DecisionTimeout && s.rng.IntN(2) == 0:
+		// Retry the very same frame (same Seq), sometimes after this node
+		// forgot the first attempt: it may be proposed at another chain
+		// position, where no vote of the first attempt may count (S4).
+		f := c.op.frame
+		c.retry = &f
+		wait := s.rng.Int64N(s.o.pacing)
+		if s.rng.IntN(2) == 0 {
+			wait += s.o.retainFor
+		}
+		s.at(s.now+wait, &simEvent{kind: evPropose, node: c.node, client: c})
+	case c.ns != "race":
+		s.at(s.now+s.rng.Int64N(s.o.pacing), &simEvent{kind: evPropose, node: c.node, client: c})
+	}
+}
+
+// raceStep makes two or three nodes propose the same explicit Seq of the
+// "race" namespace at once: at most one may win.
+func (s *simulator) raceStep() {
+	if s.phase != phaseLoad || s.begun >= s.o.proposals {
+		return
+	}
+	s.racerSlot++
+	// One round in three, the racers propose one and the same frame: at
+	// different chain positions when their heads differ.
+	var same *Frame
+	if s.rng.IntN(3) == 0 {
+		same = &Frame{OrgID: "org", Namespace: "race", Seq: uint64(s.racerSlot), Op: "put", Key: "owner", Value: fmt.Appendf(nil, "race.s%d.same", s.racerSlot)}
+	}
+	for _, i := range s.rng.Perm(s.o.n)[:2+s.rng.IntN(2)] {
+		s.at(s.now, &simEvent{kind: evPropose, node: i, client: &simClient{node: i, ns: "race", name: fmt.Sprintf("race.s%d.n%d", s.racerSlot, i), retry: same}})
+	}
+	s.at(s.now+s.rng.Int64N(int64(50*time.Millisecond)), &simEvent{kind: evRace})
+}
+
+// faultStep takes the fault schedule one step further.
+func (s *simulator) faultStep() {
+	if s.phase != phaseLoad {
+		return
+	}
+	s.at(s.now+int64(50*time.Millisecond)+s.rng.Int64N(int64(250*time.Millisecond)), &simEvent{kind: evFault})
+	n, q := s.o.n, s.o.n/2+1
+	switch a := s.rng.IntN(13); {
+	case a < 3:
+		s.drop, s.dup = s.rng.Float64()*0.2, s.rng.Float64()*0.2
+		s.delay = [2]int64{0, 0}
+		if s.rng.IntN(2) == 0 {
+			s.delay[1] = s.rng.Int64N(int64(20 * time.Millisecond))
+		}
+		s.trace.add("%s faults drop=%.2f dup=%.2f delay<=%s", s.clock(), s.drop, s.dup, time.Duration(s.delay[1]))
+	case a < 5:
+		k := 2 + s.rng.IntN(2)
+		for i, node := range s.rng.Perm(n) {
+			g := i % k
+			if i >= k {
+				g = s.rng.IntN(k)
+			}
+			s.group[node] = g + 1
+		}
+		s.trace.add("%s partition %v", s.clock(), s.group)
+	case a < 7:
+		clear(s.group)
+		s.trace.add("%s heal", s.clock())
+	case a < 10: // disconnect (7), crash (8) or deafen (9) a node, if few enough are down
+		down := 0
+		for _, x := range s.nodes {
+			if x.cut || x.crashed || x.deaf {
+				down++
+			}
+		}
+		if down >= n-q {
+			break
+		}
+		x := s.nodes[s.rng.IntN(n)]
+		switch {
+		case a < 8:
+			x.cut = true
+			s.trace.add("%s disconnect %s", s.clock(), s.ids[x.i])
+		case a < 9 && !x.crashed:
+			x.crashed = true
+			s.at(s.now+s.rng.Int64N(int64(2*time.Second)), &simEvent{kind: evResume, node: x.i})
+			s.trace.add("%s crash %s", s.clock(), s.ids[x.i])
+		case a == 9:
+			x.deaf = true
+			s.trace.add("%s deafen %s", s.clock(), s.ids[x.i])
+		}
+	case a < 11:
+		for _, i := range s.rng.Perm(n) {
+			if x := s.nodes[i]; x.cut || x.deaf {
+				x.cut, x.deaf = false, false
+				s.trace.add("%s reconnect %s", s.clock(), s.ids[i])
+				break
+			}
+		}
+	default:
+		s.drop, s.dup, s.delay = 0, 0, [2]int64{}
+		s.trace.add("%s faults off", s.clock())
+	}
+}
+
+// heal ends the load: every fault is removed, every node connected and
+// running; the replicas must converge.
+func (s *simulator) heal() {
+	s.phase = phaseHeal
+	clear(s.group)
+	s.drop, s.dup, s.delay = 0, 0, [2]int64{}
+	for _, n := range s.nodes {
+		n.cut, n.deaf = false, false
+		if n.crashed {
+			s.at(s.now, &simEvent{kind: evResume, node: n.i})
+		}
+	}
+	s.healAt = s.now
+	s.trace.add("%s heal, reconnect all, faults off", s.clock())
+	s.at(s.now+int64(10*time.Millisecond), &simEvent{kind: evHealed})
+}
+
+// simMaxTime bounds a run in virtual time: the load takes seconds, and
+// each later phase at most simConverge.
+const simMaxTime = int64(10 * time.Minute)
+
+// simConverge bounds, in virtual time, how long the replicas may take to
+// converge after healing: far above what repair needs (anti-entropy
+// intervals and repair backoff of at most 32 WitnessAfter).
+const simConverge = int64(60 * time.Second)
+
+// healedStep checks convergence after healing, then runs the final
+// proposals (one per node, in a namespace it wrote alone, each of which
+// must be accepted), then checks convergence again.
+func (s *simulator) healedStep() {
+	if why := s.chk.converged(); why != "" {
+		if s.now-s.healAt > simConverge {
+			s.fail = fmt.Sprintf("S3/liveness: replicas did not converge within %s of healing: %s", time.Duration(simConverge), why)
+			return
+		}
+		s.at(s.now+int64(10*time.Millisecond), &simEvent{kind: evHealed})
+		return
+	}
+	switch s.phase {
+	case phaseHeal:
+		s.phase = phaseFinal
+		s.healAt = s.now
+		// Into a namespace each node wrote alone under faults: its next
+		// proposal there is accepted, also right after its own timeouts
+		// (S6).
+		for i := range s.o.n {
+			ns := fmt.Sprintf("own-%d-0", i)
+			s.at(s.now, &simEvent{kind: evPropose, node: i, client: &simClient{node: i, ns: ns, name: fmt.Sprintf("final.n%d", i), sole: true, final: true}})
+		}
+		s.at(s.now+int64(10*time.Millisecond), &simEvent{kind: evHealed})
+	case phaseFinal:
+		if s.finals < s.o.n || s.open > 0 {
+			if s.now-s.healAt > simConverge {
+				s.fail = fmt.Sprintf("liveness: %d of %d final proposals accepted within %s", s.finals, s.o.n, time.Duration(simConverge))
+				return
+			}
+			s.at(s.now+int64(10*time.Millisecond), &simEvent{kind: evHealed})
+			return
+		}
+		for _, n := range s.nodes {
+			if m := n.m.snapshot(); m.Conflicts != 0 {
+				s.fail = fmt.Sprintf("%s reports %d conflicts (two frames accepted at one position)", s.ids[n.i], m.Conflicts)
+				return
+			}
+		}
+		s.phase = phaseDone
+	}
+}
+
+// summary describes a finished run for the log.
+func (s *simulator) summary() string {
+	proposed, accepted, rejected, timedOut, applied, restores := s.chk.stats()
+	return fmt.Sprintf("seed %d (%s): %d steps, %s virtual; %d proposals: %d accepted, %d rejected, %d timed out; %d frames applied per node, %d namespaces restored; network: %d delivered, %d lost, %d dropped, %d duplicated",
+		s.seed, s.o, s.steps, time.Duration(s.now-int64(time.Second)).Round(time.Millisecond), proposed, accepted, rejected, timedOut, applied, restores,
+		s.delivered, s.lost, s.dropped, s.duplicated)
+}
+
+// describeRecords summarizes the records of a message for a trace.
+func describeRecords(recs []record) string {
+	var parts []string
+	for i := range recs {
+		r := &recs[i]
+		f := &r.prop.frame
+		switch r.typ {
+		case recProposal:
+			parts = append(parts, fmt.Sprintf("proposal %x %s/%d@%d %q", r.id[:4], f.Namespace, f.Seq, r.prop.prev, f.Value))
+		case recCertificate:
+			parts = append(parts, fmt.Sprintf("certificate %s/%d@%d %q (%d voters)", f.Namespace, f.Seq, r.prop.prev, f.Value, r.voters.len()))
+		case recVote:
+			parts = append(parts, fmt.Sprintf("vote %x type %d", r.vote.block[:4], r.vote.typ))
+		case recFetch:
+			parts = append(parts, fmt.Sprintf("fetch %x", r.block[:4]))
+		case recSync:
+			parts = append(parts, fmt.Sprintf("sync %s from %d", r.ref.ns, r.ref.seq))
+		case recBehind:
+			parts = append(parts, fmt.Sprintf("behind %s from %d", r.ref.ns, r.ref.seq))
+		case recDigest:
+			parts = append(parts, fmt.Sprintf("digest of %d", r.digest.n))
+		}
+	}
+	return strings.Join(slices.Compact(parts), ", ")
+}
