@@ -47,3 +47,14 @@ func (c *core) debugDump() string {
 	}
 	return b.String()
 }
+
+// applyAll applies every frame queued for apply, waiting for a goroutine
+// that is applying to finish first (tests only).
+func (r *QuasarReplicator) applyAll() {
+	r.mu.Lock()
+	for r.applying {
+		r.applyIdle.Wait()
+	}
+	r.applyLocked(nil)
+	r.unlock()
+}

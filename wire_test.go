@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -348,8 +349,13 @@ func FuzzQuasarReceive(f *testing.F) {
 		r, err := NewQuasar(context.Background(), QuasarConfig{NodeID: ids[0], Validators: ids, Transport: tr})
 		require.NoError(t, err)
 		defer r.Close()
-		var applied []Frame
+		var (
+			mu      sync.Mutex
+			applied []Frame
+		)
 		r.Subscribe(func(_ context.Context, f Frame) error {
+			mu.Lock()
+			defer mu.Unlock()
 			f.Value = bytes.Clone(f.Value)
 			applied = append(applied, f)
 			return nil
@@ -359,7 +365,9 @@ func FuzzQuasarReceive(f *testing.F) {
 			from = int(sender) % len(ids)
 		}
 		recvErr := r.receive(from, msg)
-		r.drainApply()
+		r.applyAll()
+		mu.Lock()
+		defer mu.Unlock()
 		m := r.Metrics()
 		require.Zero(t, m.Conflicts, "conflicts")
 
