@@ -109,8 +109,9 @@ type core struct {
 
 	lastDigest int64
 	vote       consensus.Vote // scratch for RecordVote (the engine copies it)
+	scratch    []byte         // scratch for encoding own proposals (a single validator)
 
-	rd ready
+	rd, spare ready // the batch being collected, and the one handed out before
 }
 
 // coreConfig is what a core needs of QuasarConfig, with the defaults
@@ -164,10 +165,16 @@ func (c *core) logf(level slog.Level, msg string, args ...any) {
 }
 
 // takeReady returns what the core produced since the last call, and
-// starts a new batch.
+// starts a new batch. The batch's slices stay valid until takeReady is
+// called twice more: the core reuses their memory for the batch after the
+// next.
 func (c *core) takeReady() ready {
 	rd := c.rd
-	c.rd = ready{}
+	clear(c.spare.decided)
+	clear(c.spare.wake)
+	clear(c.spare.logs)
+	c.rd = ready{decided: c.spare.decided[:0], wake: c.spare.wake[:0], logs: c.spare.logs[:0]}
+	c.spare = rd
 	return rd
 }
 

@@ -110,8 +110,14 @@ func (c *core) start(now int64, ns *nsState, cl *call) {
 		return compareRefs(a.ns.key.org, a.ns.key.ns, b.ns.key.org, b.ns.key.ns)
 	})
 	e.p.proposer = c.cfg.ids[c.cfg.self]
-	e.p.raw = appendProposal(nil, &e.p)
-	e.id = blockIDOf(e.p.raw)
+	if c.solo {
+		// Never sent: only the engine needs its ID.
+		c.scratch = appendProposal(c.scratch[:0], &e.p)
+		e.id = blockIDOf(c.scratch)
+	} else {
+		e.p.raw = appendProposal(make([]byte, 0, proposalLen(&e.p)), &e.p)
+		e.id = blockIDOf(e.p.raw)
+	}
 	if held := c.entries[e.id]; held != nil {
 		// This very proposal (frame, position, after list) was made
 		// before and is still held: it is the same block, with the same

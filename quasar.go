@@ -329,8 +329,12 @@ func (r *QuasarReplicator) Propose(ctx context.Context, f Frame) (Decision, erro
 	// hand-off counts.
 	r.mu.Lock()
 	r.c.propose(mono(), cl)
-	r.settleLocked()
-	if !cl.reentrant && !cl.decided && cl.e != nil && cl.e.phase == phaseQueued {
+	self := cl // applies its own frame if it is queued now (a single validator)
+	if cl.reentrant {
+		self = nil
+	}
+	r.settleLocked(self)
+	if self != nil && !cl.decided && cl.e != nil && cl.e.phase == phaseQueued {
 		r.applyLocked(cl)
 	}
 	if cl.decided {
@@ -405,7 +409,7 @@ func (r *QuasarReplicator) wait(ctx context.Context, cl *call, deadline time.Tim
 		return r.result(cl)
 	}
 	r.c.abandon(cl)
-	r.settleLocked()
+	r.settleLocked(nil)
 	r.unlock()
 	r.kickApply() // the frame may sit in the apply queue, counting on us
 	return r.failed(cause)
@@ -479,7 +483,7 @@ func putTimer(t *time.Timer) {
 func (r *QuasarReplicator) ResetNamespace(org, ns string, seq uint64) {
 	r.mu.Lock()
 	r.c.reset(mono(), spaceKey{org, ns}, seq)
-	r.settleLocked()
+	r.settleLocked(nil)
 	r.unlock()
 }
 

@@ -37,7 +37,7 @@ func (r *QuasarReplicator) receive(sender int, payload []byte) error {
 		prepareRecords(recs)
 		r.mu.Lock()
 		r.c.step(mono(), sender, recs)
-		r.settleLocked()
+		r.settleLocked(nil)
 		r.unlock()
 		clear(recs)
 		*rb = recs[:0]
@@ -55,9 +55,10 @@ var recordPool = sync.Pool{New: func() any { s := make([]record, 0, recordChunk)
 // settleLocked carries out what the core produced since it was last
 // called: it wakes the decided Propose calls, hands the apply queue to a
 // goroutine, keeps the log lines for unlock, and sends the outbox (or
-// leaves it to sendLoop under load). mu is held on entry and on return; it
-// is released around each send.
-func (r *QuasarReplicator) settleLocked() {
+// leaves it to sendLoop under load). self, if not nil, is the call of the
+// goroutine settling, which applies its frame itself if it was queued. mu
+// is held on entry and on return; it is released around each send.
+func (r *QuasarReplicator) settleLocked(self *call) {
 	rd := r.c.takeReady()
 	for _, cl := range rd.decided {
 		signal(cl.wake)
@@ -65,7 +66,10 @@ func (r *QuasarReplicator) settleLocked() {
 	if !r.applying && r.c.applyBusy() {
 		woke := false
 		for _, cl := range rd.wake {
-			if cl.wake != nil && !cl.decided {
+			switch {
+			case cl == self:
+				woke = true
+			case cl.wake != nil && !cl.decided:
 				signal(cl.wake) // its proposer applies it (and what is queued before it)
 				woke = true
 			}
@@ -207,7 +211,7 @@ func (r *QuasarReplicator) applyLocked(mine *call) {
 		}
 		r.applying = false
 		r.applyIdle.Broadcast()
-		r.settleLocked()
+		r.settleLocked(nil)
 		r.unlock()
 		r.kickApply()
 	}()
@@ -227,7 +231,7 @@ func (r *QuasarReplicator) applyLocked(mine *call) {
 			user, running = false, nil
 			r.mu.Lock()
 			r.c.applied(e, err)
-			r.settleLocked()
+			r.settleLocked(nil)
 		default:
 			r.applying = false
 			r.applyIdle.Broadcast()
@@ -278,7 +282,7 @@ func (r *QuasarReplicator) tickLoop() {
 		case <-t.C:
 			r.mu.Lock()
 			r.c.tick(mono())
-			r.settleLocked()
+			r.settleLocked(nil)
 			r.unlock()
 		}
 	}

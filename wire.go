@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
-	"hash"
 	"iter"
 	"strings"
 	"sync"
@@ -129,19 +128,36 @@ type proposal struct {
 	raw      []byte
 }
 
-// hashPool recycles the SHA-256 states block IDs are computed with.
-var hashPool = sync.Pool{New: func() any { return sha256.New() }}
+// idBufs recycles the buffers block IDs are hashed from.
+var idBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1<<10); return &b }}
 
 // blockIDOf returns the block ID of a proposal whose canonical encoding is
 // raw: SHA-256(blockIDDomain ‖ raw).
-func blockIDOf(raw []byte) (id [idLen]byte) {
-	h := hashPool.Get().(hash.Hash)
-	h.Reset()
-	h.Write([]byte(blockIDDomain))
-	h.Write(raw)
-	h.Sum(id[:0])
-	hashPool.Put(h)
+func blockIDOf(raw []byte) [idLen]byte {
+	bp := idBufs.Get().(*[]byte)
+	b := append(append((*bp)[:0], blockIDDomain...), raw...)
+	id := sha256.Sum256(b)
+	if cap(b) <= 64<<10 {
+		*bp = b[:0] // a buffer that grew for a large frame is let go
+	}
+	idBufs.Put(bp)
 	return id
+}
+
+// proposalLen is len(appendProposal(nil, p)) for a proposal without raw.
+func proposalLen(p *proposal) int {
+	f := &p.frame
+	strLen := func(n int) int { return uvarintLen(uint64(n)) + n }
+	n := uvarintLen(f.Seq) + strLen(len(f.OrgID)) + strLen(len(f.Namespace)) + strLen(len(f.Op)) +
+		strLen(len(f.Key)) + strLen(len(f.Value)) + uvarintLen(p.prev) + nodeIDLen
+	if p.after.n > 0 {
+		return n + uvarintLen(uint64(p.after.n)) + len(p.after.b)
+	}
+	n += uvarintLen(uint64(len(p.deps)))
+	for _, d := range p.deps {
+		n += strLen(len(d.ns.key.org)) + strLen(len(d.ns.key.ns)) + uvarintLen(d.seq)
+	}
+	return n
 }
 
 // compareRefs orders after-list entries as a canonical list holds them.
