@@ -128,18 +128,26 @@ type proposal struct {
 	raw      []byte
 }
 
-// idBufs recycles the buffers block IDs are hashed from.
-var idBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1<<10); return &b }}
+// idBufs recycles the buffers small proposals are hashed from.
+var idBufs = sync.Pool{New: func() any { b := make([]byte, 0, idBufLen); return &b }}
+
+// idBufLen bounds the proposals hashed from a copy (no allocation); larger
+// ones are hashed in place.
+const idBufLen = 4 << 10
 
 // blockIDOf returns the block ID of a proposal whose canonical encoding is
 // raw: SHA-256(blockIDDomain ‖ raw).
-func blockIDOf(raw []byte) [idLen]byte {
+func blockIDOf(raw []byte) (id [idLen]byte) {
+	if len(blockIDDomain)+len(raw) > idBufLen {
+		h := sha256.New()
+		h.Write([]byte(blockIDDomain))
+		h.Write(raw)
+		h.Sum(id[:0])
+		return id
+	}
 	bp := idBufs.Get().(*[]byte)
 	b := append(append((*bp)[:0], blockIDDomain...), raw...)
-	id := sha256.Sum256(b)
-	if cap(b) <= 64<<10 {
-		*bp = b[:0] // a buffer that grew for a large frame is let go
-	}
+	id = sha256.Sum256(b)
 	idBufs.Put(bp)
 	return id
 }
