@@ -29,6 +29,7 @@ type outbox struct {
 	order  []int    // open destinations, oldest first
 	full   []outMsg // cut messages, oldest first
 	bytes  int      // held in bufs and full
+	limit  int      // maxOutboxBytes (tests lower it)
 	spare  [][]byte // sent messages' buffers, for reuse
 	mark   int      // length of the open message before the record being written
 	m      *metrics
@@ -38,6 +39,7 @@ func (o *outbox) init(n int, unicast bool, m *metrics) {
 	o.off = n == 1
 	o.unicast = unicast
 	o.m = m
+	o.limit = maxOutboxBytes
 	slots := 1
 	if unicast {
 		slots += n
@@ -54,7 +56,7 @@ func (o *outbox) begin(to int) (slot int, ok bool) {
 	if o.off {
 		return 0, false
 	}
-	if o.bytes >= maxOutboxBytes {
+	if o.bytes >= o.limit {
 		o.m.outboxDropped.Add(1)
 		return 0, false
 	}

@@ -41,10 +41,11 @@ type QuasarConfig struct {
 	// returns DecisionTimeout. Default 2s.
 	ProposeWait time.Duration // default 2s
 	// WitnessAfter is the repair period: every WitnessAfter, a proposer
-	// re-sends its undecided proposals (until ProposeWait), and a validator
-	// asks for the outcome of frames it voted on that are still undecided.
-	// Default 100ms.
-	WitnessAfter time.Duration // default 100ms — when to escalate to commit vote
+	// re-sends its undecided proposals to the validators it has not heard
+	// from (with a growing backoff, up to 32 WitnessAfter, once no Propose
+	// waits for them), and a validator asks one peer for the outcome of
+	// frames it holds undecided. Default 100ms.
+	WitnessAfter time.Duration
 
 	// Quorum is the number of distinct validators whose commit votes accept
 	// a frame. 0 means a majority, len(Validators)/2+1. Values that are not
@@ -54,12 +55,13 @@ type QuasarConfig struct {
 	// MaxFrameBytes limits a frame's JSON-encoded size. A larger frame is
 	// rejected by Propose before anything is sent, and dropped when
 	// received. 0 means DefaultMaxFrameBytes (1 MiB); negative means no
-	// limit.
+	// limit but the wire format's own, 16 GiB.
 	MaxFrameBytes int
 	// RetainFrames and RetainFor bound the window of decided frames a node
 	// keeps to repair and catch up its peers: a decided frame is forgotten
 	// once more than RetainFrames newer ones were decided or it was decided
-	// longer than RetainFor ago, whichever comes first. Undecided frames
+	// longer than RetainFor ago, whichever comes first (an accepted frame
+	// counts from when it was queued for apply). Undecided frames
 	// received from peers are forgotten after RetainFor too. A node that
 	// was away for longer than the window is told so via OnBehind.
 	// Defaults 4096 frames and 1 minute.

@@ -599,9 +599,9 @@ func TestQuasar_HandlerPanicLeavesReplicatorUsable(t *testing.T) {
 	requireDone(t, done, "Close after a handler panicked")
 }
 
-// The block ID hashes the frame's JSON, where every invalid UTF-8 byte
-// becomes U+FFFD: frames whose strings differ only there would share an ID
-// with different contents. Propose refuses them.
+// A frame's JSON encoding (the Frame API's) turns every invalid UTF-8 byte
+// into U+FFFD: frames whose strings differ only there would look alike to
+// an application that stores them as JSON. Propose refuses them.
 func TestQuasar_RefusesInvalidUTF8(t *testing.T) {
 	c := newTestCluster(t, 3, clusterOpts{})
 	for _, f := range []Frame{
