@@ -81,13 +81,13 @@ func (c *core) start(now int64, ns *nsState, cl *call) {
 	if seq == 0 {
 		seq = max(ns.maxSeen, ns.head) + 1
 		if seq == 0 { // a Seq of MaxUint64 was seen: none is left to assign
-			c.decide(cl, DecisionReject, fmt.Errorf("%w: namespace %q/%q has no sequence number left (seq %d was seen)",
-				ErrRejected, f.OrgID, f.Namespace, uint64(math.MaxUint64)))
+			c.decide(cl, DecisionReject, refused("replication: namespace %q/%q has no sequence number left (seq %d was seen)",
+				f.OrgID, f.Namespace, uint64(math.MaxUint64)))
 			return
 		}
 	} else if seq <= ns.head {
-		c.decide(cl, DecisionReject, fmt.Errorf("%w: slot %s/%s seq %d is taken (latest accepted seq %d)",
-			ErrRejected, f.OrgID, f.Namespace, seq, ns.head))
+		c.decide(cl, DecisionReject, refused("replication: slot %s/%s seq %d is taken (latest accepted seq %d)",
+			f.OrgID, f.Namespace, seq, ns.head))
 		return
 	}
 	f.Seq = seq
@@ -127,8 +127,8 @@ func (c *core) start(now int64, ns *nsState, cl *call) {
 			held.call, cl.e = cl, held
 			return
 		}
-		c.decide(cl, DecisionReject, fmt.Errorf("%w: %s/%s seq %d: this very proposal was decided already (%s)",
-			ErrRejected, f.OrgID, f.Namespace, f.Seq, held.phase))
+		c.decide(cl, DecisionReject, refused("replication: %s/%s seq %d: this very proposal was decided already (%s)",
+			f.OrgID, f.Namespace, f.Seq, held.phase))
 		return
 	}
 	e.call, cl.e = cl, e

@@ -1,8 +1,15 @@
 package replication
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // ErrRejected and ErrTimeout normalize Replicator failure modes.
+// errors.Is(err, ErrRejected) holds for every rejection: a quorum's (the
+// message then names the votes), and a frame a replicator refused by
+// itself, without a vote (too large, a taken Seq, a LocalReplicator
+// handler's failure): the message then says what happened.
 var (
 	ErrRejected = errors.New("replication: frame rejected by quorum")
 	ErrTimeout  = errors.New("replication: consensus timeout")
@@ -40,3 +47,24 @@ var (
 	// it; the driver and transports count and drop such messages.
 	ErrMalformed = errors.New("replication: malformed message")
 )
+
+// refusal is an error that matches ErrRejected (errors.Is) without a
+// quorum having voted: a frame this node refuses itself (too large, a
+// taken slot, a handler of LocalReplicator that failed). Its message says
+// what happened, not "rejected by quorum"; cause, if not nil, is matched
+// too.
+type refusal struct {
+	msg   string
+	cause error
+}
+
+func (e *refusal) Error() string        { return e.msg }
+func (e *refusal) Is(target error) bool { return target == ErrRejected }
+func (e *refusal) Unwrap() error        { return e.cause }
+
+// refused returns a refusal whose message is format's, and whose cause is
+// the error of a %w verb in it, if any.
+func refused(format string, args ...any) error {
+	err := fmt.Errorf(format, args...)
+	return &refusal{msg: err.Error(), cause: errors.Unwrap(err)}
+}

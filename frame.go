@@ -2,7 +2,6 @@ package replication
 
 import (
 	"encoding/base64"
-	"fmt"
 	"unicode/utf8"
 )
 
@@ -48,7 +47,7 @@ func (f *Frame) checkSize(limit int64) error {
 		return nil
 	}
 	if n := f.size(); int64(n) > limit {
-		return fmt.Errorf("%w: %w: %d bytes, limit %d", ErrRejected, ErrTooLarge, n, limit)
+		return refused("%w: %d bytes, limit %d", ErrTooLarge, n, limit)
 	}
 	return nil
 }

@@ -50,3 +50,8 @@ require (
 	google.golang.org/protobuf v1.36.11 // indirect
 	gopkg.in/natefinch/lumberjack.v2 v2.2.1 // indirect
 )
+
+// The engine's go.mod requires github.com/luxfi/ringtail v0.2.0, which no
+// package here imports and the module proxy does not serve: an empty
+// stand-in lets tools that load the whole module graph (go doc) work.
+replace github.com/luxfi/ringtail v0.2.0 => ./third_party/ringtail

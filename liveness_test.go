@@ -11,7 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// TestLiveness_Faults measures liveness under a lossy network (SPEC §4,
+// TestLiveness_Faults measures liveness under a lossy network (README,
 // Liveness): 5 validators, 10% of deliveries dropped and each delayed by
 // 0–5 ms, every node proposing one frame after the other in a namespace of
 // its own, for 1.5s with the test's WitnessAfter (20ms) and 1.5s with the

@@ -275,11 +275,11 @@ func (r *LocalReplicator) claimLocked(f *Frame) (*localNS, uint64, error) {
 	prev := ns.hwm
 	switch {
 	case f.Seq == 0 && prev == math.MaxUint64:
-		return nil, 0, fmt.Errorf("%w: namespace %q/%q has no sequence number left", ErrRejected, f.OrgID, f.Namespace)
+		return nil, 0, refused("replication: namespace %q/%q has no sequence number left", f.OrgID, f.Namespace)
 	case f.Seq == 0:
 		f.Seq = prev + 1
 	case f.Seq <= prev:
-		return nil, 0, fmt.Errorf("%w: slot %q/%q seq %d is taken (latest accepted seq is %d)", ErrRejected, f.OrgID, f.Namespace, f.Seq, prev)
+		return nil, 0, refused("replication: slot %q/%q seq %d is taken (latest accepted seq is %d)", f.OrgID, f.Namespace, f.Seq, prev)
 	}
 	ns.hwm = f.Seq
 	return ns, prev, nil
@@ -389,7 +389,7 @@ func (r *LocalReplicator) apply(f *Frame, ns *localNS, prev uint64) (Decision, e
 		r.rollbackLocked(f, ns, prev)
 		r.mu.Unlock()
 		r.rejected.Add(1)
-		return DecisionReject, fmt.Errorf("%w: local handler: %w", ErrRejected, err)
+		return DecisionReject, refused("replication: a handler failed to apply the frame: %w", err)
 	}
 	r.accepted.Add(1)
 	return DecisionAccept, nil
@@ -435,7 +435,7 @@ func (r *LocalReplicator) abortApply(cur *localWaiter, f *Frame, ns *localNS, pr
 	}
 	if cur != nil {
 		r.rejected.Add(1)
-		cur.dec, cur.err = DecisionReject, fmt.Errorf("%w: local handler panicked", ErrRejected)
+		cur.dec, cur.err = DecisionReject, refused("replication: a handler panicked applying the frame")
 		close(cur.done)
 	}
 	if w := r.popWaiterLocked(); w != nil {

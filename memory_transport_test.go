@@ -117,7 +117,7 @@ func TestHub_ConnectSameIDReturnsExisting(t *testing.T) {
 	require.Equal(t, []string{"a", "b"}, a.Validators())
 }
 
-// SPEC §5: FIFO per (sender, receiver) pair.
+// The Transport contract: FIFO per (sender, receiver) pair.
 func TestMemoryTransport_FIFOPerPair(t *testing.T) {
 	h := newTestHub(t)
 	a, b, c := h.Connect("a"), h.Connect("b"), h.Connect("c")
@@ -542,7 +542,8 @@ func TestMemoryTransport_PayloadCopied(t *testing.T) {
 	require.Equal(t, "original", waitEntered(t, entered))
 }
 
-// SPEC §5: a handler that broadcasts never recurses into itself.
+// The Transport contract: a handler that broadcasts never recurses into
+// itself.
 func TestMemoryTransport_NoRecursion(t *testing.T) {
 	h := newTestHub(t)
 	a, b := h.Connect("a"), h.Connect("b")

@@ -314,7 +314,7 @@ func (r *QuasarReplicator) Propose(ctx context.Context, f Frame) (Decision, erro
 	}
 	if !f.validUTF8() {
 		r.m.rejected.Add(1)
-		return DecisionReject, fmt.Errorf("quasar propose: %w: OrgID, Namespace, Op and Key must be valid UTF-8", ErrRejected)
+		return DecisionReject, fmt.Errorf("quasar propose: %w", refused("replication: OrgID, Namespace, Op and Key must be valid UTF-8"))
 	}
 	cl := &call{frame: f, reentrant: ctx.Value(applyMarker{}) == r}
 	// The timer covers ProposeWait only: a ctx deadline fires ctx.Done(),

@@ -170,7 +170,7 @@ func TestQuasar_ApplyErrorOnProposer(t *testing.T) {
 	require.EqualValues(t, 1, r.Metrics().ApplyErrors)
 }
 
-// SPEC §4 liveness: a minority side of a partition accepts nothing and its
+// Liveness: a minority side of a partition accepts nothing and its
 // proposals time out, while the majority keeps accepting.
 func TestQuasar_MinorityPartitionTimesOut(t *testing.T) {
 	c := newTestCluster(t, 5, clusterOpts{proposeWait: 300 * time.Millisecond})
@@ -372,7 +372,7 @@ func TestQuasar_ForgedAndDuplicateVotesNeverCount(t *testing.T) {
 	require.Zero(t, rs[0].Metrics().Conflicts)
 }
 
-// SPEC §3: a ctx deadline shorter than ProposeWait is reported as the ctx's
+// The outcomes table: a ctx deadline shorter than ProposeWait is reported as the ctx's
 // error, not as ProposeWait elapsing.
 func TestQuasar_CtxDeadlineIsTheCause(t *testing.T) {
 	c := newTestCluster(t, 3, clusterOpts{})

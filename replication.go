@@ -127,9 +127,8 @@ type Replicator interface {
 	Close() error
 }
 
-// Transport abstracts the cluster wire so tests can swap a memory bus for ZAP without
-// dragging the network layer into unit tests. The quasar driver uses it to
-// broadcast Block payloads and votes.
+// Transport carries the messages of a QuasarReplicator between validators:
+// MemoryTransport in process, TCPTransport over the network, or your own.
 //
 // Delivery is best effort: a Transport may drop, delay, duplicate or reorder
 // messages, and the quorum protocol copes. A Transport must never deliver a
@@ -137,17 +136,22 @@ type Replicator interface {
 // serialize it before Broadcast returns), and handlers registered with
 // OnReceive must not keep the payload slice after they return unless the
 // Transport documents otherwise. Implementations must be safe for concurrent
-// use.
+// use. Optional capabilities are separate interfaces, found by type
+// assertion: SenderAware, Unicaster.
 type Transport interface {
-	// Broadcast sends payload to every other validator. Implementations
-	// SHOULD return promptly; durability is the consensus engine's job.
+	// Broadcast sends payload to every other validator. It must return
+	// promptly, without waiting for delivery: a slow or dead peer must not
+	// hold it up. An error means the message was not sent (the protocol
+	// repairs the loss like any other).
 	Broadcast(ctx context.Context, kind string, payload []byte) error
-	// OnReceive registers a handler for inbound traffic; returns nil if
-	// the transport is local-only (single node).
+	// OnReceive registers h for inbound messages of kind, replacing any
+	// handler registered for it. h must return promptly; its error is the
+	// Transport's to count or log.
 	OnReceive(kind string, h func(payload []byte) error)
-	// Validators returns the current validator set, leader-first.
+	// Validators returns the validator set, this node first. A
+	// QuasarReplicator whose QuasarConfig.Validators is empty uses it.
 	Validators() []string
-	// LocalID returns this node's stable id.
+	// LocalID returns this node's stable ID.
 	LocalID() string
 }
 

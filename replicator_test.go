@@ -93,8 +93,9 @@ func requireDone(t *testing.T, done <-chan struct{}, what string) {
 }
 
 // testReplicator is the contract every Replicator driver satisfies: the
-// driver-independent rows of SPEC §3 and the guarantees of doc.go ("What
-// subscribers get", "Outcomes", "Sequence numbers"). newR returns a fresh,
+// driver-independent rows of the outcomes table and the guarantees of the
+// package documentation ("What subscribers get", "Outcomes", "Sequence
+// numbers"). newR returns a fresh,
 // open replicator that has no handler yet and whose cleanup (Close) is
 // already registered with t.Cleanup; it is called once per subtest.
 //

@@ -92,7 +92,7 @@ func tcpRequireClosedByPeer(t *testing.T, conn net.Conn) {
 	}
 }
 
-// TestTCPTransport_RefusesBadInput covers SPEC §6 on the wire: plaintext
+// TestTCPTransport_RefusesBadInput covers bad input on the wire: plaintext
 // and garbage against the TLS listener, and authenticated peers that send
 // an oversized length prefix, garbage, a wrong version or a stray hello.
 // Each is disconnected and counted, nothing panics, and another peer's

@@ -24,7 +24,7 @@ package replication
 // certificate, so without it a dialer that the peer refuses would believe
 // itself connected and lose what it sends.
 //
-// The decoder treats its input as hostile (SPEC §6): the length prefix is
+// The decoder treats its input as hostile: the length prefix is
 // checked against the configured limit before anything is allocated, and the
 // body is read into a buffer that grows only as bytes actually arrive, so a
 // peer that announces a large frame and sends nothing costs nothing, and no

@@ -51,7 +51,7 @@ func TestTCPFrame_RoundTrip(t *testing.T) {
 	require.ErrorIs(t, err, io.EOF, "clean end of stream at a frame boundary")
 }
 
-// TestTCPFrame_Malformed covers SPEC §6: short, truncated, garbage, wrong
+// TestTCPFrame_Malformed covers bad input: short, truncated, garbage, wrong
 // version, wrong lengths and huge length prefixes all give ErrMalformed.
 func TestTCPFrame_Malformed(t *testing.T) {
 	const limit = 1024
@@ -96,7 +96,7 @@ func TestTCPFrame_NetworkErrorIsNotMalformed(t *testing.T) {
 
 // TestTCPFrame_BufferGrowsWithData: a length prefix announcing the full
 // limit followed by three bytes must not make the decoder allocate the
-// announced size (SPEC §6: no allocation sized by the attacker).
+// announced size (no allocation sized by the attacker).
 func TestTCPFrame_BufferGrowsWithData(t *testing.T) {
 	const limit = 4 << 20
 	in := append(tcpFrameHeader(limit, tcpFrameVersion, 1), 'k', 'x', 'y')
@@ -121,7 +121,7 @@ func TestTCPFrame_BufferReuse(t *testing.T) {
 	require.Equal(t, c, cap(buf), "the second frame reuses the buffer")
 }
 
-// FuzzTCPFrame feeds arbitrary bytes to the frame decoder (SPEC §6). It
+// FuzzTCPFrame feeds arbitrary bytes to the frame decoder. It
 // must never panic, must fail only with io.EOF or ErrMalformed, must never
 // grow its buffer beyond the limit, and every frame it accepts must
 // re-encode to exactly the bytes it consumed.

@@ -2,7 +2,8 @@ package replication
 
 // End-to-end tests of QuasarReplicator over TCPTransport: real loopback
 // sockets, mutual TLS with dev certificates, a node that crashes and comes
-// back on the same address (SPEC §4 S3 and liveness, §5 network transport).
+// back on the same address (S3, liveness, and the network transport's
+// contract).
 
 import (
 	"context"

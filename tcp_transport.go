@@ -1,6 +1,6 @@
 package replication
 
-// TCPTransport: the network Transport (SPEC §5).
+// TCPTransport: the network Transport.
 //
 // # Connections
 //
@@ -72,7 +72,7 @@ import (
 // and reconnection with backoff. A slow or dead peer only loses its own
 // messages: Broadcast never waits for a peer.
 //
-// Delivery is best effort (SPEC §5): messages are dropped when a peer's
+// Delivery is best effort (the Transport contract): messages are dropped when a peer's
 // queue is full, when a connection breaks with messages in flight, and when
 // no handler is registered for their kind. Messages from one sender are
 // delivered in the order they were sent, one at a time, on the reader

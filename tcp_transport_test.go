@@ -169,7 +169,7 @@ func requireTCPReceives(t *testing.T, in *tcpInbox, m tcpMsg) {
 		"never received %+v; got %+v", m, in.all())
 }
 
-// TestTCPTransport_MutualTLSBroadcast checks SPEC §5 on three nodes:
+// TestTCPTransport_MutualTLSBroadcast checks the Transport contract on three nodes:
 // broadcasts flow in every direction and each carries its authenticated
 // sender.
 func TestTCPTransport_MutualTLSBroadcast(t *testing.T) {
@@ -354,7 +354,7 @@ func tcpFakePeer(t *testing.T, ln net.Listener, serve func(net.Conn)) (stop func
 	return stop
 }
 
-// TestTCPTransport_SlowPeerDoesNotBlock (SPEC §5): a peer that never reads
+// TestTCPTransport_SlowPeerDoesNotBlock: a peer that never reads
 // and a peer that is down cost Broadcast nothing; a healthy peer still gets
 // every message the queue could hold, and the stuck ones' drops are counted.
 func TestTCPTransport_SlowPeerDoesNotBlock(t *testing.T) {

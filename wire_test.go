@@ -19,7 +19,7 @@ import (
 )
 
 // Tests of the Quasar wire format (wire.go) and fuzz targets for every
-// decoder (SPEC §6): decodeMessage, the proposal body, and the driver's
+// decoder: decodeMessage, the proposal body, and the driver's
 // receive path fed with arbitrary bytes.
 
 // decodeMessage decodes the whole of msg at once.
@@ -160,7 +160,7 @@ func TestWire_RoundTrip(t *testing.T) {
 	})
 }
 
-// wireMalformed are messages every decoder must refuse (SPEC §6): short,
+// wireMalformed are messages every decoder must refuse: short,
 // truncated, garbage, wrong version, wrong lengths, huge counts and length
 // prefixes. Each is also a seed of FuzzDecodeMessage.
 func wireMalformed() []struct {
