@@ -23,6 +23,12 @@ import (
 // other drop.
 const memoryQueueLimit = 1 << 16
 
+// memoryIdle is how long a receiver's delivery goroutine waits for more
+// messages before it ends (between one and two of them): long enough that
+// a busy hub does not start one per message, short enough that an idle hub
+// soon runs none.
+const memoryIdle = 50 * time.Millisecond
+
 // MemoryHub coordinates a set of MemoryTransport peers: it routes every
 // Broadcast to the other connected nodes and injects faults (partitions,
 // disconnects, drops, duplicates, delays) for tests.
@@ -35,8 +41,12 @@ const memoryQueueLimit = 1 << 16
 // delivery goroutine takes the queue in batches, so one receiver holds at
 // most twice the bound.
 //
-// A MemoryHub is safe for concurrent use by multiple goroutines. Close it
-// when you are done: Close stops every goroutine and timer it started.
+// A MemoryHub is safe for concurrent use by multiple goroutines. It runs a
+// goroutine only while it has messages to deliver (one per receiver with
+// messages queued, which ends once the receiver has been idle for
+// memoryIdle, and one per delayed message): a hub nobody sends through
+// holds none, so a hub you simply drop leaks nothing. Close stops them at
+// once and discards what is still queued.
 type MemoryHub struct {
 	// mu guards the fields below up to topo. It is never held while a
 	// handler runs. Lock order: mu, then rngMu; mu, then tmu.
@@ -60,17 +70,18 @@ type MemoryHub struct {
 	rngMu sync.Mutex
 	rng   *rand.Rand
 
-	// tmu guards timers and timersStopped.
-	tmu           sync.Mutex
-	timers        map[*time.Timer]struct{}
-	timersStopped bool
+	// tmu guards timers and stopped, and orders every h.wg.Add before
+	// Close's h.wg.Wait.
+	tmu     sync.Mutex
+	timers  map[*time.Timer]struct{}
+	stopped bool // Close began: no goroutine or timer starts any more
 
 	logger     atomic.Pointer[slog.Logger]
 	onDeliver  atomic.Pointer[func(from, to, kind string, payload []byte)]
 	queueLimit int // memoryQueueLimit; tests of this package lower it
 
 	closing   atomic.Bool   // set by Close; read by enqueue and run
-	done      chan struct{} // closed by Close; wakes every run goroutine
+	done      chan struct{} // closed by Close; wakes every idle run goroutine
 	closeOnce sync.Once
 	wg        sync.WaitGroup // run goroutines and pending delay timers
 
@@ -260,15 +271,16 @@ func (h *MemoryHub) Connect(id string) *MemoryTransport {
 	h.down = append(h.down, false)
 	h.publishLocked()
 
-	// Threads: Connect starts one delivery goroutine per node (t.run). It
-	// owns the batch it swapped out of t.queue; t.qmu guards t.queue. The
-	// goroutine calls handlers and the OnDeliver hook with no lock held.
-	// Delay timers (deliverAfter) run on timer goroutines and only enqueue.
-	// Close stops both: it closes h.done (run returns after the handler in
-	// progress), stops every pending timer under h.tmu, and waits for all of
-	// them on h.wg.
-	h.wg.Add(1)
-	go t.run()
+	// Threads: a node's delivery goroutine (t.run) runs while its queue
+	// holds messages: enqueue starts it when it finds none running (the
+	// running flag, under t.qmu) and wakes it otherwise, and it ends once
+	// the queue stayed empty for memoryIdle (or at once on Close). It
+	// owns the batch it swapped out of t.queue and calls handlers and the
+	// OnDeliver hook with no lock held. Delay timers (deliverAfter) run on
+	// timer goroutines and only enqueue. Close stops both: it sets
+	// h.stopped (under h.tmu, so no goroutine or timer starts after it),
+	// stops every pending timer, and waits for the rest on h.wg; a run
+	// goroutine returns after the handler in progress.
 	return t
 }
 
@@ -388,7 +400,7 @@ func (h *MemoryHub) Close() error {
 		close(h.done)
 
 		h.tmu.Lock()
-		h.timersStopped = true
+		h.stopped = true
 		for tm := range h.timers {
 			if tm.Stop() {
 				h.wg.Done() // its callback will never run
@@ -478,17 +490,19 @@ type memMsg struct {
 type MemoryTransport struct {
 	hub  *MemoryHub
 	id   string
-	idx  int // index in the hub's per-node slices; -1 when not attached
-	wake chan struct{}
+	idx  int           // index in the hub's per-node slices; -1 when not attached
+	wake chan struct{} // cap 1: wakes the delivery goroutine waiting for messages
 
 	// handlers is replaced, never modified, under hmu, so the delivery
 	// goroutine reads it without locking.
 	hmu      sync.Mutex
 	handlers atomic.Pointer[map[string]memHandler] // OnReceive handlers are wrapped
 
-	// qmu guards queue: messages not yet taken by the delivery goroutine.
-	qmu   sync.Mutex
-	queue []memMsg
+	// qmu guards queue (messages not yet taken by the delivery goroutine)
+	// and running (a delivery goroutine runs).
+	qmu     sync.Mutex
+	queue   []memMsg
+	running bool
 }
 
 var (
@@ -652,7 +666,7 @@ func (h *MemoryHub) sendFaulty(t *MemoryTransport, m memMsg, f *MemoryFaults) {
 func (h *MemoryHub) deliverAfter(d time.Duration, t *MemoryTransport, m memMsg) {
 	h.tmu.Lock()
 	defer h.tmu.Unlock()
-	if h.timersStopped {
+	if h.stopped {
 		return // closed: discarded
 	}
 	var tm *time.Timer
@@ -687,11 +701,19 @@ func (t *MemoryTransport) enqueue(m memMsg) {
 		return
 	}
 	t.queue = append(t.queue, m)
-	first := len(t.queue) == 1
+	start, first := !t.running, len(t.queue) == 1
+	t.running = true
 	t.qmu.Unlock()
-	// Only the message that makes the queue non-empty needs to wake the
-	// goroutine: it takes the whole queue at once.
-	if first {
+	switch {
+	case start:
+		if !h.spawn(t.run) {
+			t.qmu.Lock()
+			t.running = false // closed meanwhile: the queue is discarded
+			t.qmu.Unlock()
+		}
+	case first:
+		// Only the message that makes the queue non-empty needs to wake
+		// the goroutine: it takes the whole queue at once.
 		select {
 		case t.wake <- struct{}{}:
 		default: // a wakeup is already pending
@@ -699,24 +721,70 @@ func (t *MemoryTransport) enqueue(m memMsg) {
 	}
 }
 
-// run is t's delivery goroutine (see Threads in Connect).
+// spawn runs fn on a goroutine tied to h.wg, unless Close began.
+func (h *MemoryHub) spawn(fn func()) bool {
+	h.tmu.Lock()
+	defer h.tmu.Unlock()
+	if h.stopped {
+		return false
+	}
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		fn()
+	}()
+	return true
+}
+
+// run is t's delivery goroutine (see Threads in Connect): it delivers
+// what is queued, batch by batch, and returns once the queue stayed empty
+// for memoryIdle, or the hub closed.
 func (t *MemoryTransport) run() {
 	h := t.hub
-	defer h.wg.Done()
 	var batch []memMsg
+	// A ticker, not a timer reset at every wait: waiting is the hot path.
+	// The goroutine ends at the first tick that finds it idle since the
+	// previous one.
+	tick := time.NewTicker(memoryIdle)
+	defer tick.Stop()
+	busy := true
 	for {
-		select {
-		case <-t.wake:
-		case <-h.done:
+		t.qmu.Lock()
+		if h.closing.Load() {
+			t.running = false
+			t.qmu.Unlock()
 			return
 		}
-		t.qmu.Lock()
+		if len(t.queue) == 0 {
+			t.qmu.Unlock()
+			select {
+			case <-t.wake:
+				continue
+			case <-h.done:
+				continue // noticed above
+			case <-tick.C:
+			}
+			t.qmu.Lock()
+			if !busy && len(t.queue) == 0 {
+				t.running = false
+				t.qmu.Unlock()
+				return
+			}
+			busy = false
+			t.qmu.Unlock()
+			continue
+		}
+		busy = true
 		batch, t.queue = t.queue, batch[:0]
 		t.qmu.Unlock()
 		for i := range batch {
-			// select picks at random among ready cases, so a closing hub
-			// is noticed here too, not only in the select above.
+			// Close discards what is queued: it is noticed between two
+			// messages, not only between two batches.
 			if h.closing.Load() {
+				clear(batch)
+				t.qmu.Lock()
+				t.running = false
+				t.qmu.Unlock()
 				return
 			}
 			t.deliver(&batch[i])

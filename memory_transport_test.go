@@ -15,7 +15,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 )
 
 const memWait = 5 * time.Second // deadline for events that should take microseconds
@@ -495,40 +494,6 @@ func TestHub_UnknownIDReported(t *testing.T) {
 			require.Equal(t, memRecv{"a", "x"}, rb.next(t))
 		})
 	}
-}
-
-func TestHub_CloseIdempotentNoLeak(t *testing.T) {
-	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-
-	h := NewMemoryHub()
-	a, b, c := h.Connect("a"), h.Connect("b"), h.Connect("c")
-	rb := newRecorder(t, b, "k")
-	newRecorder(t, c, "k")
-	mustBroadcast(t, a, "k", "before")
-	require.Equal(t, memRecv{"a", "before"}, rb.next(t))
-	// Pending timers, some short enough to fire while Close runs.
-	require.NoError(t, h.SetFaults(MemoryFaults{MaxDelay: time.Hour}))
-	for range 50 {
-		mustBroadcast(t, a, "k", "delayed")
-	}
-	require.NoError(t, h.SetFaults(MemoryFaults{MaxDelay: time.Millisecond}))
-	for range 50 {
-		mustBroadcast(t, a, "k", "soon")
-	}
-
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Go(func() { assert.NoError(t, h.Close()) })
-	}
-	wg.Wait()
-	require.NoError(t, h.Close())
-
-	err := a.Broadcast(context.Background(), "k", []byte("after"))
-	require.ErrorIs(t, err, ErrClosed)
-	d := h.Connect("d")
-	require.ErrorIs(t, d.Broadcast(context.Background(), "k", nil), ErrClosed)
-	require.Same(t, a, h.Connect("a"))
-	assert.Equal(t, []string{"d", "a", "b", "c"}, d.Validators())
 }
 
 func TestMemoryTransport_PayloadCopied(t *testing.T) {
