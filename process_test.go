@@ -176,8 +176,8 @@ func TestTCPNode_ProcessKilledMidLoad(t *testing.T) {
 	require.NoError(t, err, "go build: %s", out)
 
 	certs := filepath.Join(dir, "certs")
-	out, err = exec.CommandContext(ctx, bin, "-gen-certs", certs, "-nodes", "a,b,c").CombinedOutput()
-	require.NoError(t, err, "-gen-certs: %s", out)
+	out, err = exec.CommandContext(ctx, bin, "-gen-certs="+certs, "-nodes", "a,b,c").CombinedOutput()
+	require.NoError(t, err, "-gen-certs=DIR: %s", out)
 	require.Contains(t, string(out), "-id a -listen")
 
 	ids := []string{"a", "b", "c"}

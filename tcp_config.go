@@ -173,7 +173,9 @@ type TCPConfig struct {
 	// Logger receives connection events: Warn for refused peers
 	// (handshake failures, wrong identity, which anyone who can reach the
 	// port can trigger), malformed frames and the first queue overflow of
-	// each peer; Debug for dial failures and disconnects. Nil means silent.
+	// each peer; Info for each peer connection up or down (either
+	// direction) and the first failed dial of an outage; Debug for every
+	// further dial failure. Nil means silent.
 	Logger *slog.Logger
 }
 

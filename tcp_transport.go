@@ -623,7 +623,7 @@ func (t *TCPTransport) readLoop(hs *tcpHandshake) {
 		_ = old.raw.Close()
 		<-old.done
 	}
-	t.log.Debug("tcp inbound connection up", "peer", from, "remote", raw.RemoteAddr().String())
+	t.log.Info("tcp peer connected", "peer", from, "dir", "in", "remote", raw.RemoteAddr().String())
 
 	br := bufio.NewReaderSize(conn, tcpReadBufferSize)
 	for {
@@ -638,7 +638,7 @@ func (t *TCPTransport) readLoop(hs *tcpHandshake) {
 				t.malformed.Add(1)
 				t.log.Warn("tcp malformed frame, disconnecting peer", "peer", from, "err", err)
 			case t.ctx.Err() == nil:
-				t.log.Debug("tcp inbound connection down", "peer", from, "err", err)
+				t.log.Info("tcp peer disconnected", "peer", from, "dir", "in", "err", err)
 			}
 			return
 		}
@@ -724,7 +724,12 @@ func (t *TCPTransport) writeLoop(p *tcpPeer) {
 			if t.ctx.Err() != nil {
 				return
 			}
-			t.log.Debug("tcp dial failed", "peer", p.id, "addr", p.addr, "attempt", attempt, "err", err)
+			if attempt == 0 {
+				// Once per outage at Info; every retry at Debug.
+				t.log.Info("tcp peer unreachable, retrying with backoff", "peer", p.id, "addr", p.addr, "err", err)
+			} else {
+				t.log.Debug("tcp dial failed", "peer", p.id, "addr", p.addr, "attempt", attempt, "err", err)
+			}
 			if !t.sleep(t.backoff(attempt)) {
 				return
 			}
@@ -736,7 +741,7 @@ func (t *TCPTransport) writeLoop(p *tcpPeer) {
 		}
 		everConnected = true
 		p.connected.Store(true)
-		t.log.Debug("tcp outbound connection up", "peer", p.id, "addr", p.addr)
+		t.log.Info("tcp peer connected", "peer", p.id, "dir", "out", "addr", p.addr)
 
 		start := time.Now()
 		err = t.serveOutbound(p, conn, raw, bw)
@@ -744,7 +749,7 @@ func (t *TCPTransport) writeLoop(p *tcpPeer) {
 		if t.ctx.Err() != nil {
 			return
 		}
-		t.log.Debug("tcp outbound connection down", "peer", p.id, "err", err)
+		t.log.Info("tcp peer disconnected", "peer", p.id, "dir", "out", "err", err)
 		// A connection that broke at once (say, the peer refused our
 		// certificate after the TLS 1.3 handshake completed on our side)
 		// keeps escalating the backoff; a long-lived one starts afresh.

@@ -3,12 +3,13 @@
 // Start one process per validator; see README.md for a three-terminal
 // quick start.
 //
-//	tcp-node -gen-certs DIR -nodes a,b,c     write dev certificates, print the commands
+//	tcp-node -gen-certs[=DIR] -nodes a,b,c   write dev certificates, print the commands
 //	tcp-node -id a -listen 127.0.0.1:7001 -peers b=127.0.0.1:7002,c=127.0.0.1:7003 \
 //	    -cert DIR/a.pem -key DIR/a-key.pem -ca DIR/ca.pem [-load N] [-report]
 //
 // Without -load it reads commands from stdin, one per line ("put KEY VALUE",
-// "del KEY", "get KEY"), and prints the decision of each. With -load N it
+// "del KEY", "get KEY"), prints the decision of each, and prints every
+// frame the node applies, whoever proposed it. With -load N it
 // proposes N puts into namespace "<id>" one after the other, then keeps
 // serving its peers until SIGINT or SIGTERM. On exit it optionally waits
 // until -wait-applied frames were applied and writes its state to -dump.
@@ -56,6 +57,17 @@ func (s *kv) apply(_ context.Context, f replication.Frame) error {
 	return nil
 }
 
+// printApplied prints a frame this node applied (interactive mode).
+func printApplied(_ context.Context, f replication.Frame) error {
+	switch f.Op {
+	case "put":
+		fmt.Printf("applied %s/%s seq %d: put %s=%s\n", f.OrgID, f.Namespace, f.Seq, f.Key, f.Value)
+	default:
+		fmt.Printf("applied %s/%s seq %d: %s %s\n", f.OrgID, f.Namespace, f.Seq, f.Op, f.Key)
+	}
+	return nil
+}
+
 func (s *kv) count() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -95,15 +107,40 @@ var (
 	waitApplied = flag.Int("wait-applied", 0, "on exit, first wait until this many frames were applied")
 	waitFor     = flag.Duration("wait-timeout", 30*time.Second, "bound for -wait-applied and for waiting for peers")
 	antiEntropy = flag.Duration("anti-entropy", 0, "QuasarConfig.AntiEntropyInterval (0: the default, 1s)")
-	verbose     = flag.Bool("v", false, "log at Info level (default Warn)")
-	genCerts    = flag.String("gen-certs", "", "write dev certificates into this directory and exit")
+	verbose     = flag.Bool("v", false, "log at Debug level (default Info: peer connections, warnings)")
+	genCerts    = &certsDir{}
 	nodesFlag   = flag.String("nodes", "a,b,c", "with -gen-certs, the node IDs")
 )
 
+func init() {
+	flag.Var(genCerts, "gen-certs", "write dev certificates (into "+defaultCertsDir+", or =DIR) and exit")
+}
+
+// defaultCertsDir is where -gen-certs writes: ignored by git.
+const defaultCertsDir = "examples/tcp-node/certs"
+
+// certsDir is the -gen-certs flag: alone it means defaultCertsDir,
+// -gen-certs=DIR names another directory.
+type certsDir struct{ dir string }
+
+func (c *certsDir) String() string   { return c.dir }
+func (c *certsDir) IsBoolFlag() bool { return true }
+func (c *certsDir) Set(s string) error {
+	switch s {
+	case "true":
+		c.dir = defaultCertsDir
+	case "false", "":
+		c.dir = ""
+	default:
+		c.dir = s
+	}
+	return nil
+}
+
 func main() {
 	flag.Parse()
-	if *genCerts != "" {
-		exitOn(generate(*genCerts, strings.Split(*nodesFlag, ",")))
+	if genCerts.dir != "" {
+		exitOn(generate(genCerts.dir, strings.Split(*nodesFlag, ",")))
 		return
 	}
 	exitOn(run())
@@ -142,9 +179,9 @@ func generate(dir string, nodes []string) error {
 }
 
 func run() error {
-	level := slog.LevelWarn
+	level := slog.LevelInfo
 	if *verbose {
-		level = slog.LevelInfo
+		level = slog.LevelDebug
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	peers, err := parsePeers(*peersFlag)
@@ -182,6 +219,9 @@ func run() error {
 	defer r.Close()
 	state := &kv{data: map[string]string{}}
 	r.Subscribe(state.apply)
+	if *load == 0 {
+		r.Subscribe(printApplied)
+	}
 	m := r.Metrics()
 	fmt.Printf("node %s listening on %s, validators %v, quorum %d\n", *id, tr.Addr(), validators, m.Quorum)
 
