@@ -7,7 +7,9 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -155,6 +157,27 @@ func requireLoadPrefix(t *testing.T, dump map[string]string, owner, ns string) i
 	return n
 }
 
+// requireScrape scrapes the metrics a tcp-node serves (-metrics; out is
+// its stdout) and checks them against its load report: every Propose of
+// its load accepted, a peer still connected, the dead one not.
+func requireScrape(t *testing.T, out *procOutput, accepted int) {
+	t.Helper()
+	line, _ := out.waitLine(t, 0, time.Second, "the metrics address", func(l string) bool { return strings.HasPrefix(l, "metrics at ") })
+	resp, err := http.Get(strings.TrimPrefix(line, "metrics at "))
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	for _, want := range []string{
+		fmt.Sprintf(`replication_quasar_propose_seconds_count{outcome="accept"} %d`, accepted),
+		`replication_tcp_peer_connected{peer="b"} 1`,
+		`replication_tcp_peer_connected{peer="c"} 0`,
+		`replication_quasar_validators 3`,
+	} {
+		require.Contains(t, string(body), want+"\n", "scraped metrics")
+	}
+}
+
 // TestTCPNode_ProcessKilledMidLoad runs three tcp-node processes with load
 // on all three, kills one with SIGKILL mid-load, and checks that the two
 // survivors (a majority) keep accepting, lose none of the killed node's
@@ -198,11 +221,14 @@ func TestTCPNode_ProcessKilledMidLoad(t *testing.T) {
 			}
 		}
 		n := &procNode{id: id, dump: filepath.Join(dir, id+".dump"), out: newProcOutput(), errb: newProcOutput(), done: make(chan struct{})}
-		n.cmd = exec.CommandContext(ctx, bin,
-			"-id", id, "-listen", addrs[id], "-peers", strings.Join(peers, ","),
+		args := []string{"-id", id, "-listen", addrs[id], "-peers", strings.Join(peers, ","),
 			"-cert", filepath.Join(certs, id+".pem"), "-key", filepath.Join(certs, id+"-key.pem"), "-ca", filepath.Join(certs, "ca.pem"),
 			"-load", fmt.Sprint(load), "-rate", "800", "-report", "-anti-entropy", "100ms",
-			"-dump", n.dump, "-wait-applied", fmt.Sprint(2*load), "-wait-timeout", "10s")
+			"-dump", n.dump, "-wait-applied", fmt.Sprint(2 * load), "-wait-timeout", "10s"}
+		if id == "a" {
+			args = append(args, "-metrics", "127.0.0.1:0")
+		}
+		n.cmd = exec.CommandContext(ctx, bin, args...)
 		n.cmd.Stdout, n.cmd.Stderr = n.out, n.errb
 		require.NoError(t, n.cmd.Start())
 		go func() {
@@ -265,6 +291,9 @@ func TestTCPNode_ProcessKilledMidLoad(t *testing.T) {
 		require.Equal(t, load, done.accepted+done.rejected+done.timeouts, "%s decided every proposal", id)
 		require.Zero(t, done.rejected, "%s: rejections in its own namespace", id)
 		require.Zero(t, done.timeouts, "%s: timeouts with a majority up", id)
+		if id == "a" {
+			requireScrape(t, nodes[id].out, done.accepted)
+		}
 	}
 
 	// Stop the survivors together (each first waits until it applied the

@@ -298,6 +298,16 @@ func (r *QuasarReplicator) Close() error {
 // accepted, and the frame is applied after the handler that proposed it
 // returns (waiting for its apply would deadlock the apply goroutine).
 func (r *QuasarReplicator) Propose(ctx context.Context, f Frame) (Decision, error) {
+	if r.cfg.Observer == nil {
+		return r.propose(ctx, f)
+	}
+	start := time.Now()
+	d, err := r.propose(ctx, f)
+	r.cfg.Observer.ObservePropose(d, time.Since(start))
+	return d, err
+}
+
+func (r *QuasarReplicator) propose(ctx context.Context, f Frame) (Decision, error) {
 	if r.closed.Load() {
 		return DecisionUndecided, fmt.Errorf("quasar propose: %w", ErrClosed)
 	}

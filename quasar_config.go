@@ -100,6 +100,9 @@ type QuasarConfig struct {
 	OnBehind func(err error)
 	// Logger receives the driver's logs. Nil means silent.
 	Logger *slog.Logger
+	// Observer, when set, receives the latency of every Propose (by
+	// outcome) and of every frame's handlers. Nil means none.
+	Observer Observer
 }
 
 // withDefaults returns a copy of c with every zero field defaulted.

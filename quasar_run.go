@@ -259,6 +259,10 @@ func (r *QuasarReplicator) apply(e *entry) error {
 	if hs == nil {
 		return nil
 	}
+	if obs := r.cfg.Observer; obs != nil {
+		start := time.Now()
+		defer func() { obs.ObserveApply(time.Since(start)) }()
+	}
 	for _, h := range *hs {
 		if err := h(r.applyCtx, e.p.frame); err != nil {
 			r.m.applyErrors.Add(1)

@@ -24,6 +24,7 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -33,7 +34,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/quasar-replication/replication"
+	"github.com/quasar-replication/replication/promexport"
 )
 
 // kv is the node's state, built by the Subscribe handler. mu guards data
@@ -110,6 +116,7 @@ var (
 	verbose     = flag.Bool("v", false, "log at Debug level (default Info: peer connections, warnings)")
 	genCerts    = &certsDir{}
 	nodesFlag   = flag.String("nodes", "a,b,c", "with -gen-certs, the node IDs")
+	metricsAddr = flag.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics (port 0: any)")
 )
 
 func init() {
@@ -210,13 +217,26 @@ func run() error {
 
 	validators := append(slices.Sorted(maps.Keys(peers)), *id)
 	slices.Sort(validators)
-	r, err := replication.NewQuasar(context.Background(), replication.QuasarConfig{
+	qcfg := replication.QuasarConfig{
 		NodeID: *id, Validators: validators, Transport: tr, AntiEntropyInterval: *antiEntropy, Logger: logger,
-	})
+	}
+	var prom *promexport.Collector
+	if *metricsAddr != "" {
+		prom = promexport.New()
+		qcfg.Observer = prom
+	}
+	r, err := replication.NewQuasar(context.Background(), qcfg)
 	if err != nil {
 		return err
 	}
 	defer r.Close()
+	if prom != nil {
+		stopMetrics, err := serveMetrics(prom, r, tr)
+		if err != nil {
+			return err
+		}
+		defer stopMetrics()
+	}
 	state := &kv{data: map[string]string{}}
 	r.Subscribe(state.apply)
 	if *load == 0 {
@@ -258,6 +278,25 @@ func run() error {
 		}
 	}
 	return errors.Join(r.Close(), tr.Close())
+}
+
+// serveMetrics serves Prometheus metrics (the replicator's, the
+// transport's, and the Go runtime's) at http://-metrics/metrics.
+func serveMetrics(prom *promexport.Collector, r *replication.QuasarReplicator, tr *replication.TCPTransport) (stop func(), err error) {
+	prom.Watch(r)
+	prom.WatchTCP(tr)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prom, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	ln, err := net.Listen("tcp", *metricsAddr)
+	if err != nil {
+		return nil, fmt.Errorf("-metrics: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	fmt.Printf("metrics at http://%s/metrics\n", ln.Addr())
+	return func() { _ = srv.Close() }, nil
 }
 
 // waitPeers waits until outbound connections to n peers are up, so a load
