@@ -121,13 +121,20 @@ func newTestCore(t *testing.T, n, self int) *core {
 // up the goroutine that ran it, applying resumes, and Close returns.
 func TestQuasar_OnBehindPanicLeavesReplicatorUsable(t *testing.T) {
 	r, ids := newLoneValidator(t, QuasarConfig{OnBehind: func(error) { panic("behind") }})
-	// node-1 answers a sync of org/ns from 0: no longer retained.
+	// node-1 answers a sync of org/ns from 0: no longer retained. The
+	// apply goroutine is kept away (the applying flag) so that OnBehind
+	// runs, and panics, on this goroutine.
 	r.mu.Lock()
+	r.applying = true
 	r.c.probe(mono(), spaceKey{"org", "ns"}, 1) // as a digest naming it would
 	r.unlock()
 	behind := record{typ: recBehind, ref: nsRef{"org", "ns", 0}, who: validatorNodeID(ids[0]), to: validatorNodeID(ids[1])}
 	require.NoError(t, r.receive(1, encodeMessage([]record{behind})))
-	require.PanicsWithValue(t, "behind", r.applyAll)
+	require.PanicsWithValue(t, "behind", func() {
+		r.mu.Lock()
+		r.applying = false
+		r.applyLocked(nil) // panics with mu released (its cleanup releases it)
+	})
 
 	voters := nodes(validatorNodeID(ids[1]), validatorNodeID(ids[2]))
 	f := Frame{OrgID: "org", Namespace: "other", Seq: 1, Op: "put", Key: "k", Value: []byte("v")}
