@@ -71,6 +71,9 @@ type checker struct {
 	ops       []*checkedOp
 	byToken   map[string]*checkedOp
 	slots     map[nsRef]string // slot -> token applied there (S4)
+	// slotBlock: slot -> the block applied there, when the caller told
+	// (appliedBlock): which proposal of a frame proposed more than once won.
+	slotBlock map[nsRef][idLen]byte
 	// orders: per token, the frames its proposals order it after, as seen
 	// on the wire: the chain position it extends (prev) and its after list,
 	// one per block (a frame proposed more than once has several). S5
@@ -138,6 +141,7 @@ func newChecker(ids []string, q int) *checker {
 		byNID:       map[nodeID]int{},
 		byToken:     map[string]*checkedOp{},
 		slots:       map[nsRef]string{},
+		slotBlock:   map[nsRef][idLen]byte{},
 		orders:      map[string][]wireOrder{},
 		soleWriters: map[spaceKey]bool{},
 		retried:     map[string][]*checkedOp{},
@@ -240,15 +244,23 @@ func (c *checker) recordOrder(id [idLen]byte, p *proposal) {
 // back to x. skip, if not nil, says which frames the path may not cross.
 func (c *checker) orderedAfter(y, x string, skip func(token string) bool) bool {
 	seen := map[string]bool{y: true}
-	stack := []string{y}
+	type step struct {
+		token string
+		slot  nsRef // where it was applied (zero for y)
+	}
+	stack := []step{{token: y}}
 	for len(stack) > 0 {
 		t := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
 		// A frame proposed more than once (retried, or by several nodes)
-		// may be ordered by any of its proposals: the path may follow
-		// each. (Tokens proposed once, which S5 checks, have one.)
+		// is ordered by the proposal that was accepted, when the caller
+		// told which (appliedBlock); else by any of its proposals.
+		id, known := c.slotBlock[t.slot]
 		var next []nsRef
-		for _, o := range c.orders[t] {
+		for _, o := range c.orders[t.token] {
+			if known && o.id != id {
+				continue
+			}
 			next = append(next, o.after...)
 			if o.prev.seq > 0 {
 				next = append(next, o.prev)
@@ -264,7 +276,7 @@ func (c *checker) orderedAfter(y, x string, skip func(token string) bool) bool {
 			}
 			seen[d] = true
 			if skip == nil || !skip(d) {
-				stack = append(stack, d)
+				stack = append(stack, step{d, ref})
 			}
 		}
 	}
@@ -301,6 +313,12 @@ func (c *checker) appliedBlock(node int, f Frame, block *[idLen]byte) {
 	if i, dup := rep.bySlot[slot]; dup {
 		c.violatef("S3: %s applied slot %s/%s seq %d twice (token %q at position %d, then %q)",
 			name, f.OrgID, f.Namespace, f.Seq, rep.log[i].token, i, token)
+	}
+	if block != nil {
+		if id, ok := c.slotBlock[slot]; ok && id != *block {
+			c.violatef("S4: slot %s/%s seq %d holds two blocks (token %q, on %s the other)", f.OrgID, f.Namespace, f.Seq, token, name)
+		}
+		c.slotBlock[slot] = *block
 	}
 	if other, taken := c.slots[slot]; taken && other != token {
 		c.violatef("S4: slot %s/%s seq %d holds two frames: %q and, on %s, %q", f.OrgID, f.Namespace, f.Seq, other, name, token)
@@ -452,6 +470,43 @@ func (c *checker) maxHead(org, ns string) uint64 {
 		head = max(head, rep.heads[spaceKey{org, ns}])
 	}
 	return head
+}
+
+// checkedRead is a Barrier, then a read of the node's own state: when it
+// began, the frames of its namespace it must see.
+type checkedRead struct {
+	node   int
+	ns     spaceKey
+	tokens []string // frames of ns whose Propose returned Accept before the read began
+}
+
+// beginRead records the start of a Barrier of node on (org, ns).
+func (c *checker) beginRead(node int, org, ns string) *checkedRead {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	rd := &checkedRead{node: node, ns: spaceKey{org, ns}}
+	for _, op := range c.ops {
+		if op.done && op.decision == DecisionAccept && op.frame.OrgID == org && op.frame.Namespace == ns {
+			rd.tokens = append(rd.tokens, op.token)
+		}
+	}
+	c.clock.Add(1)
+	return rd
+}
+
+// endRead checks a Barrier that returned nil: the node applied (or got
+// from a snapshot) every frame its namespace had when the read began, so
+// that a read of its state is linearizable.
+func (c *checker) endRead(rd *checkedRead) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	rep := c.nodes[rd.node]
+	for _, token := range rd.tokens {
+		if _, ok := rep.byToken[token]; !ok {
+			c.violatef("read: %s's Barrier on %s/%s returned before it applied %q, whose Propose returned Accept before the Barrier began",
+				c.ids[rd.node], rd.ns.org, rd.ns.ns, token)
+		}
+	}
 }
 
 // beginShared records the start of a Propose by node of a frame that

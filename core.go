@@ -23,6 +23,7 @@ import (
 //	applied(now, e, err)    the handlers ran for a frame popApply returned
 //	abandon(call)           a Propose call gave up (timeout, ctx, close)
 //	reset(now, key, seq)    ResetNamespace
+//	barrier(now, b)         a Barrier call (core_read.go)
 //
 // Outputs, collected until the caller takes them:
 //
@@ -32,8 +33,9 @@ import (
 //   - frames to apply, in order, and behind notices between them:
 //     popApply; the caller runs the handlers and reports applied.
 //   - the Propose calls decided (ready.decided) and those whose frame was
-//     queued for apply (ready.wake), and whether other frames were queued
-//     (ready.kick): takeReady.
+//     queued for apply (ready.wake), whether other frames were queued
+//     (ready.kick), and the Barrier calls finished (ready.barriers):
+//     takeReady.
 //   - log events (ready.logs): the caller logs them, never the core.
 //
 // The same inputs in the same order give the same outputs: the core never
@@ -48,7 +50,8 @@ import (
 // node's own proposals and the order they promise), core_vote.go (the
 // voting rule, counting and deciding), core_chain.go (the chain of each
 // namespace and the apply queue), core_repair.go (repair, anti-entropy and
-// retention), core_outbox.go (outgoing messages).
+// retention), core_read.go (the read barrier), core_outbox.go (outgoing
+// messages).
 type core struct {
 	cfg  coreConfig
 	m    *metrics
@@ -102,6 +105,13 @@ type core struct {
 	forgotGen uint64
 	forgotCap int
 
+	// barriers: this node's read barriers not finished yet (core_read.go);
+	// nonce numbers them.
+	barriers []*barrier
+	nonce    uint64
+	// now is the time of the latest input that carried one.
+	now int64
+
 	// behindQ: behind notices for OnBehind, handed out by popApply ahead
 	// of queued frames (the application may restore a snapshot that
 	// covers them).
@@ -143,6 +153,8 @@ type ready struct {
 	// wake: calls whose frame was queued for apply; the caller may apply
 	// the queue up to it on the call's own goroutine.
 	wake []*call
+	// barriers: Barrier calls finished (barrier.done).
+	barriers []*barrier
 	// kick: frames were queued for apply that no call in wake covers.
 	kick bool
 	logs []logEvent
@@ -173,7 +185,8 @@ func (c *core) takeReady() ready {
 	clear(c.spare.decided)
 	clear(c.spare.wake)
 	clear(c.spare.logs)
-	c.rd = ready{decided: c.spare.decided[:0], wake: c.spare.wake[:0], logs: c.spare.logs[:0]}
+	clear(c.spare.barriers)
+	c.rd = ready{decided: c.spare.decided[:0], wake: c.spare.wake[:0], logs: c.spare.logs[:0], barriers: c.spare.barriers[:0]}
 	c.spare = rd
 	return rd
 }
@@ -276,8 +289,17 @@ func (c *core) live(d *depRef) *nsState {
 // records' id fields must hold the block IDs of their frames (see
 // prepareRecords).
 func (c *core) step(now int64, from int, recs []record) {
+	c.now = now
 	for i := range recs {
 		c.handle(now, &recs[i], from)
+	}
+	c.settleBarriers()
+}
+
+// settleBarriers finishes the barriers the last input completed.
+func (c *core) settleBarriers() {
+	if len(c.barriers) > 0 {
+		c.checkBarriers(c.now)
 	}
 }
 
@@ -298,6 +320,10 @@ func (c *core) handle(now int64, rec *record, from int) {
 		c.onDigest(now, rec.digest, from)
 	case recBehind:
 		c.onBehind(now, rec.ref, rec.who, from)
+	case recRead:
+		c.onRead(rec, from)
+	case recReadAck:
+		c.onReadAck(now, rec, from)
 	}
 }
 
@@ -315,6 +341,8 @@ func prepareRecords(recs []record) {
 // tick runs the periodic jobs: repair of undecided frames, retention,
 // orphan votes, anti-entropy and eviction of empty namespaces.
 func (c *core) tick(now int64) {
+	c.now = now
+	c.repairBarriers(now)
 	c.repairUndecided(now)
 	c.expireWaiting(now)
 	c.expireRetained(now)

@@ -261,6 +261,7 @@ func (c *core) popApply() (e *entry, behind applyBehind) {
 		c.m.skipped.Add(1) // covered by a restored snapshot
 		c.finishApply(e, nil)
 	}
+	c.settleBarriers()
 	return nil, nil
 }
 
@@ -269,6 +270,7 @@ func (c *core) popApply() (e *entry, behind applyBehind) {
 func (c *core) applied(e *entry, err error) {
 	c.m.applied.Add(1)
 	c.finishApply(e, err)
+	c.settleBarriers()
 }
 
 func (c *core) finishApply(e *entry, err error) {
@@ -324,6 +326,8 @@ func (c *core) backlogged() bool {
 // reset handles ResetNamespace: the application restored the namespace
 // from a snapshot taken at Seq seq.
 func (c *core) reset(now int64, key spaceKey, seq uint64) {
+	c.now = now
+	defer c.settleBarriers()
 	ns := c.space(now, key)
 	// Frames already queued for apply that the snapshot contains must not
 	// be applied on top of it.

@@ -35,6 +35,7 @@ var errUnordered = errors.New("an identical frame proposed earlier is still unde
 // queues the call behind this node's undecided frame in its namespace. The
 // outcome comes in ready.decided, possibly at once.
 func (c *core) propose(now int64, cl *call) {
+	c.now = now
 	f := &cl.frame
 	ns := c.space(now, spaceKey{f.OrgID, f.Namespace})
 	if f.Seq != 0 && ns.mine != nil && ns.mine.call == nil && sameFrame(&ns.mine.p.frame, f) {

@@ -3,6 +3,7 @@ module github.com/quasar-replication/replication
 go 1.26.1
 
 require (
+	github.com/anishathalye/porcupine v1.3.1
 	github.com/luxfi/consensus v1.22.85
 	github.com/prometheus/client_golang v1.25.0
 	github.com/stretchr/testify v1.12.1

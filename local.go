@@ -92,6 +92,7 @@ type localWaiter struct {
 	taken     bool // dequeued: the waiter's ctx is no longer honoured
 	abandoned bool // the waiter gave up (ctx done) before it was taken
 	lead      bool // the waiter is handed the applier role
+	barrier   bool // a Barrier: it has no frame, and is done once it is taken
 }
 
 // maxCombine bounds how many waiting frames an applier applies on behalf of
@@ -352,6 +353,10 @@ func (r *LocalReplicator) lead(f *Frame) (dec Decision, err error) {
 			break
 		}
 		w.taken = true
+		if w.barrier {
+			close(w.done) // every frame queued before it was applied
+			continue
+		}
 		if combined == maxCombine {
 			w.lead = true
 			settled = true
@@ -438,8 +443,17 @@ func (r *LocalReplicator) abortApply(cur *localWaiter, f *Frame, ns *localNS, pr
 		cur.dec, cur.err = DecisionReject, refused("replication: a handler panicked applying the frame")
 		close(cur.done)
 	}
-	if w := r.popWaiterLocked(); w != nil {
-		w.taken, w.lead = true, true
+	for {
+		w := r.popWaiterLocked()
+		if w == nil {
+			break
+		}
+		w.taken = true
+		if w.barrier {
+			close(w.done) // a Barrier has no frame to apply: it cannot lead
+			continue
+		}
+		w.lead = true
 		close(w.done)
 		return
 	}
@@ -507,6 +521,56 @@ func (r *LocalReplicator) Close() error {
 			<-r.drained
 		}
 	})
+	return nil
+}
+
+// Barrier waits until every frame whose Propose returned DecisionAccept
+// before Barrier was called has been applied: at once, unless a handler is
+// running, since a Propose returns Accept only after its frame was applied
+// except the Propose of a handler, whose frame is applied after that
+// handler returns. Then Barrier waits for those frames (for the current
+// applier to get to it). It takes the namespace for symmetry with
+// QuasarReplicator.Barrier; a LocalReplicator has one order for all.
+//
+// It returns an error wrapping ErrTimeout (and ctx's error) if ctx ends
+// first, and ErrClosed after Close. Called from a handler, it cannot wait
+// for frames applied after that handler returns: it returns nil if there
+// are none, else an error wrapping ErrTimeout.
+func (r *LocalReplicator) Barrier(ctx context.Context, orgID, namespace string) error {
+	r.mu.Lock()
+	switch {
+	case r.closed:
+		r.mu.Unlock()
+		return fmt.Errorf("local barrier: %w", ErrClosed)
+	case !r.applying:
+		r.mu.Unlock()
+		return nil
+	case ctx.Value(localCtxKey{}) == r:
+		pending := r.rqHead < len(r.rq)
+		r.mu.Unlock()
+		if pending {
+			return fmt.Errorf("local barrier: %w: called from a handler, which frames proposed by handlers are applied after", ErrTimeout)
+		}
+		return nil
+	}
+	w := &localWaiter{barrier: true, done: make(chan struct{})}
+	r.wq = append(r.wq, w)
+	r.mu.Unlock()
+	select {
+	case <-w.done:
+	case <-ctx.Done():
+		r.mu.Lock()
+		taken := w.taken
+		w.abandoned = !taken
+		r.mu.Unlock()
+		if !taken {
+			return fmt.Errorf("local barrier: %w: %w", ErrTimeout, ctx.Err())
+		}
+		<-w.done
+	}
+	if w.err != nil {
+		return fmt.Errorf("local barrier: %w", w.err) // ErrClosed
+	}
 	return nil
 }
 

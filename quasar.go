@@ -473,6 +473,61 @@ func putTimer(t *time.Timer) {
 	timerPool.Put(t)
 }
 
+// Barrier waits until this node has applied every frame of the namespace
+// (orgID, namespace) whose Propose returned DecisionAccept, on any node,
+// before Barrier was called. Reading the application's local state after
+// Barrier returns nil is then linearizable: it reflects every write that
+// completed before the read began.
+//
+// It asks every validator for its head of the namespace (and for the frame
+// it voted for on top of it, which may have been accepted), waits for
+// answers from a quorum, then waits until this node has applied up to the
+// highest head reported: a few message round trips when this node is up
+// to date. Without a quorum it fails, when ctx ends or after ProposeWait,
+// with an error wrapping ErrTimeout (and ctx's error if ctx ended first).
+// After Close it returns an error wrapping ErrClosed. Barrier must not be
+// called from a handler or OnBehind: it may wait for frames that are
+// applied after they return.
+func (r *QuasarReplicator) Barrier(ctx context.Context, orgID, namespace string) error {
+	if r.closed.Load() {
+		return fmt.Errorf("quasar barrier: %w", ErrClosed)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("quasar barrier: %w: %w", ErrTimeout, err)
+	}
+	b := &barrier{key: spaceKey{orgID, namespace}}
+	r.mu.Lock()
+	r.c.barrier(mono(), b)
+	r.settleLocked(nil)
+	if b.done {
+		r.unlock()
+		return nil
+	}
+	b.wake = make(chan struct{}, 1)
+	r.unlock()
+	timer := getTimer(r.cfg.ProposeWait)
+	defer putTimer(timer)
+	for {
+		cause := r.await(ctx, b.wake, timer)
+		r.mu.Lock()
+		done := b.done
+		if !done && cause != nil {
+			r.c.abandonBarrier(b)
+		}
+		r.unlock()
+		switch {
+		case done:
+			return nil
+		case cause == ErrClosed:
+			return fmt.Errorf("quasar barrier: %w", ErrClosed)
+		case cause == errProposeWait:
+			return fmt.Errorf("quasar barrier: %w: no quorum answered, or this node did not catch up, within %s", ErrTimeout, r.cfg.ProposeWait)
+		case cause != nil:
+			return fmt.Errorf("quasar barrier: %w: %w", ErrTimeout, cause)
+		}
+	}
+}
+
 // ResetNamespace tells the replicator that the application restored the
 // namespace (OrgID, Namespace) from a snapshot taken at Seq seq (the Seq of
 // the last frame the snapshot contains). Frames of the namespace up to seq

@@ -63,6 +63,9 @@ func (r *QuasarReplicator) settleLocked(self *call) {
 	for _, cl := range rd.decided {
 		signal(cl.wake)
 	}
+	for _, b := range rd.barriers {
+		signal(b.wake)
+	}
 	if !r.applying && r.c.applyBusy() {
 		woke := false
 		for _, cl := range rd.wake {

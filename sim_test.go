@@ -89,6 +89,7 @@ type simEvent struct {
 	msg    []byte
 	client *simClient
 	call   *call
+	bar    *barrier
 	behind *BehindError
 }
 
@@ -121,6 +122,7 @@ type simNode struct {
 	deaf     bool // receives nothing, but what it sends arrives
 	applying bool // an evApply is scheduled
 	calls    map[*call]*simClient
+	reads    map[*barrier]*simClient
 }
 
 // simClient is one proposer of a workload: it proposes one frame after
@@ -133,6 +135,9 @@ type simClient struct {
 	k     int
 	sole  bool   // the only writer of ns (S6)
 	retry *Frame // a frame to propose as is: a retry after a timeout, or a frame other racers propose too
+	read  bool   // a reader: Barrier, then a read, again and again
+	rd    *checkedRead
+	bar   *barrier
 	op    *checkedOp
 	call  *call
 	final bool // the proposal after healing: must be accepted
@@ -173,7 +178,7 @@ type simulator struct {
 	trace  *simTrace
 
 	delivered, lost, dropped, duplicated int
-	restores, racerSlot                  int
+	restores, racerSlot, reads           int
 }
 
 // simTrace keeps the last events of a run for a failure report, or every
@@ -223,7 +228,7 @@ func newSimulator(seed uint64, trace *simTrace) *simulator {
 	}
 	s.now = int64(time.Second) // the clock starts above zero, as the driver's does
 	for i := range o.n {
-		n := &simNode{i: i, calls: map[*call]*simClient{}}
+		n := &simNode{i: i, calls: map[*call]*simClient{}, reads: map[*barrier]*simClient{}}
 		cfg := cc
 		cfg.self = i
 		c, err := newCore(cfg, &n.m)
@@ -247,6 +252,7 @@ func newSimulator(seed uint64, trace *simTrace) *simulator {
 		}
 		s.startClient(&simClient{node: i, ns: fmt.Sprintf("shared-%d", i%nShared), name: fmt.Sprintf("n%d.s", i)})
 		s.startClient(&simClient{node: i, ns: "gap", name: fmt.Sprintf("n%d.g", i)})
+		s.startClient(&simClient{node: i, ns: fmt.Sprintf("shared-%d", (i+1)%nShared), name: fmt.Sprintf("n%d.r", i), read: true})
 	}
 	s.at(s.now, &simEvent{kind: evRace})
 	s.at(s.now+s.rng.Int64N(int64(300*time.Millisecond)), &simEvent{kind: evFault})
@@ -305,7 +311,11 @@ func (s *simulator) step(ev *simEvent) {
 	case evPropose:
 		s.propose(ev.client)
 	case evDeadline:
-		s.deadline(ev)
+		if ev.client != nil && ev.client.read {
+			s.readDeadline(ev)
+		} else {
+			s.deadline(ev)
+		}
 	case evFault:
 		s.faultStep()
 	case evRace:
@@ -334,6 +344,9 @@ func (s *simulator) settle(n *simNode) {
 	rd := n.c.takeReady()
 	for _, cl := range rd.decided {
 		s.decided(n, cl)
+	}
+	for _, b := range rd.barriers {
+		s.readDone(n, b)
 	}
 	if n.c.applyBusy() {
 		s.scheduleApply(n)
@@ -411,10 +424,10 @@ func (s *simulator) deliver(ev *simEvent) {
 		s.fail = fmt.Sprintf("%s sent %s a message that does not decode: %v", s.ids[ev.from], s.ids[ev.node], err)
 		return
 	}
+	prepareRecords(recs)
 	if s.trace != nil && s.trace.all {
 		s.trace.add("%s %s <- %s %s", s.clock(), s.ids[ev.node], s.ids[ev.from], describeRecords(recs))
 	}
-	prepareRecords(recs)
 	from := ev.from
 	if !s.o.senderAware {
 		from = -1
@@ -441,7 +454,7 @@ func (s *simulator) apply(n *simNode) {
 		s.trace.add("%s %s behind %v", s.clock(), s.ids[n.i], behind)
 		s.restore(n, be)
 	case e != nil:
-		s.chk.applied(n.i, e.p.frame)
+		s.chk.appliedBlock(n.i, e.p.frame, &e.id)
 		n.c.applied(e, nil)
 	}
 	s.settle(n)
@@ -466,11 +479,15 @@ func (s *simulator) restore(n *simNode, be *BehindError) {
 	s.settle(n)
 }
 
-// propose starts client cl's next Propose.
+// propose starts client cl's next Propose (or, for a reader, Barrier).
 func (s *simulator) propose(cl *simClient) {
 	n := s.nodes[cl.node]
 	if n.crashed {
 		s.at(s.now+int64(10*time.Millisecond), &simEvent{kind: evPropose, node: cl.node, client: cl})
+		return
+	}
+	if cl.read {
+		s.read(n, cl)
 		return
 	}
 	if !cl.final && (s.phase != phaseLoad || s.begun >= s.o.proposals) && cl.retry == nil {
@@ -503,6 +520,49 @@ func (s *simulator) propose(cl *simClient) {
 	s.at(s.now+s.o.proposeWait, &simEvent{kind: evDeadline, node: cl.node, client: cl, call: cl.call})
 	n.c.propose(s.now, cl.call)
 	s.settle(n)
+}
+
+// read starts a reader's Barrier on node n.
+func (s *simulator) read(n *simNode, cl *simClient) {
+	if s.phase != phaseLoad {
+		return
+	}
+	cl.rd = s.chk.beginRead(n.i, "org", cl.ns)
+	cl.bar = &barrier{key: spaceKey{"org", cl.ns}}
+	n.reads[cl.bar] = cl
+	s.at(s.now+s.o.proposeWait, &simEvent{kind: evDeadline, node: cl.node, client: cl, bar: cl.bar})
+	n.c.barrier(s.now, cl.bar)
+	s.settle(n)
+}
+
+// readDone ends a reader's Barrier that returned nil: its read must see
+// every frame accepted before it began.
+func (s *simulator) readDone(n *simNode, b *barrier) {
+	cl := n.reads[b]
+	if cl == nil {
+		return
+	}
+	delete(n.reads, b)
+	s.trace.add("%s %s read %s: done", s.clock(), s.ids[n.i], cl.ns)
+	s.chk.endRead(cl.rd)
+	s.reads++
+	s.at(s.now+s.rng.Int64N(s.o.pacing), &simEvent{kind: evPropose, node: cl.node, client: cl})
+}
+
+// readDeadline ends a reader's Barrier that timed out.
+func (s *simulator) readDeadline(ev *simEvent) {
+	n, cl := s.nodes[ev.node], ev.client
+	if n.reads[ev.bar] == nil {
+		return // done already
+	}
+	if n.crashed {
+		s.at(s.now+int64(10*time.Millisecond), ev)
+		return
+	}
+	delete(n.reads, ev.bar)
+	n.c.abandonBarrier(ev.bar)
+	s.trace.add("%s %s read %s: timed out", s.clock(), s.ids[n.i], cl.ns)
+	s.at(s.now+s.rng.Int64N(s.o.pacing), &simEvent{kind: evPropose, node: cl.node, client: cl})
 }
 
 // decided ends the Propose of call cl of node n.
@@ -731,8 +791,8 @@ func (s *simulator) healedStep() {
 // summary describes a finished run for the log.
 func (s *simulator) summary() string {
 	proposed, accepted, rejected, timedOut, applied, restores := s.chk.stats()
-	return fmt.Sprintf("seed %d (%s): %d steps, %s virtual; %d proposals: %d accepted, %d rejected, %d timed out; %d frames applied per node, %d namespaces restored; network: %d delivered, %d lost, %d dropped, %d duplicated",
-		s.seed, s.o, s.steps, time.Duration(s.now-int64(time.Second)).Round(time.Millisecond), proposed, accepted, rejected, timedOut, applied, restores,
+	return fmt.Sprintf("seed %d (%s): %d steps, %s virtual; %d proposals: %d accepted, %d rejected, %d timed out; %d reads after a barrier; %d frames applied per node, %d namespaces restored; network: %d delivered, %d lost, %d dropped, %d duplicated",
+		s.seed, s.o, s.steps, time.Duration(s.now-int64(time.Second)).Round(time.Millisecond), proposed, accepted, rejected, timedOut, s.reads, applied, restores,
 		s.delivered, s.lost, s.dropped, s.duplicated)
 }
 
@@ -744,7 +804,11 @@ func describeRecords(recs []record) string {
 		f := &r.prop.frame
 		switch r.typ {
 		case recProposal:
-			parts = append(parts, fmt.Sprintf("proposal %x %s/%d@%d %q", r.id[:4], f.Namespace, f.Seq, r.prop.prev, f.Value))
+			var after []string
+			for a := range r.prop.after.all() {
+				after = append(after, fmt.Sprintf("%s/%d", a.ns, a.seq))
+			}
+			parts = append(parts, fmt.Sprintf("proposal %x %s/%d@%d %q after %v", r.id[:4], f.Namespace, f.Seq, r.prop.prev, f.Value, after))
 		case recCertificate:
 			parts = append(parts, fmt.Sprintf("certificate %s/%d@%d %q (%d voters)", f.Namespace, f.Seq, r.prop.prev, f.Value, r.voters.len()))
 		case recVote:

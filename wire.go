@@ -30,6 +30,9 @@ import (
 //	type 5 sync         body = org:str ‖ ns:str ‖ from:uvarint ‖ requester:20 ‖ asked:20
 //	type 6 digest       body = n:uvarint ‖ (org:str ‖ ns:str ‖ head:uvarint) × n
 //	type 7 behind       body = org:str ‖ ns:str ‖ from:uvarint ‖ requester:20 ‖ asked:20
+//	type 8 read         body = org:str ‖ ns:str ‖ nonce:uvarint ‖ requester:20
+//	type 9 read ack     body = org:str ‖ ns:str ‖ nonce:uvarint ‖ requester:20 ‖ replier:20 ‖ head:uvarint ‖
+//	                           n:uvarint ‖ (blockID:32 ‖ seq:uvarint ‖ prev:uvarint) × n   (n ≤ 1)
 //
 // The vote is the documented consensus vote: block ID (32 bytes) ‖ voter
 // NodeID (20 bytes: the first 20 bytes of SHA-256 of the validator's string
@@ -67,6 +70,11 @@ import (
 // advertises namespace heads (anti-entropy); behind tells requester that
 // the validator it asked (asked) no longer retains the frames after from.
 //
+// read and read ack serve Barrier: a node asks every validator for the head
+// of a namespace and, when it voted commit for a frame on top of that head,
+// for that frame (its commit may have made it accepted); a read ack
+// answers it, to the requester alone.
+//
 // Decoded strings, values and lists (after lists, certificate voters,
 // digests) alias the message buffer: the driver copies what it keeps before
 // the transport callback returns.
@@ -93,6 +101,8 @@ const (
 	recSync        = 5
 	recDigest      = 6
 	recBehind      = 7
+	recRead        = 8
+	recReadAck     = 9
 
 	voteCommit = 1 // consensus.VoteCommit
 	voteCancel = 2 // consensus.VoteCancel
@@ -223,8 +233,11 @@ type record struct {
 	block  [idLen]byte // fetch
 	voters nodeList    // certificate
 	ref    nsRef       // sync, behind (seq = from)
-	who    nodeID      // fetch, sync, behind: requester
-	to     nodeID      // fetch, sync, behind: the validator asked
+	who    nodeID      // fetch, sync, behind, read, read ack: requester
+	to     nodeID      // fetch, sync, behind: the validator asked; read ack: the replier
+	nonce  uint64      // read, read ack
+	head   uint64      // read ack
+	voted  votedRef    // read ack: the frame the replier committed on top of head, if voted.ok
 	digest refList     // digest (seq = head)
 	// Filled by prepareRecords, not the decoder: the block ID of a
 	// proposal's or certificate's frame.
@@ -343,6 +356,41 @@ func appendSyncRecord(b []byte, typ byte, org, ns string, from uint64, who, to *
 	b = binary.AppendUvarint(b, from)
 	b = append(b, who[:]...)
 	b = append(b, to[:]...)
+	return endRecord(b, s)
+}
+
+// votedRef names the frame a validator voted commit for on top of its
+// head (a read ack); ok is false when there is none.
+type votedRef struct {
+	ok        bool
+	id        [idLen]byte
+	seq, prev uint64
+}
+
+func appendReadRecord(b []byte, org, ns string, nonce uint64, who *nodeID) []byte {
+	b, s := beginRecord(b, recRead)
+	b = appendStr(b, org)
+	b = appendStr(b, ns)
+	b = binary.AppendUvarint(b, nonce)
+	b = append(b, who[:]...)
+	return endRecord(b, s)
+}
+
+func appendReadAckRecord(b []byte, org, ns string, nonce uint64, who, replier *nodeID, head uint64, voted votedRef) []byte {
+	b, s := beginRecord(b, recReadAck)
+	b = appendStr(b, org)
+	b = appendStr(b, ns)
+	b = binary.AppendUvarint(b, nonce)
+	b = append(b, who[:]...)
+	b = append(b, replier[:]...)
+	b = binary.AppendUvarint(b, head)
+	if !voted.ok {
+		return endRecord(append(b, 0), s)
+	}
+	b = append(b, 1)
+	b = append(b, voted.id[:]...)
+	b = binary.AppendUvarint(b, voted.seq)
+	b = binary.AppendUvarint(b, voted.prev)
 	return endRecord(b, s)
 }
 
@@ -574,6 +622,30 @@ func (d *decoder) record(r *record, maxFrame int) {
 		r.to = body.node("sync asked")
 	case recDigest:
 		r.digest = body.refs("digest count", "digest entry")
+	case recRead, recReadAck:
+		r.ref.org = body.str("read org")
+		r.ref.ns = body.str("read ns")
+		r.nonce = body.uvarint("read nonce")
+		r.who = body.node("read requester")
+		if typ == recRead {
+			break
+		}
+		r.to = body.node("read ack replier")
+		r.head = body.uvarint("read ack head")
+		switch n := body.uvarint("read ack votes"); {
+		case body.err != nil:
+		case n == 1:
+			v := &r.voted
+			v.ok = true
+			copy(v.id[:], body.take(idLen, "read ack block"))
+			v.seq = body.uvarint("read ack seq")
+			v.prev = body.uvarint("read ack position")
+			if body.err == nil && v.seq <= v.prev {
+				body.fail("read ack seq not above its position")
+			}
+		case n > 1:
+			body.fail("read ack votes")
+		}
 	default:
 		body.fail(fmt.Sprintf("unknown record type %d", typ))
 	}

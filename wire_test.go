@@ -73,6 +73,10 @@ func wireSamples() []wireSample {
 		{"behind", record{typ: recBehind, ref: nsRef{"org", "ns", 42}, who: validatorNodeID("node-0"), to: validatorNodeID("node-2")}},
 		{"digest", record{typ: recDigest, digest: refs(nsRef{"org", "ns", 9}, nsRef{"org", "ns2", 1})}},
 		{"digest empty", record{typ: recDigest}},
+		{"read", record{typ: recRead, ref: nsRef{"org", "ns", 0}, nonce: 7, who: validatorNodeID("node-1")}},
+		{"read ack", record{typ: recReadAck, ref: nsRef{"org", "ns", 0}, nonce: 7, who: validatorNodeID("node-1"), to: validatorNodeID("node-2"),
+			head: 9, voted: votedRef{ok: true, id: id, seq: 11, prev: 9}}},
+		{"read ack without vote", record{typ: recReadAck, ref: nsRef{"org", "ns", 0}, nonce: 1 << 40, who: validatorNodeID("node-0"), to: validatorNodeID("node-2"), head: 3}},
 	}
 }
 
@@ -91,6 +95,10 @@ func appendRecord(b []byte, r *record) []byte {
 		return appendSyncRecord(b, r.typ, r.ref.org, r.ref.ns, r.ref.seq, &r.who, &r.to)
 	case recDigest:
 		return appendDigestRecord(b, slices.Collect(r.digest.all()))
+	case recRead:
+		return appendReadRecord(b, r.ref.org, r.ref.ns, r.nonce, &r.who)
+	case recReadAck:
+		return appendReadAckRecord(b, r.ref.org, r.ref.ns, r.nonce, &r.who, &r.to, r.head, r.voted)
 	}
 	panic(fmt.Sprintf("appendRecord: unknown type %d", r.typ))
 }
@@ -215,6 +223,10 @@ func wireMalformed() []struct {
 		{"behind short requester", withRecord(recBehind, append(append(appendStr(appendStr(nil, "o"), "n"), 1), make([]byte, nodeIDLen-1)...))},
 		{"sync without validator asked", withRecord(recSync, append(append(appendStr(appendStr(nil, "o"), "n"), 1), make([]byte, nodeIDLen)...))},
 		{"digest huge count", withRecord(recDigest, huge)},
+		{"read without requester", withRecord(recRead, append(appendStr(appendStr(nil, "o"), "n"), 1))},
+		{"read ack two votes", withRecord(recReadAck, append(append(append(appendStr(appendStr(nil, "o"), "n"), 1), make([]byte, 2*nodeIDLen)...), 3, 2))},
+		{"read ack seq not above its position", withRecord(recReadAck, binary.AppendUvarint(binary.AppendUvarint(
+			append(append(append(append(appendStr(appendStr(nil, "o"), "n"), 1), make([]byte, 2*nodeIDLen)...), 3, 1), make([]byte, idLen)...), 4), 4))},
 		{"digest cut", withRecord(recDigest, append([]byte{2}, appendStr(appendStr(nil, "o"), "n")...))},
 		{"garbage", []byte("\x01\x03garbage that is no message at all")},
 	}
@@ -468,6 +480,9 @@ func quasarReceiveSeeds() []quasarReceiveSeed {
 		{"sync", true, 2, encodeMessage([]record{{typ: recSync, ref: nsRef{"org", "ns", 0}, who: n2, to: n0}})},
 		{"behind", true, 1, encodeMessage([]record{{typ: recBehind, ref: nsRef{"org", "ns", 0}, who: n0, to: n1}})},
 		{"digest", true, 2, encodeMessage([]record{{typ: recDigest, digest: refs(nsRef{"org", "ns", 5})}})},
+		{"read", true, 1, encodeMessage([]record{{typ: recRead, ref: nsRef{"org", "ns", 0}, nonce: 3, who: n1}})},
+		{"read ack", true, 2, encodeMessage([]record{{typ: recReadAck, ref: nsRef{"org", "ns", 0}, nonce: 1, who: n0, to: n2,
+			head: 1, voted: votedRef{ok: true, id: id, seq: 2, prev: 1}}})},
 		{"single node proposal", false, -1, encodeMessage([]record{{typ: recProposal, prop: p}})},
 	}
 	for _, tc := range wireMalformed() {
