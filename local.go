@@ -239,25 +239,37 @@ func (r *LocalReplicator) wait(ctx context.Context, f Frame) (Decision, error) {
 		return DecisionAccept, nil
 	}
 	w := &localWaiter{f: f, done: make(chan struct{})}
-	r.wq = append(r.wq, w)
-	r.mu.Unlock()
-	select {
-	case <-w.done:
-	case <-ctx.Done():
-		r.mu.Lock()
-		if !w.taken {
-			w.abandoned = true
-			r.mu.Unlock()
-			return DecisionTimeout, fmt.Errorf("%w: %w", ErrTimeout, ctx.Err())
-		}
-		r.mu.Unlock()
-		<-w.done
+	if !r.queue(ctx, w) {
+		return DecisionTimeout, fmt.Errorf("%w: %w", ErrTimeout, ctx.Err())
 	}
 	if w.lead {
 		r.mu.Lock()
 		return r.lead(&w.f)
 	}
 	return w.dec, w.err
+}
+
+// queue puts w in the wait queue and waits until the applier is done with
+// it (w.done). It reports false, having abandoned w, if ctx ended before
+// the applier took w; once taken, w is waited for whatever ctx does. mu is
+// held on entry and released.
+func (r *LocalReplicator) queue(ctx context.Context, w *localWaiter) bool {
+	r.wq = append(r.wq, w)
+	r.mu.Unlock()
+	select {
+	case <-w.done:
+		return true
+	case <-ctx.Done():
+		r.mu.Lock()
+		if !w.taken {
+			w.abandoned = true
+			r.mu.Unlock()
+			return false
+		}
+		r.mu.Unlock()
+		<-w.done
+		return true
+	}
 }
 
 // claimLocked checks f.Seq against its namespace, assigns one when it is 0,
@@ -554,19 +566,8 @@ func (r *LocalReplicator) Barrier(ctx context.Context, orgID, namespace string) 
 		return nil
 	}
 	w := &localWaiter{barrier: true, done: make(chan struct{})}
-	r.wq = append(r.wq, w)
-	r.mu.Unlock()
-	select {
-	case <-w.done:
-	case <-ctx.Done():
-		r.mu.Lock()
-		taken := w.taken
-		w.abandoned = !taken
-		r.mu.Unlock()
-		if !taken {
-			return fmt.Errorf("local barrier: %w: %w", ErrTimeout, ctx.Err())
-		}
-		<-w.done
+	if !r.queue(ctx, w) {
+		return fmt.Errorf("local barrier: %w: %w", ErrTimeout, ctx.Err())
 	}
 	if w.err != nil {
 		return fmt.Errorf("local barrier: %w", w.err) // ErrClosed
