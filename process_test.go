@@ -8,7 +8,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -206,10 +205,7 @@ func TestTCPNode_ProcessKilledMidLoad(t *testing.T) {
 	ids := []string{"a", "b", "c"}
 	addrs := map[string]string{}
 	for _, id := range ids {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		addrs[id] = ln.Addr().String()
-		require.NoError(t, ln.Close())
+		addrs[id] = freeLoopbackAddr(t)
 	}
 	const load = 4000 // at 800/s: 5s of load
 	nodes := map[string]*procNode{}

@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -58,10 +57,7 @@ func newTQCluster(t testing.TB, o tqOpts, ids ...string) *tqCluster {
 	c := &tqCluster{t: t, dir: t.TempDir(), ids: ids, addrs: map[string]string{}, opts: o, nodes: map[string]*tqNode{}}
 	require.NoError(t, GenerateDevCerts(c.dir, ids))
 	for _, id := range ids[1:] {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		c.addrs[id] = ln.Addr().String()
-		require.NoError(t, ln.Close())
+		c.addrs[id] = freeLoopbackAddr(t)
 	}
 	c.addrs[ids[0]] = "127.0.0.1:0"
 	t.Cleanup(func() {

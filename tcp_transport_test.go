@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"path/filepath"
 	"strings"
@@ -27,11 +28,26 @@ const tcpPoll = 5 * time.Millisecond
 // ago, so a cluster's addresses can be known before its nodes exist.
 func tcpFreeAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := ln.Addr().String()
-	require.NoError(t, ln.Close())
-	return addr
+	return freeLoopbackAddr(t)
+}
+
+// freeLoopbackAddr returns a loopback address with a free port for a
+// listener the test starts later. The port is not one the kernel picks
+// itself (port 0 listeners, and the local port of every outbound
+// connection, come from the ephemeral range, 32768 and up on Linux): one
+// taken from that range could be given to a connection between this check
+// and the bind ("address already in use", seen once in ten full runs).
+func freeLoopbackAddr(t testing.TB) string {
+	t.Helper()
+	for range 100 {
+		addr := fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(12000))
+		if ln, err := net.Listen("tcp", addr); err == nil {
+			require.NoError(t, ln.Close())
+			return addr
+		}
+	}
+	t.Fatal("no free port between 20000 and 32000 on loopback")
+	return ""
 }
 
 // tcpCerts writes dev certificates for ids into a fresh temp dir.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -86,11 +87,18 @@ func TestCollector_Quasar(t *testing.T) {
 }
 
 func TestCollector_TCP(t *testing.T) {
+	// A free port below the kernel's ephemeral range (32768 and up), where
+	// no outbound connection can take it between this check and the bind.
 	free := func() string {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		defer ln.Close()
-		return ln.Addr().String()
+		for range 100 {
+			addr := fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(12000))
+			if ln, err := net.Listen("tcp", addr); err == nil {
+				require.NoError(t, ln.Close())
+				return addr
+			}
+		}
+		t.Fatal("no free port")
+		return ""
 	}
 	addrA, addrB := free(), free()
 	a, err := replication.NewTCPTransport(replication.TCPConfig{NodeID: "a", Listen: addrA, Peers: map[string]string{"b": addrB}, Insecure: true})
