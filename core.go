@@ -87,7 +87,7 @@ type core struct {
 	// probes are namespaces a digest named that this node knows nothing
 	// of: when this node last asked for their frames. Bounded (maxProbes),
 	// so that digests naming many namespaces cost bounded memory.
-	probes  map[spaceKey]int64
+	probes  map[spaceKey]*probeState
 	probeQ  []spaceKey
 	probeAt int
 
@@ -211,7 +211,7 @@ func newCore(cfg coreConfig, m *metrics) (*core, error) {
 		entries:   make(map[[idLen]byte]*entry),
 		spaces:    make(map[spaceKey]*nsState),
 		orphans:   make(map[[idLen]byte]*orphan),
-		probes:    make(map[spaceKey]int64),
+		probes:    make(map[spaceKey]*probeState),
 		forgot:    make(map[[idLen]byte]forgotVote),
 		forgotCap: 4 * cfg.retainFrames,
 	}

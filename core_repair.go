@@ -141,19 +141,29 @@ func (c *core) onDigest(now int64, digest refList, from int) {
 	}
 }
 
-// probe asks hint (or another peer) for the frames of a namespace this
-// node does not know, at most once per WitnessAfter, without making state
-// for it: the frames that come back make it. At most maxProbes namespaces
-// are remembered as asked for, the oldest forgotten first.
+// probeState is a namespace a digest named that this node does not know:
+// when it last asked about it, and how many times (which picks whom).
+type probeState struct {
+	last   int64
+	rounds uint32
+}
+
+// probe asks hint (or, every other round, another peer in turn) for the
+// frames of a namespace this node does not know, at most once per
+// WitnessAfter, without making state for it: the frames that come back
+// make it. At most maxProbes namespaces are remembered as asked for, the
+// oldest forgotten first. key may alias a message: a new probe keeps a
+// copy, and an existing one is updated in place (a map assignment would
+// store the aliasing key).
 func (c *core) probe(now int64, key spaceKey, hint int) {
 	if c.solo || c.backlogged() {
 		return
 	}
-	last, ok := c.probes[key]
-	if ok && now-last < c.cfg.witness {
+	p := c.probes[key]
+	if p != nil && now-p.last < c.cfg.witness {
 		return
 	}
-	if !ok {
+	if p == nil {
 		for len(c.probes) >= maxProbes && c.probeAt < len(c.probeQ) {
 			delete(c.probes, c.probeQ[c.probeAt]) // a no-op if known since
 			c.probeAt++
@@ -164,10 +174,13 @@ func (c *core) probe(now int64, key spaceKey, hint int) {
 		}
 		key = spaceKey{strings.Clone(key.org), strings.Clone(key.ns)}
 		c.probeQ = append(c.probeQ, key)
+		p = &probeState{}
+		c.probes[key] = p
 	}
-	c.probes[key] = now
+	p.last = now
+	to := c.pickPeer(hint, p.rounds)
+	p.rounds++
 	c.m.syncRequests.Add(1)
-	to := c.pickPeer(hint, uint32(len(c.probeQ)))
 	c.sendSync(recSync, key, 0, c.cfg.self, to, to)
 }
 

@@ -57,16 +57,32 @@ func TestSim(t *testing.T) {
 	}
 	start := time.Now()
 	var next atomic.Uint64
+	seeds := uint64(n) + uint64(len(simRegressionSeeds))
 	res := runSims(func() (uint64, bool) {
-		seed := next.Add(1)
-		return seed, seed <= uint64(n)
+		k := next.Add(1)
+		if k > uint64(n) && k <= seeds {
+			return simRegressionSeeds[k-uint64(n)-1], true
+		}
+		return k, k <= uint64(n)
 	})
 	t.Logf("%d seeds in %s: %d proposals, %d steps", res.seeds, time.Since(start).Round(time.Millisecond), res.proposals, res.steps)
 	res.report(t)
 }
 
-// simCISeeds is how many seeds TestSim runs by default (seeds 1 to 500).
+// simCISeeds is how many seeds TestSim runs by default (seeds 1 to 500),
+// besides simRegressionSeeds.
 const simCISeeds = 500
+
+// simRegressionSeeds are seeds soaks found failing, run every time. (Seeds
+// 1, 7, 31, 50 and 78, among the numbered ones, found proposals of one
+// frame sharing a block ID.)
+var simRegressionSeeds = []uint64{
+	// A probe (a digest naming a namespace this node does not know) asked
+	// the same peer, which did not know it either, every time: two nodes
+	// never caught up (fixed: probes rotate like syncs).
+	7972595070740839657,
+	493618582360673723,
+}
 
 // simResults sums the runs of several seeds.
 type simResults struct {
