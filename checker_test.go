@@ -446,6 +446,31 @@ func (c *checker) restoreFrom(node int, org, ns string, from uint64) (uint64, bo
 	return head, true
 }
 
+// heads returns the highest Seq node's replica holds, per namespace.
+func (c *checker) heads(node int) map[spaceKey]uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.nodes[node].heads)
+}
+
+// appliedAs reports whether node applied f (not restored it from a
+// snapshot) at f's slot before: a frame fed to it again after a restart.
+// A different frame there is a violation.
+func (c *checker) appliedAs(node int, f Frame) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	rep := c.nodes[node]
+	i, ok := rep.bySlot[nsRef{f.OrgID, f.Namespace, f.Seq}]
+	if !ok || rep.log[i].restored {
+		return false
+	}
+	if a := rep.log[i]; a.token != string(f.Value) {
+		c.violatef("S4: %s was fed %s/%s seq %d as %q after a restart, having applied %q there",
+			c.ids[node], f.OrgID, f.Namespace, f.Seq, f.Value, a.token)
+	}
+	return true
+}
+
 // begin records the start of a Propose of f by node; f.Value must be a
 // token no other Propose uses.
 func (c *checker) begin(node int, f Frame) *checkedOp {

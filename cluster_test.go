@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -21,22 +22,25 @@ type clusterOpts struct {
 	antiEntropy  time.Duration
 	maxBacklog   int
 	onBehind     func(node int, err error)
+	durable      bool // each node keeps a DataDir (restart brings it back)
 }
 
 // testCluster is n Quasar validators on one MemoryHub, each applying frames
 // into its own key-value replica.
 type testCluster struct {
 	t     *testing.T
+	o     clusterOpts
 	hub   *MemoryHub
 	ids   []string
 	nodes []*testNode
 }
 
 type testNode struct {
-	id string
-	tr *MemoryTransport
-	r  *QuasarReplicator
-	kv *kvReplica
+	id  string
+	dir string // DataDir ("" in memory)
+	tr  *MemoryTransport
+	r   *QuasarReplicator
+	kv  *kvReplica
 }
 
 // kvReplica is the state a node's handler builds: puts and deletes into a
@@ -138,37 +142,64 @@ func newTestCluster(t *testing.T, n int, o clusterOpts) *testCluster {
 	if o.antiEntropy == 0 {
 		o.antiEntropy = 50 * time.Millisecond
 	}
-	c := &testCluster{t: t, hub: NewMemoryHub()}
+	c := &testCluster{t: t, o: o, hub: NewMemoryHub()}
 	for i := 0; i < n; i++ {
 		c.ids = append(c.ids, fmt.Sprintf("node-%d", i))
 	}
-	for i, id := range c.ids {
+	for _, id := range c.ids {
 		node := &testNode{id: id, tr: c.hub.Connect(id), kv: newKVReplica()}
-		var onBehind func(error)
-		if o.onBehind != nil {
-			i := i
-			onBehind = func(err error) { o.onBehind(i, err) }
+		if o.durable {
+			node.dir = filepath.Join(t.TempDir(), id)
 		}
-		r, err := NewQuasar(context.Background(), QuasarConfig{
-			NodeID:              id,
-			Validators:          c.ids,
-			Transport:           node.tr,
-			Quorum:              o.quorum,
-			ProposeWait:         o.proposeWait,
-			WitnessAfter:        o.witnessAfter,
-			RetainFrames:        o.retainFrames,
-			RetainFor:           o.retainFor,
-			AntiEntropyInterval: o.antiEntropy,
-			MaxApplyBacklog:     o.maxBacklog,
-			OnBehind:            onBehind,
-		})
-		require.NoError(t, err)
-		node.r = r
-		r.Subscribe(node.kv.apply)
 		c.nodes = append(c.nodes, node)
+	}
+	for i := range c.nodes {
+		r, err := c.start(i)
+		require.NoError(t, err)
+		c.nodes[i].r = r
 	}
 	t.Cleanup(c.close)
 	return c
+}
+
+// start starts a replicator for node i, on its transport and DataDir, its
+// replica subscribed.
+func (c *testCluster) start(i int) (*QuasarReplicator, error) {
+	o, node := c.o, c.nodes[i]
+	var onBehind func(error)
+	if o.onBehind != nil {
+		onBehind = func(err error) { o.onBehind(i, err) }
+	}
+	r, err := NewQuasar(context.Background(), QuasarConfig{
+		NodeID:              node.id,
+		Validators:          c.ids,
+		Transport:           node.tr,
+		Quorum:              o.quorum,
+		ProposeWait:         o.proposeWait,
+		WitnessAfter:        o.witnessAfter,
+		RetainFrames:        o.retainFrames,
+		RetainFor:           o.retainFor,
+		AntiEntropyInterval: o.antiEntropy,
+		MaxApplyBacklog:     o.maxBacklog,
+		OnBehind:            onBehind,
+		DataDir:             node.dir,
+	})
+	if err != nil {
+		return nil, err
+	}
+	r.Subscribe(node.kv.apply)
+	return r, nil
+}
+
+// restart closes node i's replicator and starts a new one in its place
+// (on its DataDir, if it has one), as a process restart would. The
+// replica (the application's state) stays.
+func (c *testCluster) restart(i int) {
+	c.t.Helper()
+	require.NoError(c.t, c.nodes[i].r.Close())
+	r, err := c.start(i)
+	require.NoError(c.t, err)
+	c.nodes[i].r = r
 }
 
 func (c *testCluster) close() {

@@ -120,6 +120,8 @@ type core struct {
 	lastDigest int64
 	vote       consensus.Vote // scratch for RecordVote (the engine copies it)
 	scratch    []byte         // scratch for encoding own proposals (a single validator)
+	pscratch   []byte         // scratch for encoding durable records
+	restoring  bool           // restore runs: nothing is recorded
 
 	rd, spare ready // the batch being collected, and the one handed out before
 }
@@ -142,6 +144,9 @@ type coreConfig struct {
 	// false, messages to one validator join the broadcast; the records
 	// that ask for an answer name who is to answer.
 	unicast bool
+	// durable: the driver keeps a data directory; the core reports what
+	// it must record (ready.persist).
+	durable bool
 }
 
 func (c *coreConfig) n() int { return len(c.ids) }
@@ -158,6 +163,11 @@ type ready struct {
 	// kick: frames were queued for apply that no call in wake covers.
 	kick bool
 	logs []logEvent
+	// persist: records (wal.go's format) to append to the data directory's
+	// log (core_durable.go); strict: some of them must be synced before
+	// the batch's messages leave and its decisions are reported.
+	persist []byte
+	strict  bool
 }
 
 // logEvent is a log line the core asks the driver to write.
@@ -186,7 +196,8 @@ func (c *core) takeReady() ready {
 	clear(c.spare.wake)
 	clear(c.spare.logs)
 	clear(c.spare.barriers)
-	c.rd = ready{decided: c.spare.decided[:0], wake: c.spare.wake[:0], logs: c.spare.logs[:0], barriers: c.spare.barriers[:0]}
+	c.rd = ready{decided: c.spare.decided[:0], wake: c.spare.wake[:0], logs: c.spare.logs[:0], barriers: c.spare.barriers[:0],
+		persist: c.spare.persist[:0]}
 	c.spare = rd
 	return rd
 }

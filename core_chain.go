@@ -276,6 +276,7 @@ func (c *core) applied(e *entry, err error) {
 func (c *core) finishApply(e *entry, err error) {
 	e.phase = phaseApplied
 	e.ns.applied = max(e.ns.applied, e.p.frame.Seq)
+	c.persistSeq(durApplied, e.key, e.p.frame.Seq, false)
 	if cl := e.call; cl != nil {
 		c.decide(cl, DecisionAccept, err)
 	}
@@ -329,6 +330,7 @@ func (c *core) reset(now int64, key spaceKey, seq uint64) {
 	c.now = now
 	defer c.settleBarriers()
 	ns := c.space(now, key)
+	c.persistSeq(durReset, key, seq, true)
 	// Frames already queued for apply that the snapshot contains must not
 	// be applied on top of it.
 	for _, e := range c.applyQ[c.applyHead:] {

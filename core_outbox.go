@@ -118,6 +118,17 @@ func (o *outbox) pop() (outMsg, bool) {
 	return msg, true
 }
 
+// discard drops every message waiting (the node cannot send any more).
+func (o *outbox) discard() {
+	for {
+		msg, ok := o.pop()
+		if !ok {
+			return
+		}
+		o.recycle(msg.b)
+	}
+}
+
 // recycle takes back the buffer of a sent message (the transport copied
 // it before its send call returned).
 func (o *outbox) recycle(b []byte) {

@@ -134,6 +134,7 @@ func (c *core) start(now int64, ns *nsState, cl *call) {
 	}
 	e.call, cl.e = cl, e
 	ns.mine = e
+	c.persistFrame(durOwn, e)
 	c.add(now, e)
 	c.sendProposal(&e.p, -1)
 	c.castVote(now, e)
@@ -194,6 +195,7 @@ func (c *core) decide(cl *call, d Decision, err error) {
 // later proposals of this node are applied after e everywhere (S5).
 func (c *core) returnedAccept(e *entry) {
 	c.returned++
+	c.persistSeq(durReturned, e.key, e.p.frame.Seq, true)
 	for i := range e.p.deps {
 		// Namespaces in the frontier are never evicted: d.ns is current.
 		if dep := e.p.deps[i].ns; dep != nil && dep.frontierAt != 0 && dep.frontierSeq <= e.p.deps[i].seq {

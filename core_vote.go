@@ -136,6 +136,7 @@ func (c *core) castVote(now int64, e *entry) {
 	}
 	e.myVote = typ
 	e.voted = now
+	c.persistVote(e, typ)
 	c.sendVote(e, -1)
 	c.countVote(now, e, c.cfg.self, typ)
 }
@@ -178,6 +179,7 @@ func (c *core) decided(e *entry) {
 
 func (c *core) accept(now int64, e *entry) {
 	e.phase = phaseAccepted
+	c.persistFrame(durAccepted, e)
 	c.decided(e)
 	c.m.framesAccepted.Add(1)
 	ns := e.ns
@@ -462,7 +464,7 @@ func (c *core) remember(e *entry) {
 		delete(c.forgot, old.id)
 	}
 	c.forgotGen++
-	c.forgot[e.id] = forgotVote{typ: e.myVote, gen: c.forgotGen, ns: e.ns, prev: e.p.prev}
+	c.forgot[e.id] = forgotVote{typ: e.myVote, gen: c.forgotGen, ns: e.ns, prev: e.p.prev, seq: e.p.frame.Seq}
 	c.forgotQ = append(c.forgotQ, forgotRef{id: e.id, gen: c.forgotGen})
 }
 
@@ -471,6 +473,7 @@ type forgotVote struct {
 	gen  uint64
 	ns   *nsState
 	prev uint64 // the position of the block voted on
+	seq  uint64 // the Seq of the frame voted on
 }
 
 type forgotRef struct {

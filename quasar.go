@@ -97,14 +97,15 @@ type QuasarReplicator struct {
 	handlers atomic.Pointer[[]Handler]
 	m        metrics
 
-	closed    atomic.Bool
-	closing   chan struct{}
-	closeOnce sync.Once
-	wg        sync.WaitGroup
-	cancel    context.CancelFunc
-	applyCtx  context.Context // handlers' ctx: cancelled by Close, marks re-entrant Propose
-	kick      chan struct{}   // cap 1: wakes applyLoop
-	sendKick  chan struct{}   // cap 1: wakes sendLoop
+	closed       atomic.Bool
+	closing      chan struct{}
+	closeOnce    sync.Once
+	closeOnceDir sync.Once
+	wg           sync.WaitGroup
+	cancel       context.CancelFunc
+	applyCtx     context.Context // handlers' ctx: cancelled by Close, marks re-entrant Propose
+	kick         chan struct{}   // cap 1: wakes applyLoop
+	sendKick     chan struct{}   // cap 1: wakes sendLoop
 
 	// mu guards c, flushing, applying and logs.
 	mu        sync.Mutex
@@ -113,6 +114,11 @@ type QuasarReplicator struct {
 	applying  bool       // a goroutine is applying frames
 	logs      []logEvent // written by unlock, after mu is released
 	applyIdle sync.Cond  // on mu: signalled when applying turns false
+
+	// The data directory (durable.go): guarded by mu.
+	walState
+	walCond   sync.Cond   // on mu: signalled when a write of the log ends
+	walFailed atomic.Bool // walErr is set
 }
 
 // applyMarker is the key of the value that marks a handler's context.
@@ -152,6 +158,7 @@ func NewQuasar(ctx context.Context, cfg QuasarConfig) (*QuasarReplicator, error)
 	}
 	r.uni, _ = cfg.Transport.(Unicaster)
 	r.applyIdle.L = &r.mu
+	r.walCond.L = &r.mu
 	cc := coreConfig{
 		names:        cfg.Validators,
 		byNodeID:     make(map[nodeID]int, len(cfg.Validators)),
@@ -163,6 +170,7 @@ func NewQuasar(ctx context.Context, cfg QuasarConfig) (*QuasarReplicator, error)
 		maxFrame:     cfg.MaxFrameBytes,
 		maxBacklog:   cfg.MaxApplyBacklog,
 		unicast:      r.uni != nil,
+		durable:      cfg.DataDir != "",
 	}
 	for i, v := range cfg.Validators {
 		id := validatorNodeID(v)
@@ -181,6 +189,14 @@ func NewQuasar(ctx context.Context, cfg QuasarConfig) (*QuasarReplicator, error)
 		return nil, fmt.Errorf("replication: start consensus engine: %w", err)
 	}
 	r.c = c
+	if cfg.DataDir != "" {
+		if err := r.openDataDir(); err != nil {
+			return nil, err
+		}
+	} else if r.n > 1 {
+		r.log.Warn("no DataDir: votes are kept in memory only; restarting this validator under the same NodeID " +
+			"with its state lost could let two frames be accepted at one position")
+	}
 	life, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
 	r.applyCtx = context.WithValue(life, applyMarker{}, r)
@@ -269,6 +285,7 @@ func (r *QuasarReplicator) Close() error {
 		r.applyIdle.Wait()
 	}
 	r.unlock()
+	r.closeOnceDir.Do(r.closeDataDir)
 	return nil
 }
 
@@ -314,6 +331,12 @@ func (r *QuasarReplicator) propose(ctx context.Context, f Frame) (Decision, erro
 	if err := ctx.Err(); err != nil {
 		return r.failed(err)
 	}
+	if r.walFailed.Load() {
+		r.mu.Lock()
+		err := r.walErr
+		r.unlock()
+		return DecisionUndecided, fmt.Errorf("quasar propose: %w", err)
+	}
 	limit := int64(r.cfg.MaxFrameBytes)
 	if limit <= 0 {
 		limit = maxFrameHard
@@ -348,8 +371,7 @@ func (r *QuasarReplicator) propose(ctx context.Context, f Frame) (Decision, erro
 		r.applyLocked(cl)
 	}
 	if cl.decided {
-		r.unlock()
-		return r.result(cl)
+		return r.decidedLocked(cl)
 	}
 	cl.wake = make(chan struct{}, 1)
 	r.unlock()
@@ -407,22 +429,31 @@ func (r *QuasarReplicator) wait(ctx context.Context, cl *call, deadline time.Tim
 		if !cl.reentrant && !cl.decided {
 			r.applyLocked(cl)
 		}
-		decided := cl.decided
-		r.unlock()
-		if decided {
-			return r.result(cl)
+		if cl.decided {
+			return r.decidedLocked(cl)
 		}
+		r.unlock()
 	}
 	r.mu.Lock()
 	if cl.decided { // decided while we were giving up: report it
-		r.unlock()
-		return r.result(cl)
+		return r.decidedLocked(cl)
 	}
 	r.c.abandon(cl)
 	r.settleLocked(nil)
 	r.unlock()
 	r.kickApply() // the frame may sit in the apply queue, counting on us
 	return r.failed(cause)
+}
+
+// decidedLocked reports decided cl once the durable state its outcome
+// depends on is synced. mu is held on entry and released.
+func (r *QuasarReplicator) decidedLocked(cl *call) (Decision, error) {
+	err := r.persistLocked()
+	r.unlock()
+	if err != nil {
+		return DecisionUndecided, fmt.Errorf("quasar propose: %w", err)
+	}
+	return r.result(cl)
 }
 
 // result reports a decided call; cl is no longer written once decided.

@@ -103,6 +103,24 @@ type QuasarConfig struct {
 	// Observer, when set, receives the latency of every Propose (by
 	// outcome) and of every frame's handlers. Nil means none.
 	Observer Observer
+	// DataDir, when set, is the directory (created if missing) where this
+	// validator keeps its durable state: the votes it cast, the frames it
+	// accepted within the retention window, its undecided proposals, and
+	// how far its handlers applied each namespace. Every change is synced
+	// before a message or a Propose outcome that depends on it leaves the
+	// node, so a validator restarted on its DataDir never contradicts what
+	// it told its peers, continues its namespaces where they were, and
+	// re-feeds its handlers only frames they had not returned from (none
+	// after a graceful Close; after a crash, possibly the last few: handlers
+	// can recognise them by Seq). The directory is locked: a second
+	// replicator that opens it fails. NewQuasar fails, naming the file, if
+	// the state is corrupt; a write interrupted by a crash is truncated.
+	//
+	// Empty keeps the state in memory only. A validator of a cluster of
+	// more than one must then never restart under the same NodeID with its
+	// state lost: it could vote for a second frame in a position where it
+	// had voted for another, and let two frames be accepted there.
+	DataDir string
 }
 
 // withDefaults returns a copy of c with every zero field defaulted.

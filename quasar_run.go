@@ -59,6 +59,13 @@ var recordPool = sync.Pool{New: func() any { s := make([]record, 0, recordChunk)
 // goroutine settling, which applies its frame itself if it was queued. mu
 // is held on entry and on return; it is released around each send.
 func (r *QuasarReplicator) settleLocked(self *call) {
+	if r.wal != nil {
+		// What the decisions and messages below depend on is synced first
+		// (takeReady after it: mu may be released meanwhile, and the
+		// batch's slices are only valid until other goroutines take two
+		// more).
+		r.persistLocked()
+	}
 	rd := r.c.takeReady()
 	for _, cl := range rd.decided {
 		signal(cl.wake)
@@ -126,6 +133,10 @@ func (r *QuasarReplicator) flushLocked() {
 	}
 	r.flushing = true
 	for {
+		if r.wal != nil && r.persistLocked() != nil {
+			r.c.out.discard() // the durable state these depend on is not on disk
+			break
+		}
 		msg, ok := r.c.out.pop()
 		if !ok {
 			break
@@ -290,6 +301,7 @@ func (r *QuasarReplicator) tickLoop() {
 			r.mu.Lock()
 			r.c.tick(mono())
 			r.settleLocked(nil)
+			r.durableTick()
 			r.unlock()
 		}
 	}

@@ -16,8 +16,10 @@ import (
 // frames, runs their Propose calls, delivers their messages). Every choice
 // comes from one seed: the cluster size and timings, the workload, message
 // drops, duplicates, delays and reordering, partitions, disconnected nodes
-// and crashed nodes (a crashed node stops and later resumes with its
-// memory intact). The invariant checker (checker_test.go) sees every
+// and crashed nodes. In about half of the seeds the validators keep a data
+// directory (sim_durable_test.go): a crashed node loses its memory and
+// what it had not synced, and restarts from its log; in the others it
+// stops and later resumes with its memory intact. The invariant checker (checker_test.go) sees every
 // delivery, apply and decision, and the run stops at the first step after
 // which an invariant is broken. The same seed replays the identical run:
 // nothing in it depends on the machine, the clock or the goroutine
@@ -36,12 +38,13 @@ type simOpts struct {
 	pacing       int64 // a client waits up to this long between two Propose calls
 	unicast      bool  // the transport can send to one validator
 	senderAware  bool  // the transport tells who sent each message
+	durable      bool  // validators keep a data directory; a crash loses memory
 }
 
 func (o simOpts) String() string {
-	return fmt.Sprintf("%d validators, WitnessAfter %s, ProposeWait %s, RetainFrames %d, RetainFor %s, MaxApplyBacklog %d, %d proposals paced up to %s, unicast %v, sender-aware %v",
+	return fmt.Sprintf("%d validators, WitnessAfter %s, ProposeWait %s, RetainFrames %d, RetainFor %s, MaxApplyBacklog %d, %d proposals paced up to %s, unicast %v, sender-aware %v, durable %v",
 		o.n, time.Duration(o.witness), time.Duration(o.proposeWait), o.retainFrames, time.Duration(o.retainFor), o.maxBacklog,
-		o.proposals, time.Duration(o.pacing), o.unicast, o.senderAware)
+		o.proposals, time.Duration(o.pacing), o.unicast, o.senderAware, o.durable)
 }
 
 // simOptsFor draws the settings of seed's run.
@@ -63,6 +66,9 @@ func simOptsFor(seed uint64) simOpts {
 	if rng.IntN(3) == 0 {
 		o.maxBacklog = 2 << 10 // about fifteen frames: bursts and catch-ups shed
 	}
+	// Not drawn from rng, so that the other settings of a seed stay what
+	// they were before durability was simulated.
+	o.durable = (seed/3)%2 == 1
 	return o
 }
 
@@ -127,6 +133,8 @@ type simNode struct {
 	applying bool // an evApply is scheduled
 	calls    map[*call]*simClient
 	reads    map[*barrier]*simClient
+	cfg      coreConfig
+	disk     simDisk // the data directory (durable runs)
 }
 
 // simClient is one proposer of a workload: it proposes one frame after
@@ -225,6 +233,7 @@ func newSimulator(seed uint64, trace *simTrace) *simulator {
 		maxFrame:     DefaultMaxFrameBytes,
 		maxBacklog:   o.maxBacklog,
 		unicast:      o.unicast,
+		durable:      o.durable,
 	}
 	for i, id := range s.ids {
 		cc.ids = append(cc.ids, validatorNodeID(id))
@@ -233,9 +242,9 @@ func newSimulator(seed uint64, trace *simTrace) *simulator {
 	s.now = int64(time.Second) // the clock starts above zero, as the driver's does
 	for i := range o.n {
 		n := &simNode{i: i, calls: map[*call]*simClient{}, reads: map[*barrier]*simClient{}}
-		cfg := cc
-		cfg.self = i
-		c, err := newCore(cfg, &n.m)
+		n.cfg = cc
+		n.cfg.self = i
+		c, err := newCore(n.cfg, &n.m)
 		if err != nil {
 			panic(err)
 		}
@@ -309,6 +318,7 @@ func (s *simulator) step(ev *simEvent) {
 		if !n.crashed {
 			n.c.tick(s.now)
 			s.settle(n)
+			s.syncAll(n)
 		}
 	case evApply:
 		s.apply(s.nodes[ev.node])
@@ -328,8 +338,14 @@ func (s *simulator) step(ev *simEvent) {
 		s.restore(s.nodes[ev.node], ev.behind)
 	case evResume:
 		n := s.nodes[ev.node]
+		if !n.crashed {
+			break // resumed already (healing resumes crashed nodes at once)
+		}
 		n.crashed = false
 		s.trace.add("%s resume %s", s.clock(), s.ids[n.i])
+		if s.o.durable {
+			s.reboot(n)
+		}
 		if n.c.applyBusy() {
 			s.scheduleApply(n)
 		}
@@ -346,6 +362,7 @@ func (s *simulator) clock() string {
 // reports decided calls, schedules the apply queue and sends the outbox.
 func (s *simulator) settle(n *simNode) {
 	rd := n.c.takeReady()
+	s.persist(n, &rd) // synced before anything below leaves the node
 	for _, cl := range rd.decided {
 		s.decided(n, cl)
 	}
@@ -458,7 +475,9 @@ func (s *simulator) apply(n *simNode) {
 		s.trace.add("%s %s behind %v", s.clock(), s.ids[n.i], behind)
 		s.restore(n, be)
 	case e != nil:
-		s.chk.appliedBlock(n.i, e.p.frame, &e.id)
+		if !s.refed(n, e) {
+			s.chk.appliedBlock(n.i, e.p.frame, &e.id)
+		}
 		n.c.applied(e, nil)
 	}
 	s.settle(n)
@@ -486,9 +505,14 @@ func (s *simulator) restore(n *simNode, be *BehindError) {
 // summary describes a finished run for the log.
 func (s *simulator) summary() string {
 	proposed, accepted, rejected, timedOut, applied, restores := s.chk.stats()
-	return fmt.Sprintf("seed %d (%s): %d steps, %s virtual; %d proposals: %d accepted, %d rejected, %d timed out; %d reads after a barrier; %d frames applied per node, %d namespaces restored; network: %d delivered, %d lost, %d dropped, %d duplicated",
+	boots, refeds := 0, 0
+	for _, n := range s.nodes {
+		boots += n.disk.boots
+		refeds += n.disk.refeds
+	}
+	return fmt.Sprintf("seed %d (%s): %d steps, %s virtual; %d proposals: %d accepted, %d rejected, %d timed out; %d reads after a barrier; %d frames applied per node, %d namespaces restored; network: %d delivered, %d lost, %d dropped, %d duplicated; %d restarts from a log, %d frames fed again after them",
 		s.seed, s.o, s.steps, time.Duration(s.now-int64(time.Second)).Round(time.Millisecond), proposed, accepted, rejected, timedOut, s.reads, applied, restores,
-		s.delivered, s.lost, s.dropped, s.duplicated)
+		s.delivered, s.lost, s.dropped, s.duplicated, boots, refeds)
 }
 
 // describeRecords summarizes the records of a message for a trace.

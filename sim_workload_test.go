@@ -231,6 +231,9 @@ func (s *simulator) faultStep() {
 			x.crashed = true
 			s.at(s.now+s.rng.Int64N(int64(2*time.Second)), &simEvent{kind: evResume, node: x.i})
 			s.trace.add("%s crash %s", s.clock(), s.ids[x.i])
+			if s.o.durable {
+				s.crash(x)
+			}
 		case a == 9:
 			x.deaf = true
 			s.trace.add("%s deafen %s", s.clock(), s.ids[x.i])

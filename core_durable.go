@@ -1,0 +1,439 @@
+package replication
+
+import (
+	"encoding/binary"
+	"fmt"
+	"slices"
+)
+
+// This file holds what the core makes durable and how it comes back from
+// it.
+//
+// With a data directory (coreConfig.durable), the core reports, in each
+// ready batch, the records that describe what changed (ready.persist, in
+// the log format of wal.go). The driver writes and syncs them before any
+// message or decision of the same batch leaves the node (ready.strict), so
+// a validator that crashes and restarts never contradicts what it told its
+// peers. Applied marks are the exception: they only bound what handlers see
+// again after a crash, so they may reach the disk with a later batch.
+//
+// Records, each a type byte and a payload (strings are uvarint-prefixed,
+// numbers uvarints):
+//
+//	durVote      org ns prev seq id[32] type  a vote this validator cast
+//	durAccepted  count voters proposal        a frame accepted here: the NodeIDs of its
+//	                                          commit voters (20 bytes each), then its
+//	                                          canonical encoding
+//	durOwn       proposal                     a frame this node proposed
+//	durApplied   org ns seq                   handlers returned for the namespace through seq
+//	durReset     org ns seq                   ResetNamespace(org, ns, seq)
+//	durReturned  org ns seq                   a Propose of this node returned Accept for seq
+//	durHead      org ns head applied maxSeen  a namespace's state (written by compaction)
+//
+// The log is the history of these records; restore replays it. Compaction
+// (snapshot) replaces the history with the records that describe the
+// current state alone. Only votes at positions a namespace has not passed
+// matter (see remember), so the log keeps nothing else of the past.
+const (
+	durVote     byte = 1
+	durAccepted byte = 2
+	durOwn      byte = 3
+	durApplied  byte = 4
+	durReset    byte = 5
+	durReturned byte = 6
+	durHead     byte = 7
+)
+
+// persist appends one record to the batch. strict: the batch's messages
+// and decisions must wait until it is synced.
+func (c *core) persist(typ byte, payload []byte, strict bool) {
+	if !c.cfg.durable || c.restoring {
+		return
+	}
+	c.rd.persist = appendWALRecord(c.rd.persist, typ, payload)
+	c.rd.strict = c.rd.strict || strict
+}
+
+// takePersist returns the records of the batch being collected and
+// removes them from it: the driver takes them ahead of takeReady, so that
+// it can sync them before it takes the decisions and messages that depend
+// on them. b is valid until the core's next input.
+func (c *core) takePersist() (b []byte, strict bool) {
+	b, strict = c.rd.persist, c.rd.strict
+	c.rd.persist, c.rd.strict = c.rd.persist[:0], false
+	return b, strict
+}
+
+func appendSeqRecord(b []byte, key spaceKey, seq uint64) []byte {
+	b = appendStr(b, key.org)
+	b = appendStr(b, key.ns)
+	return binary.AppendUvarint(b, seq)
+}
+
+// persistVote records this validator's vote typ on e.
+func (c *core) persistVote(e *entry, typ byte) {
+	if !c.cfg.durable {
+		return
+	}
+	b := appendSeqRecord(c.pscratch[:0], e.key, e.p.prev)
+	b = binary.AppendUvarint(b, e.p.frame.Seq)
+	b = append(b, e.id[:]...)
+	b = append(b, typ)
+	c.pscratch = b
+	c.persist(durVote, b, true)
+}
+
+// persistFrame records frame e as accepted (durAccepted) or as this node's
+// proposal (durOwn).
+func (c *core) persistFrame(typ byte, e *entry) {
+	if !c.cfg.durable {
+		return
+	}
+	c.pscratch = c.appendFrame(c.pscratch[:0], typ, e)
+	c.persist(typ, c.pscratch, true)
+}
+
+// appendFrame appends the payload of a durAccepted or durOwn record of e.
+func (c *core) appendFrame(b []byte, typ byte, e *entry) []byte {
+	if typ == durAccepted {
+		b = binary.AppendUvarint(b, uint64(e.nCommit))
+		for i := range c.cfg.n() {
+			if e.commits.has(i) {
+				b = append(b, c.cfg.ids[i][:]...)
+			}
+		}
+	}
+	return appendProposal(b, &e.p)
+}
+
+// persistSeq records a durApplied, durReset or durReturned record.
+func (c *core) persistSeq(typ byte, key spaceKey, seq uint64, strict bool) {
+	if !c.cfg.durable {
+		return
+	}
+	c.pscratch = appendSeqRecord(c.pscratch[:0], key, seq)
+	c.persist(typ, c.pscratch, strict)
+}
+
+// restoreNS is what a log says of one namespace.
+type restoreNS struct {
+	key spaceKey
+	// mark: the Seq through which the handlers' state is (applied marks,
+	// reset by ResetNamespace); floor: the head a snapshot or compaction
+	// put the namespace at; maxSeen: the highest Seq recorded.
+	mark, floor, maxSeen uint64
+	own                  *proposal // the last proposal of this node
+}
+
+// restoreFrame is a durAccepted record.
+type restoreFrame struct {
+	p      proposal
+	voters nodeList
+}
+
+type restoreVote struct {
+	key       spaceKey
+	prev, seq uint64
+	id        [idLen]byte
+	typ       byte
+}
+
+// restore rebuilds the core from the records of a log (oldest first). It
+// runs once, on a new core, before any other input. An error means the log
+// holds a record this version cannot read: the caller must not start.
+func (c *core) restore(now int64, recs []walRecord) error {
+	c.now = now
+	c.restoring = true
+	defer func() { c.restoring = false }()
+	var (
+		order    []*restoreNS
+		byKey    = map[spaceKey]*restoreNS{}
+		accepted []restoreFrame
+		votes    []restoreVote
+		returned []restoreVote // key and seq only
+	)
+	get := func(key spaceKey) *restoreNS {
+		st := byKey[key]
+		if st == nil {
+			st = &restoreNS{key: key}
+			byKey[key] = st
+			order = append(order, st)
+		}
+		return st
+	}
+	for i, rec := range recs {
+		d := decoder{b: rec.data}
+		switch rec.typ {
+		case durVote:
+			v := restoreVote{key: spaceKey{d.str("org"), d.str("ns")}, prev: d.uvarint("prev"), seq: d.uvarint("seq")}
+			copy(v.id[:], d.take(idLen, "block"))
+			v.typ = d.byte1("type")
+			if d.err == nil && v.typ != voteCommit && v.typ != voteCancel {
+				d.fail("vote type")
+			}
+			votes = append(votes, v)
+			get(v.key)
+		case durAccepted, durOwn:
+			var a restoreFrame
+			if rec.typ == durAccepted {
+				k := d.uvarint("voters")
+				if k > MaxValidators {
+					d.fail("voters")
+				}
+				a.voters = nodeList(d.take(k*nodeIDLen, "voters"))
+			}
+			d.proposal(&a.p, 0)
+			if d.err != nil {
+				break
+			}
+			st := get(spaceKey{a.p.frame.OrgID, a.p.frame.Namespace})
+			st.maxSeen = max(st.maxSeen, a.p.frame.Seq)
+			if rec.typ == durAccepted {
+				accepted = append(accepted, a)
+			} else {
+				st.own = &a.p
+			}
+		case durApplied, durReset, durReturned:
+			key := spaceKey{d.str("org"), d.str("ns")}
+			seq := d.uvarint("seq")
+			if d.err != nil {
+				break
+			}
+			st := get(key)
+			switch rec.typ {
+			case durApplied:
+				st.mark = max(st.mark, seq)
+			case durReset:
+				// The handlers' state is the snapshot's from here on: frames
+				// after seq are applied again, also if they were before.
+				st.mark, st.floor = seq, max(st.floor, seq)
+			default:
+				returned = append(returned, restoreVote{key: key, seq: seq})
+			}
+		case durHead:
+			key := spaceKey{d.str("org"), d.str("ns")}
+			head, applied, seen := d.uvarint("head"), d.uvarint("applied"), d.uvarint("max seen")
+			if d.err != nil {
+				break
+			}
+			st := get(key)
+			st.floor, st.mark, st.maxSeen = max(st.floor, head), applied, max(st.maxSeen, seen)
+		default:
+			d.fail("record type")
+		}
+		if d.err == nil && rec.typ != durAccepted && rec.typ != durOwn {
+			d.done("record")
+		}
+		if d.err != nil {
+			return fmt.Errorf("record %d (type %d): %w", i, rec.typ, d.err)
+		}
+	}
+
+	// Namespaces at their floors, then their chains: frames through the
+	// applied mark count as applied; the first one after it is linked as if
+	// just accepted, which queues it and the rest of the chain for apply.
+	spaces := make([]*nsState, len(order))
+	for i, st := range order {
+		ns := c.space(now, st.key)
+		ns.head, ns.applied, ns.dispatched = st.floor, st.mark, st.mark
+		ns.maxSeen = max(st.maxSeen, st.floor, st.mark)
+		if ns.head > 0 {
+			c.list(ns)
+		}
+		if ns.chain == nil {
+			ns.chain = make(map[uint64]*entry)
+		}
+		spaces[i] = ns
+	}
+	for i := range accepted {
+		p := &accepted[i].p
+		id := blockIDOf(p.raw)
+		ns := c.spaces[spaceKey{p.frame.OrgID, p.frame.Namespace}]
+		if at := ns.chain[p.prev]; at != nil {
+			continue // recorded twice (a certificate after a proposal)
+		}
+		e := &entry{id: id, key: ns.key, ns: ns, p: *p, phase: phaseAccepted}
+		c.own(&e.p, ns)
+		voters := accepted[i].voters
+		for k := range voters.len() {
+			if v, ok := c.cfg.byNodeID[voters.at(k)]; ok && !e.commits.has(v) {
+				e.commits.add(v)
+				e.nCommit++
+			}
+		}
+		c.restoreEntry(now, e)
+		ns.chain[p.prev] = e
+		c.wait(now, e)
+	}
+	for _, ns := range spaces {
+		for e := ns.chain[ns.head]; e != nil && e.phase == phaseAccepted; e = ns.chain[ns.head] {
+			if e.p.frame.Seq > ns.applied {
+				c.link(now, ns, e)
+				break
+			}
+			e.phase = phaseApplied
+			ns.head = e.p.frame.Seq
+			c.list(ns)
+			c.done(now, e)
+		}
+	}
+
+	// Votes at positions not passed: the same vote again if the frame comes
+	// back, and the position taken by the last commit vote there.
+	for _, v := range votes {
+		ns := c.spaces[v.key]
+		if v.prev < ns.head {
+			continue
+		}
+		ns.maxSeen = max(ns.maxSeen, v.seq)
+		c.forgotGen++
+		c.forgot[v.id] = forgotVote{typ: v.typ, gen: c.forgotGen, ns: ns, prev: v.prev, seq: v.seq}
+		c.forgotQ = append(c.forgotQ, forgotRef{id: v.id, gen: c.forgotGen})
+		if v.typ == voteCommit && v.prev == ns.head {
+			stub := &entry{id: v.id, key: ns.key, ns: ns, phase: phaseForgotten}
+			stub.p.prev, stub.p.frame.Seq = v.prev, v.seq
+			ns.voted = stub
+		}
+	}
+
+	// This node's last proposal in each namespace, if it may still be
+	// decided: it is again the frame the next Propose there waits for. From
+	// here on, the core records what it does as usual (a single validator
+	// accepts such a frame at once).
+	c.restoring = false
+	var mine []*entry
+	for i, st := range order {
+		p, ns := st.own, spaces[i]
+		if p == nil || p.prev < ns.head {
+			continue
+		}
+		id := blockIDOf(p.raw)
+		if c.entries[id] != nil || ns.chain[p.prev] != nil {
+			continue // accepted
+		}
+		e := &entry{id: id, key: ns.key, ns: ns, p: *p, own: true}
+		c.own(&e.p, ns)
+		c.add(now, e)
+		ns.mine = e
+		mine = append(mine, e)
+	}
+	for _, r := range returned {
+		ns := c.spaces[r.key]
+		if ns.frontierAt == 0 {
+			c.frontier = append(c.frontier, ns)
+			ns.frontierAt, ns.frontierSeq = len(c.frontier), r.seq
+		} else {
+			ns.frontierSeq = max(ns.frontierSeq, r.seq)
+		}
+	}
+	if c.solo {
+		for _, ns := range spaces {
+			ns.chain = nil // a single validator retains nothing
+		}
+	}
+	for _, e := range mine {
+		c.castVote(now, e) // proposed, but the vote was not recorded
+	}
+	c.settleBarriers()
+	return nil
+}
+
+// restoreEntry sets what add sets on a frame taken in, for a frame that
+// restore brings back already decided.
+func (c *core) restoreEntry(now int64, e *entry) {
+	e.size = e.p.frame.size()
+	e.origin = -1
+	if i, ok := c.cfg.byNodeID[e.p.proposer]; ok {
+		e.origin = i
+	}
+	e.born = now
+	if !c.solo {
+		c.entries[e.id] = e
+	}
+}
+
+// snapshot appends to b the records that describe the core's durable state
+// alone, to replace the log (compaction): each namespace's head and applied
+// mark, the accepted frames still retained or not yet applied, this node's
+// undecided proposals, its votes at positions not passed, and its frontier.
+func (c *core) snapshot(b []byte) []byte {
+	keys := make([]spaceKey, 0, len(c.spaces))
+	for k := range c.spaces {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b spaceKey) int { return compareRefs(a.org, a.ns, b.org, b.ns) })
+	// A frame queued for apply again (ResetNamespace to an older snapshot)
+	// lowers the mark below it.
+	marks := make(map[*nsState]uint64, len(keys))
+	for _, ns := range c.spaces {
+		marks[ns] = ns.applied
+	}
+	for _, e := range c.applyQ[c.applyHead:] {
+		if !e.skip && e.p.frame.Seq <= marks[e.ns] {
+			marks[e.ns] = min(marks[e.ns], e.p.prev)
+		}
+	}
+	var scratch []byte
+	for _, k := range keys {
+		ns := c.spaces[k]
+		if ns.head == 0 && ns.maxSeen == 0 && ns.applied == 0 {
+			continue
+		}
+		scratch = appendSeqRecord(scratch[:0], k, ns.head)
+		scratch = binary.AppendUvarint(scratch, marks[ns])
+		scratch = binary.AppendUvarint(scratch, ns.maxSeen)
+		b = appendWALRecord(b, durHead, scratch)
+	}
+	seen := make(map[*entry]bool)
+	frame := func(typ byte, e *entry) {
+		if seen[e] {
+			return
+		}
+		seen[e] = true
+		scratch = c.appendFrame(scratch[:0], typ, e)
+		b = appendWALRecord(b, typ, scratch)
+	}
+	vote := func(key spaceKey, prev, seq uint64, id *[idLen]byte, typ byte) {
+		scratch = appendSeqRecord(scratch[:0], key, prev)
+		scratch = binary.AppendUvarint(scratch, seq)
+		scratch = append(scratch, id[:]...)
+		b = appendWALRecord(b, durVote, append(scratch, typ))
+	}
+	lists := []*entryList{&c.waiting, &c.retained, &c.undecided}
+	for _, l := range lists {
+		for e := l.head; e != nil; e = e.nextL {
+			if e.phase.accepted() {
+				frame(durAccepted, e)
+			}
+		}
+	}
+	for _, e := range c.applyQ[c.applyHead:] {
+		frame(durAccepted, e)
+	}
+	for _, k := range keys {
+		for _, e := range c.spaces[k].pending {
+			frame(durAccepted, e)
+		}
+	}
+	for e := c.undecided.head; e != nil; e = e.nextL {
+		if e.own && e.ns.mine == e {
+			frame(durOwn, e)
+		}
+	}
+	for _, l := range lists {
+		for e := l.head; e != nil; e = e.nextL {
+			if e.myVote != 0 && e.p.prev >= e.ns.head {
+				vote(e.key, e.p.prev, e.p.frame.Seq, &e.id, e.myVote)
+			}
+		}
+	}
+	for _, ref := range c.forgotQ {
+		if v, ok := c.forgot[ref.id]; ok && v.gen == ref.gen && v.prev >= v.ns.head {
+			vote(v.ns.key, v.prev, v.seq, &ref.id, v.typ)
+		}
+	}
+	for _, ns := range c.frontier {
+		b = appendWALRecord(b, durReturned, appendSeqRecord(scratch[:0], ns.key, ns.frontierSeq))
+	}
+	return b
+}
