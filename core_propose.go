@@ -78,6 +78,13 @@ func sameFrame(a, b *Frame) bool {
 // has no own undecided frame.
 func (c *core) start(now int64, ns *nsState, cl *call) {
 	f := &cl.frame
+	if ns.behind {
+		// Its peers no longer hold the frames this node lacks: a frame on
+		// top of its head would only be cancelled.
+		c.decide(cl, DecisionReject, refused("%w: namespace %s/%s: the frames after seq %d are missing here and peers no longer retain them; "+
+			"restore a snapshot and call ResetNamespace", ErrBehind, f.OrgID, f.Namespace, ns.head))
+		return
+	}
 	seq := f.Seq
 	if seq == 0 {
 		seq = max(ns.maxSeen, ns.head) + 1

@@ -40,7 +40,6 @@ type walState struct {
 	syncing   bool     // a goroutine writes the log
 	walErr    error    // the write or sync that failed, for good
 	compactAt int64
-	walSyncs  uint64 // fsyncs done (Metrics)
 }
 
 // openDataDir opens cfg.DataDir's log and restores the core from it.
@@ -138,7 +137,7 @@ func (r *QuasarReplicator) writeLocked() {
 	r.mu.Lock()
 	r.walSpare = buf[:0]
 	r.syncing = false
-	r.walSyncs++
+	r.m.logSyncs.Add(1)
 	switch {
 	case err != nil:
 		r.walErr = fmt.Errorf("%w: writing the data directory failed: %w", ErrClosed, err)
@@ -147,8 +146,11 @@ func (r *QuasarReplicator) writeLocked() {
 	case snap != nil:
 		r.compactAt = max(minCompact, 4*int64(len(snap)))
 		r.walDone = upto
+		r.m.logCompactions.Add(1)
+		r.m.logBytes.Add(uint64(len(snap)))
 	default:
 		r.walDone = upto
+		r.m.logBytes.Add(uint64(len(buf)))
 	}
 	r.walCond.Broadcast()
 }

@@ -87,6 +87,13 @@ type QuasarMetrics struct {
 	Conflicts        uint64 `json:"conflicts"`
 	Engines          uint64 `json:"engines"`
 
+	// The data directory (QuasarConfig.DataDir): writes of its log that
+	// were synced to disk (one per group of batches: see DataDir),
+	// compactions of the log, and bytes written.
+	LogSyncs       uint64 `json:"log_syncs"`
+	LogCompactions uint64 `json:"log_compactions"`
+	LogBytes       uint64 `json:"log_bytes"`
+
 	// Gauges: undecided frames held, accepted frames waiting to be
 	// applied, the bytes of those of them queued for the handlers that no
 	// Propose call of this node waits for (what MaxApplyBacklog bounds),
@@ -114,6 +121,7 @@ type metrics struct {
 	stale, expired, behind, droppedUnapplied       atomic.Uint64
 	superseded, skipped, replayed                  atomic.Uint64
 	conflicts, engines                             atomic.Uint64
+	logSyncs, logCompactions, logBytes             atomic.Uint64
 }
 
 func (m *metrics) snapshot() QuasarMetrics {
@@ -135,5 +143,6 @@ func (m *metrics) snapshot() QuasarMetrics {
 		Stale: m.stale.Load(), Expired: m.expired.Load(), Behind: m.behind.Load(),
 		DroppedUnapplied: m.droppedUnapplied.Load(), Conflicts: m.conflicts.Load(), Engines: m.engines.Load(),
 		Superseded: m.superseded.Load(), SkippedByReset: m.skipped.Load(), Replayed: m.replayed.Load(),
+		LogSyncs: m.logSyncs.Load(), LogCompactions: m.logCompactions.Load(), LogBytes: m.logBytes.Load(),
 	}
 }

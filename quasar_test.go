@@ -298,6 +298,11 @@ func TestQuasar_FellBehindRetentionWindow(t *testing.T) {
 	require.Equal(t, "ns", be.Namespace)
 	require.EqualValues(t, 0, be.From)
 	require.EqualValues(t, 1, c.nodes[2].r.Metrics().Behind)
+	// Until it restores, node-2's Propose there fails at once, saying why.
+	d, err := c.propose(2, put("ns", "while-behind", "v"))
+	require.ErrorIs(t, err, ErrBehind)
+	require.ErrorIs(t, err, ErrRejected)
+	require.Equal(t, DecisionReject, d)
 
 	// Restore node-2 from node-0's state, then replication resumes.
 	data, log := c.nodes[0].kv.snapshot()

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 )
 
 // raftApplyTimeout is the timeout passed to Apply: how long it may wait to
@@ -74,14 +76,17 @@ func (s countSnapshot) Persist(sink raft.SnapshotSink) error {
 
 func (countSnapshot) Release() {}
 
-// raftCluster is three raft nodes with in-memory log and stable stores and
-// a discarding snapshot store; only the transport differs between the
-// in-memory and TCP variants.
+// raftCluster is three raft nodes with a discarding snapshot store. The
+// log and stable stores are in memory, or raft-boltdb files (see
+// newRaftBolt); the transport is in memory or TCP.
 type raftCluster struct {
 	rafts  []*raft.Raft
 	trans  []raft.Transport // closed by Shutdown once the raft exists
+	stores []raftStore      // closed after the rafts, when they are io.Closers
 	fsms   []*countingFSM
 	leader *raft.Raft
+
+	syncs0 uint64 // fsyncs of all bolt stores when the timed loop started
 
 	closeOnce sync.Once
 	closeErr  error
@@ -89,10 +94,26 @@ type raftCluster struct {
 
 var _ cluster = (*raftCluster)(nil)
 
+// raftStore is what a raft node keeps its log and its stable state in; the
+// benchmarks use one store for both.
+type raftStore interface {
+	raft.LogStore
+	raft.StableStore
+}
+
+// newRaftStoreFunc returns node i's store.
+type newRaftStoreFunc func(i int) (raftStore, error)
+
+// inmemStore is raft.NewInmemStore for every node: nothing is written to
+// disk.
+func inmemStore(int) (raftStore, error) { return raft.NewInmemStore(), nil }
+
+var _ cluster = (*raftCluster)(nil)
+
 // newRaftCluster bootstraps a cluster over the given transports (one per
-// node) and waits until it has a leader. It takes ownership of the
-// transports.
-func newRaftCluster(tb testing.TB, trans []raft.Transport) *raftCluster {
+// node), with the stores newStore returns, and waits until it has a leader.
+// It takes ownership of the transports and of the stores.
+func newRaftCluster(tb testing.TB, trans []raft.Transport, newStore newRaftStoreFunc) *raftCluster {
 	tb.Helper()
 	c := &raftCluster{trans: trans}
 	tb.Cleanup(func() {
@@ -109,7 +130,11 @@ func newRaftCluster(tb testing.TB, trans []raft.Transport) *raftCluster {
 		})
 	}
 	for i, tr := range trans {
-		store := raft.NewInmemStore()
+		store, err := newStore(i)
+		if err != nil {
+			tb.Fatalf("raft node %d store: %v", i, err)
+		}
+		c.stores = append(c.stores, store)
 		fsm := &countingFSM{}
 		r, err := raft.NewRaft(raftConfig(string(servers[i].ID)), fsm, store, store, raft.NewDiscardSnapshotStore(), tr)
 		if err != nil {
@@ -137,9 +162,31 @@ func newRaftCluster(tb testing.TB, trans []raft.Transport) *raftCluster {
 	return c
 }
 
-// newRaftInmem builds a cluster on raft.InmemTransport, connected all to all.
+// newRaftInmem builds a cluster on raft.InmemTransport, connected all to
+// all, with in-memory stores.
 func newRaftInmem(tb testing.TB, _ int) cluster {
 	tb.Helper()
+	return newRaftCluster(tb, inmemTransports(), inmemStore)
+}
+
+// newRaftBolt builds a cluster on raft.InmemTransport, like newRaftInmem,
+// whose nodes keep their log and stable state in raft-boltdb files in a
+// temporary directory, with fsync on (bbolt syncs every write transaction
+// before it returns).
+func newRaftBolt(tb testing.TB, _ int) cluster {
+	tb.Helper()
+	dir := tb.TempDir()
+	return newRaftCluster(tb, inmemTransports(), func(i int) (raftStore, error) {
+		s, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(dir, fmt.Sprintf("node-%d.db", i)), NoSync: false})
+		if err != nil {
+			return nil, err
+		}
+		return &boltStore{BoltStore: s}, nil
+	})
+}
+
+// inmemTransports returns three raft.InmemTransports connected all to all.
+func inmemTransports() []raft.Transport {
 	var addrs []raft.ServerAddress
 	var trans []*raft.InmemTransport
 	for i := 0; i < 3; i++ {
@@ -158,7 +205,7 @@ func newRaftInmem(tb testing.TB, _ int) cluster {
 	for i, tr := range trans {
 		ts[i] = tr
 	}
-	return newRaftCluster(tb, ts)
+	return ts
 }
 
 // newRaftTCP builds a cluster on raft.NewTCPTransport bound to loopback
@@ -176,7 +223,48 @@ func newRaftTCP(tb testing.TB, _ int) cluster {
 		}
 		ts = append(ts, tr)
 	}
-	return newRaftCluster(tb, ts)
+	return newRaftCluster(tb, ts, inmemStore)
+}
+
+// boltStore is a raft-boltdb store that counts its write transactions. Each
+// of StoreLog, StoreLogs, DeleteRange, Set and SetUint64 is one bbolt write
+// transaction, and bbolt v1.3.5 commits a write transaction with two
+// fdatasync calls (one after the data pages, one after the meta page) when
+// NoSync is off. Neither bbolt nor raft counts syncs itself: bbolt's
+// Stats().TxStats.Write counts page writes, not syncs.
+type boltStore struct {
+	*raftboltdb.BoltStore
+	commits atomic.Uint64
+}
+
+// boltSyncsPerCommit is the number of fdatasync calls of one bbolt write
+// transaction.
+const boltSyncsPerCommit = 2
+
+func (s *boltStore) StoreLog(l *raft.Log) error {
+	return s.count(s.BoltStore.StoreLog(l))
+}
+
+func (s *boltStore) StoreLogs(ls []*raft.Log) error {
+	return s.count(s.BoltStore.StoreLogs(ls))
+}
+
+func (s *boltStore) DeleteRange(lo, hi uint64) error {
+	return s.count(s.BoltStore.DeleteRange(lo, hi))
+}
+
+func (s *boltStore) Set(k, v []byte) error { return s.count(s.BoltStore.Set(k, v)) }
+
+func (s *boltStore) SetUint64(k []byte, v uint64) error {
+	return s.count(s.BoltStore.SetUint64(k, v))
+}
+
+// count counts one committed write transaction, unless it failed.
+func (s *boltStore) count(err error) error {
+	if err == nil {
+		s.commits.Add(1)
+	}
+	return err
 }
 
 // submit applies one command on the leader. Apply's future returns once the
@@ -193,11 +281,33 @@ func (c *raftCluster) applied() []int64 {
 	return n
 }
 
-func (c *raftCluster) started()               {}
-func (c *raftCluster) report(*testing.B, int) {}
+// syncs returns the fdatasync calls of all nodes' bolt stores so far, and
+// false if the stores are in memory.
+func (c *raftCluster) syncs() (uint64, bool) {
+	var n uint64
+	bolt := false
+	for _, s := range c.stores {
+		if bs, ok := s.(*boltStore); ok {
+			n += boltSyncsPerCommit * bs.commits.Load()
+			bolt = true
+		}
+	}
+	return n, bolt
+}
+
+func (c *raftCluster) started() { c.syncs0, _ = c.syncs() }
+
+// report adds, for bolt stores, syncs/op: fdatasync calls of all three nodes
+// per operation.
+func (c *raftCluster) report(b *testing.B, ops int) {
+	if n, ok := c.syncs(); ok {
+		b.ReportMetric(float64(n-c.syncs0)/float64(ops), "syncs/op")
+	}
+}
 
 // close shuts every node down; Shutdown().Error() also closes the node's
 // transport. Transports whose raft was never created are closed directly.
+// The stores are closed last, once no raft uses them.
 //
 // NetworkTransport.Close stops the listener but leaves the pooled outbound
 // connections open, so each peer's handler goroutine for them stays blocked
@@ -216,6 +326,11 @@ func (c *raftCluster) close() error {
 		for _, tr := range c.trans {
 			if nt, ok := tr.(*raft.NetworkTransport); ok {
 				nt.CloseStreams()
+			}
+		}
+		for _, s := range c.stores {
+			if cl, ok := s.(io.Closer); ok {
+				errs = append(errs, cl.Close())
 			}
 		}
 		c.closeErr = errors.Join(errs...)
