@@ -3,6 +3,7 @@ package replication
 import (
 	"encoding/binary"
 	"fmt"
+	"log/slog"
 	"slices"
 )
 
@@ -229,13 +230,15 @@ func (c *core) restore(now int64, recs []walRecord) error {
 		}
 	}
 
-	// Namespaces at their floors, then their chains: frames through the
-	// applied mark count as applied; the first one after it is linked as if
-	// just accepted, which queues it and the rest of the chain for apply.
+	// Namespaces, then their chains, from the applied mark (or the floor, if
+	// lower): frames through the mark count as applied; the first one after
+	// it is linked as if just accepted, which queues it and the rest of the
+	// chain for apply. A compaction's floor is the head then: the frames
+	// between the mark and it were not applied yet, and the log holds them.
 	spaces := make([]*nsState, len(order))
 	for i, st := range order {
 		ns := c.space(now, st.key)
-		ns.head, ns.applied, ns.dispatched = st.floor, st.mark, st.mark
+		ns.head, ns.applied, ns.dispatched = min(st.floor, st.mark), st.mark, st.mark
 		ns.maxSeen = max(st.maxSeen, st.floor, st.mark)
 		if ns.head > 0 {
 			c.list(ns)
@@ -265,7 +268,7 @@ func (c *core) restore(now int64, recs []walRecord) error {
 		ns.chain[p.prev] = e
 		c.wait(now, e)
 	}
-	for _, ns := range spaces {
+	for i, ns := range spaces {
 		for e := ns.chain[ns.head]; e != nil && e.phase == phaseAccepted; e = ns.chain[ns.head] {
 			if e.p.frame.Seq > ns.applied {
 				c.link(now, ns, e)
@@ -275,6 +278,15 @@ func (c *core) restore(now int64, recs []walRecord) error {
 			ns.head = e.p.frame.Seq
 			c.list(ns)
 			c.done(now, e)
+		}
+		if floor := order[i].floor; ns.head < floor {
+			// The log lacks frames this node had linked: never vote below a
+			// position passed, and tell the application.
+			c.logf(slog.LevelError, "the log lacks accepted frames below the namespace's head; they will not be applied here",
+				"org", ns.key.org, "ns", ns.key.ns, "from", ns.head, "head", floor)
+			ns.head = floor
+			ns.maxSeen = max(ns.maxSeen, floor)
+			c.list(ns)
 		}
 	}
 

@@ -177,11 +177,21 @@ func requireScrape(t *testing.T, out *procOutput, accepted int) {
 	}
 }
 
-// TestTCPNode_ProcessKilledMidLoad runs three tcp-node processes with load
-// on all three, kills one with SIGKILL mid-load, and checks that the two
-// survivors (a majority) keep accepting, lose none of the killed node's
-// accepted frames, and hold the same state for the frames both applied.
-func TestTCPNode_ProcessKilledMidLoad(t *testing.T) {
+// procCluster is three tcp-node processes' shared setup: the binary, the
+// certificates and the listen addresses.
+type procCluster struct {
+	ctx   context.Context
+	dir   string
+	bin   string
+	certs string
+	ids   []string
+	addrs map[string]string
+}
+
+// newProcCluster builds tcp-node and writes certificates for a, b and c.
+// It skips the test with -short or without a go tool.
+func newProcCluster(t *testing.T, ctx context.Context) *procCluster {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("builds and runs three processes; skipped with -short")
 	}
@@ -189,82 +199,101 @@ func TestTCPNode_ProcessKilledMidLoad(t *testing.T) {
 	if err != nil {
 		t.Skip("no go tool in PATH")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "tcp-node")
-	build := exec.CommandContext(ctx, gobin, "build", "-o", bin, "./examples/tcp-node")
+	pc := &procCluster{ctx: ctx, dir: t.TempDir(), ids: []string{"a", "b", "c"}, addrs: map[string]string{}}
+	pc.bin = filepath.Join(pc.dir, "tcp-node")
+	build := exec.CommandContext(ctx, gobin, "build", "-o", pc.bin, "./examples/tcp-node")
 	out, err := build.CombinedOutput()
 	require.NoError(t, err, "go build: %s", out)
-
-	certs := filepath.Join(dir, "certs")
-	out, err = exec.CommandContext(ctx, bin, "-gen-certs="+certs, "-nodes", "a,b,c").CombinedOutput()
+	pc.certs = filepath.Join(pc.dir, "certs")
+	out, err = exec.CommandContext(ctx, pc.bin, "-gen-certs="+pc.certs, "-nodes", "a,b,c").CombinedOutput()
 	require.NoError(t, err, "-gen-certs=DIR: %s", out)
 	require.Contains(t, string(out), "-id a -listen")
-
-	ids := []string{"a", "b", "c"}
-	addrs := map[string]string{}
-	for _, id := range ids {
-		addrs[id] = freeLoopbackAddr(t)
+	for _, id := range pc.ids {
+		pc.addrs[id] = freeLoopbackAddr(t)
 	}
+	return pc
+}
+
+// start starts node id with the cluster's addresses and certificates and
+// the extra arguments, and kills it when the test ends.
+func (pc *procCluster) start(t *testing.T, id, dump string, extra ...string) *procNode {
+	t.Helper()
+	var peers []string
+	for _, p := range pc.ids {
+		if p != id {
+			peers = append(peers, p+"="+pc.addrs[p])
+		}
+	}
+	n := &procNode{id: id, dump: dump, out: newProcOutput(), errb: newProcOutput(), done: make(chan struct{})}
+	args := []string{"-id", id, "-listen", pc.addrs[id], "-peers", strings.Join(peers, ","),
+		"-cert", filepath.Join(pc.certs, id+".pem"), "-key", filepath.Join(pc.certs, id+"-key.pem"), "-ca", filepath.Join(pc.certs, "ca.pem"),
+		"-dump", dump}
+	n.cmd = exec.CommandContext(pc.ctx, pc.bin, append(args, extra...)...)
+	n.cmd.Stdout, n.cmd.Stderr = n.out, n.errb
+	require.NoError(t, n.cmd.Start())
+	go func() {
+		n.err = n.cmd.Wait()
+		close(n.done)
+	}()
+	t.Cleanup(func() {
+		_ = n.cmd.Process.Kill()
+		<-n.done
+		if t.Failed() {
+			t.Logf("%s stdout:\n%s\n%s stderr:\n%s", id, n.out, id, n.errb)
+		}
+	})
+	return n
+}
+
+// lastCounts returns the counters of n's last line with prefix.
+func (n *procNode) lastCounts(t *testing.T, prefix string) procCounts {
+	n.out.mu.Lock()
+	defer n.out.mu.Unlock()
+	var c procCounts
+	for _, l := range n.out.lines {
+		if strings.HasPrefix(l, prefix+" ") {
+			c = parseCounts(t, l, prefix)
+		}
+	}
+	return c
+}
+
+// isProgress matches a progress line with at least min frames accepted.
+func isProgress(t *testing.T, min int) func(string) bool {
+	return func(l string) bool {
+		return strings.HasPrefix(l, "progress ") && parseCounts(t, l, "progress").accepted >= min
+	}
+}
+
+// TestTCPNode_ProcessKilledMidLoad runs three tcp-node processes with load
+// on all three, kills one with SIGKILL mid-load, and checks that the two
+// survivors (a majority) keep accepting, lose none of the killed node's
+// accepted frames, and hold the same state for the frames both applied.
+func TestTCPNode_ProcessKilledMidLoad(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	pc := newProcCluster(t, ctx)
+	ids := pc.ids
 	const load = 4000 // at 800/s: 5s of load
 	nodes := map[string]*procNode{}
 	for _, id := range ids {
-		var peers []string
-		for _, p := range ids {
-			if p != id {
-				peers = append(peers, p+"="+addrs[p])
-			}
-		}
-		n := &procNode{id: id, dump: filepath.Join(dir, id+".dump"), out: newProcOutput(), errb: newProcOutput(), done: make(chan struct{})}
-		args := []string{"-id", id, "-listen", addrs[id], "-peers", strings.Join(peers, ","),
-			"-cert", filepath.Join(certs, id+".pem"), "-key", filepath.Join(certs, id+"-key.pem"), "-ca", filepath.Join(certs, "ca.pem"),
-			"-load", fmt.Sprint(load), "-rate", "800", "-report", "-anti-entropy", "100ms",
-			"-dump", n.dump, "-wait-applied", fmt.Sprint(2 * load), "-wait-timeout", "10s"}
+		args := []string{"-load", fmt.Sprint(load), "-rate", "800", "-report", "-anti-entropy", "100ms",
+			"-wait-applied", fmt.Sprint(2 * load), "-wait-timeout", "10s"}
 		if id == "a" {
 			args = append(args, "-metrics", "127.0.0.1:0")
 		}
-		n.cmd = exec.CommandContext(ctx, bin, args...)
-		n.cmd.Stdout, n.cmd.Stderr = n.out, n.errb
-		require.NoError(t, n.cmd.Start())
-		go func() {
-			n.err = n.cmd.Wait()
-			close(n.done)
-		}()
-		t.Cleanup(func() {
-			_ = n.cmd.Process.Kill()
-			<-n.done
-			if t.Failed() {
-				t.Logf("%s stdout:\n%s\n%s stderr:\n%s", id, n.out, id, n.errb)
-			}
-		})
-		nodes[id] = n
+		nodes[id] = pc.start(t, id, filepath.Join(pc.dir, id+".dump"), args...)
 	}
 
 	// Wait until the load runs on all three, then kill c.
-	isProgress := func(min int) func(string) bool {
-		return func(l string) bool {
-			return strings.HasPrefix(l, "progress ") && parseCounts(t, l, "progress").accepted >= min
-		}
-	}
-	var cLast procCounts
 	for _, id := range ids {
-		line, _ := nodes[id].out.waitLine(t, 0, 20*time.Second, "load progress from "+id, isProgress(load/5))
-		if id == "c" {
-			cLast = parseCounts(t, line, "progress")
-		}
+		nodes[id].out.waitLine(t, 0, 20*time.Second, "load progress from "+id, isProgress(t, load/5))
 	}
 	require.NoError(t, nodes["c"].cmd.Process.Signal(syscall.SIGKILL))
 	<-nodes["c"].done
 	// Frames c reported accepted before it died: the survivors must have
 	// every one of them (S3), although c never returns.
-	nodes["c"].out.mu.Lock()
-	for _, l := range nodes["c"].out.lines {
-		if strings.HasPrefix(l, "progress ") {
-			cLast = parseCounts(t, l, "progress")
-		}
-	}
-	nodes["c"].out.mu.Unlock()
+	cLast := nodes["c"].lastCounts(t, "progress")
 	t.Logf("killed c after it reported %d frames accepted", cLast.accepted)
 
 	survivors := []string{"a", "b"}
@@ -277,7 +306,7 @@ func TestTCPNode_ProcessKilledMidLoad(t *testing.T) {
 	}
 	for _, id := range survivors {
 		n := nodes[id]
-		line, next := n.out.waitLine(t, marks[id], 10*time.Second, "progress after the kill from "+id, isProgress(0))
+		line, next := n.out.waitLine(t, marks[id], 10*time.Second, "progress after the kill from "+id, isProgress(t, 0))
 		afterKill := parseCounts(t, line, "progress")
 		line, _ = n.out.waitLine(t, next, 20*time.Second, "end of load from "+id,
 			func(l string) bool { return strings.HasPrefix(l, "load done ") })

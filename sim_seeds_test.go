@@ -82,6 +82,11 @@ var simRegressionSeeds = []uint64{
 	// never caught up (fixed: probes rotate like syncs).
 	7972595070740839657,
 	493618582360673723,
+	// A validator restarted from a compacted log linked its namespace's
+	// chain from the head it had then, not from its applied mark: the
+	// frames between them, linked but not applied yet, were never applied
+	// (fixed: restore links from the mark).
+	3149, 4672, 5986,
 }
 
 // simResults sums the runs of several seeds.

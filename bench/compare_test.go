@@ -44,3 +44,22 @@ func BenchmarkRaftApplyTCP3NodeParallel(b *testing.B) { runParallel(b, newRaftTC
 // BenchmarkQuasarPropose3NodeParallel over mutual-TLS TCPTransport on
 // loopback.
 func BenchmarkQuasarProposeTCP3NodeParallel(b *testing.B) { runParallel(b, newQuasarTCP) }
+
+// BenchmarkRaftApplyBolt3Node is BenchmarkRaftApply3Node with each node's log
+// and stable state in a raft-boltdb file, fsync on (two fdatasync calls per
+// bbolt write transaction), still over InmemTransport.
+func BenchmarkRaftApplyBolt3Node(b *testing.B) { runSequential(b, newRaftBolt) }
+
+// BenchmarkQuasarProposeDurable3Node is BenchmarkQuasarPropose3Node with a
+// DataDir on each validator: every node syncs its log before a vote, a
+// proposal or a Propose outcome that depends on it leaves the node.
+func BenchmarkQuasarProposeDurable3Node(b *testing.B) { runSequential(b, newQuasarDurable) }
+
+// BenchmarkRaftApplyBolt3NodeParallel is BenchmarkRaftApply3NodeParallel
+// with the raft-boltdb stores of BenchmarkRaftApplyBolt3Node.
+func BenchmarkRaftApplyBolt3NodeParallel(b *testing.B) { runParallel(b, newRaftBolt) }
+
+// BenchmarkQuasarProposeDurable3NodeParallel is
+// BenchmarkQuasarPropose3NodeParallel with the DataDirs of
+// BenchmarkQuasarProposeDurable3Node.
+func BenchmarkQuasarProposeDurable3NodeParallel(b *testing.B) { runParallel(b, newQuasarDurable) }

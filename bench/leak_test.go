@@ -19,6 +19,8 @@ func TestClusters_CloseLeavesNoGoroutines(t *testing.T) {
 		{"raft-tcp", newRaftTCP},
 		{"quasar-memory", newQuasarMemory},
 		{"quasar-tcp", newQuasarTCP},
+		{"raft-bolt", newRaftBolt},
+		{"quasar-durable", newQuasarDurable},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ignore := goleak.IgnoreCurrent()

@@ -15,15 +15,17 @@ import (
 )
 
 // quasarCluster is three QuasarReplicator validators, majority quorum (2 of
-// 3), default QuasarConfig otherwise, each with a handler that counts the
-// frames it applies.
+// 3), default QuasarConfig otherwise (but for DataDir, when durable), each
+// with a handler that counts the frames it applies.
 type quasarCluster struct {
 	nodes   []*replication.QuasarReplicator
 	counts  []atomic.Int64
 	frames  []replication.Frame // frames[w]: proposer w's frame, namespace "ns-<w>"
 	closers []func() error      // the transports or hub, closed after the nodes
+	durable bool                // every node has a DataDir
 
-	sent0 uint64 // messages sent by all nodes when the timed loop started
+	sent0  uint64 // messages sent by all nodes when the timed loop started
+	syncs0 uint64 // log syncs of all nodes when the timed loop started
 
 	closeOnce sync.Once
 	closeErr  error
@@ -33,21 +35,27 @@ var _ cluster = (*quasarCluster)(nil)
 
 // newQuasarCluster starts one validator per transport. Proposer w proposes
 // on node w%3 into its own namespace "ns-<w>": one writer per namespace, the
-// model the replicator is built for.
-func newQuasarCluster(tb testing.TB, proposers int, ids []string, trs []replication.Transport, closers []func() error) *quasarCluster {
+// model the replicator is built for. If dataDir is not empty, validator id
+// keeps its durable log in dataDir/id; otherwise its state is in memory
+// only.
+func newQuasarCluster(tb testing.TB, proposers int, ids []string, trs []replication.Transport, closers []func() error, dataDir string) *quasarCluster {
 	tb.Helper()
-	c := &quasarCluster{counts: make([]atomic.Int64, len(ids)), closers: closers}
+	c := &quasarCluster{counts: make([]atomic.Int64, len(ids)), closers: closers, durable: dataDir != ""}
 	tb.Cleanup(func() {
 		if err := c.close(); err != nil {
 			tb.Error(err)
 		}
 	})
 	for i, id := range ids {
-		r, err := replication.NewQuasar(context.Background(), replication.QuasarConfig{
+		cfg := replication.QuasarConfig{
 			NodeID:     id,
 			Validators: ids,
 			Transport:  trs[i],
-		})
+		}
+		if c.durable {
+			cfg.DataDir = filepath.Join(dataDir, id)
+		}
+		r, err := replication.NewQuasar(context.Background(), cfg)
 		if err != nil {
 			tb.Fatalf("quasar node %s: %v", id, err)
 		}
@@ -75,13 +83,29 @@ func quasarIDs() []string { return []string{"node-0", "node-1", "node-2"} }
 // newQuasarMemory builds a cluster on one replication.MemoryHub (no faults).
 func newQuasarMemory(tb testing.TB, proposers int) cluster {
 	tb.Helper()
+	return newQuasarHub(tb, proposers, "")
+}
+
+// newQuasarDurable builds a cluster on one replication.MemoryHub, like
+// newQuasarMemory, whose validators keep their durable log (QuasarConfig.DataDir)
+// in a temporary directory: each syncs its log before a message or a Propose
+// outcome that depends on it leaves the node.
+func newQuasarDurable(tb testing.TB, proposers int) cluster {
+	tb.Helper()
+	return newQuasarHub(tb, proposers, tb.TempDir())
+}
+
+// newQuasarHub builds a cluster on one replication.MemoryHub (no faults),
+// with its validators' DataDirs under dataDir ("" for none).
+func newQuasarHub(tb testing.TB, proposers int, dataDir string) cluster {
+	tb.Helper()
 	ids := quasarIDs()
 	hub := replication.NewMemoryHub()
 	trs := make([]replication.Transport, len(ids))
 	for i, id := range ids {
 		trs[i] = hub.Connect(id)
 	}
-	return newQuasarCluster(tb, proposers, ids, trs, []func() error{hub.Close})
+	return newQuasarCluster(tb, proposers, ids, trs, []func() error{hub.Close}, dataDir)
 }
 
 // newQuasarTCP builds a cluster on replication.TCPTransport over loopback
@@ -130,7 +154,7 @@ func newQuasarTCP(tb testing.TB, proposers int) cluster {
 	for i, tr := range trs {
 		ts[i] = tr
 	}
-	c := newQuasarCluster(tb, proposers, ids, ts, []func() error{closeAll})
+	c := newQuasarCluster(tb, proposers, ids, ts, []func() error{closeAll}, "")
 	waitFor(tb, "quasar tcp transports connected", func() bool {
 		for _, tr := range trs {
 			for _, p := range tr.Stats().Peers {
@@ -185,24 +209,32 @@ func (c *quasarCluster) applied() []int64 {
 	return n
 }
 
-func (c *quasarCluster) messagesSent() uint64 {
-	var sent uint64
+// counters returns the messages sent and the log syncs of all nodes so far.
+func (c *quasarCluster) counters() (sent, syncs uint64) {
 	for _, r := range c.nodes {
-		sent += r.Metrics().MessagesSent
+		m := r.Metrics()
+		sent += m.MessagesSent
+		syncs += m.LogSyncs
 	}
-	return sent
+	return sent, syncs
 }
 
-func (c *quasarCluster) started() { c.sent0 = c.messagesSent() }
+func (c *quasarCluster) started() { c.sent0, c.syncs0 = c.counters() }
 
-// report adds frames/s (accepted frames per second of the timed loop) and
+// report adds frames/s (accepted frames per second of the timed loop),
 // msgs/frame (transport messages sent by all nodes per frame: proposals,
-// votes and repairs, several of which share a message under load).
+// votes and repairs, several of which share a message under load) and, for
+// a durable cluster, syncs/op (log syncs of all nodes per frame: one fsync
+// each, except when a sync compacts the log; a burst of changes shares one).
 func (c *quasarCluster) report(b *testing.B, ops int) {
 	if s := b.Elapsed().Seconds(); s > 0 {
 		b.ReportMetric(float64(ops)/s, "frames/s")
 	}
-	b.ReportMetric(float64(c.messagesSent()-c.sent0)/float64(ops), "msgs/frame")
+	sent, syncs := c.counters()
+	b.ReportMetric(float64(sent-c.sent0)/float64(ops), "msgs/frame")
+	if c.durable {
+		b.ReportMetric(float64(syncs-c.syncs0)/float64(ops), "syncs/op")
+	}
 }
 
 // close closes the replicators, then the transports or hub.

@@ -1,5 +1,7 @@
 // Command tcp-node runs one QuasarReplicator validator over TCPTransport
-// (mutual TLS), applying accepted frames into an in-memory key-value map.
+// (mutual TLS), applying accepted frames into a key-value map: in memory,
+// or with -data DIR kept in DIR with the validator's durable state, so a
+// node can be killed and restarted.
 // Start one process per validator; see README.md for a three-terminal
 // quick start.
 //
@@ -11,7 +13,8 @@
 // "del KEY", "get KEY"), prints the decision of each, and prints every
 // frame the node applies, whoever proposed it. With -load N it
 // proposes N puts into namespace "<id>" one after the other, then keeps
-// serving its peers until SIGINT or SIGTERM. On exit it optionally waits
+// serving its peers until SIGINT or SIGTERM; with -serve and no -load it
+// only serves. On exit it optionally waits
 // until -wait-applied frames were applied and writes its state to -dump.
 package main
 
@@ -42,24 +45,93 @@ import (
 	"github.com/quasar-replication/replication/promexport"
 )
 
-// kv is the node's state, built by the Subscribe handler. mu guards data
-// and applied.
+// kv is the node's state, built by the Subscribe handler. mu guards every
+// field.
+//
+// With -data, it is also the application's durable state: every applied
+// frame is appended to DIR/kv.log, with its Seq, and reloaded on start. The
+// replicator feeds handlers again, after a crash, the last frames whose
+// apply it had not recorded yet; the handler recognises them by Seq (seqs:
+// the last Seq applied per namespace) and skips them (refed), after
+// checking that they are the frames it applied (conflicts must stay 0).
+// The file is written, not synced: a killed process loses nothing of it,
+// a power loss may (a real application commits its state and the Seq
+// together, durably).
 type kv struct {
-	mu      sync.Mutex
-	data    map[string]string
-	applied int
+	mu        sync.Mutex
+	data      map[string]string
+	applied   int
+	seqs      map[string]uint64
+	refed     int
+	conflicts int
+	file      *os.File
+}
+
+func newKV() *kv {
+	return &kv{data: map[string]string{}, seqs: map[string]uint64{}}
 }
 
 func (s *kv) apply(_ context.Context, f replication.Frame) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	switch f.Op {
-	case "put":
-		s.data[string(f.FrameKey())] = string(f.Value)
-	case "del":
-		delete(s.data, string(f.FrameKey()))
+	ns := f.OrgID + "/" + f.Namespace
+	if f.Seq <= s.seqs[ns] {
+		s.refed++
+		if v, ok := s.data[string(f.FrameKey())]; f.Op == "put" && (!ok || v != string(f.Value)) {
+			s.conflicts++
+			fmt.Printf("CONFLICT: %s seq %d fed again as put %s=%s, state holds %q\n", ns, f.Seq, f.Key, f.Value, v)
+		}
+		return nil
 	}
+	s.set(ns, f.Seq, f.Op, f.FrameKey(), f.Value)
+	if s.file != nil {
+		if _, err := fmt.Fprintf(s.file, "%d %q %q %q %q\n", f.Seq, ns, f.Op, f.FrameKey(), f.Value); err != nil {
+			return fmt.Errorf("kv.log: %w", err)
+		}
+	}
+	return nil
+}
+
+// set applies one frame to the map. mu is held.
+func (s *kv) set(ns string, seq uint64, op string, key, value []byte) {
+	switch op {
+	case "put":
+		s.data[string(key)] = string(value)
+	case "del":
+		delete(s.data, string(key))
+	}
+	s.seqs[ns] = seq
 	s.applied++
+}
+
+// open loads DIR/kv.log and appends to it from then on.
+func (s *kv) open(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	name := filepath.Join(dir, "kv.log")
+	if b, err := os.ReadFile(name); err == nil {
+		for i, line := range strings.Split(string(b), "\n") {
+			if line == "" {
+				continue
+			}
+			var (
+				seq                uint64
+				ns, op, key, value string
+			)
+			if _, err := fmt.Sscanf(line, "%d %q %q %q %q", &seq, &ns, &op, &key, &value); err != nil {
+				return fmt.Errorf("%s line %d: %w", name, i+1, err)
+			}
+			s.set(ns, seq, op, []byte(key), []byte(value))
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	s.file = f
 	return nil
 }
 
@@ -117,6 +189,8 @@ var (
 	genCerts    = &certsDir{}
 	nodesFlag   = flag.String("nodes", "a,b,c", "with -gen-certs, the node IDs")
 	metricsAddr = flag.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics (port 0: any)")
+	dataDir     = flag.String("data", "", "keep the validator's durable state and the key-value state in this directory")
+	serve       = flag.Bool("serve", false, "without -load: serve peers until signalled (do not read stdin)")
 )
 
 func init() {
@@ -220,6 +294,15 @@ func run() error {
 	qcfg := replication.QuasarConfig{
 		NodeID: *id, Validators: validators, Transport: tr, AntiEntropyInterval: *antiEntropy, Logger: logger,
 	}
+	state := newKV()
+	if *dataDir != "" {
+		qcfg.DataDir = filepath.Join(*dataDir, "replication")
+		if err := state.open(*dataDir); err != nil {
+			return err
+		}
+		defer state.file.Close()
+		fmt.Printf("state in %s: %d frames applied before\n", *dataDir, state.count())
+	}
 	var prom *promexport.Collector
 	if *metricsAddr != "" {
 		prom = promexport.New()
@@ -237,9 +320,8 @@ func run() error {
 		}
 		defer stopMetrics()
 	}
-	state := &kv{data: map[string]string{}}
 	r.Subscribe(state.apply)
-	if *load == 0 {
+	if *load == 0 && !*serve {
 		r.Subscribe(printApplied)
 	}
 	m := r.Metrics()
@@ -255,8 +337,11 @@ func run() error {
 		lat = runLoad(ctx, r, state)
 		if ctx.Err() == nil {
 			fmt.Println("serving peers until SIGINT or SIGTERM")
-			<-ctx.Done()
+			serveProgress(ctx, r, state)
 		}
+	} else if *serve {
+		fmt.Println("serving peers until SIGINT or SIGTERM")
+		serveProgress(ctx, r, state)
 	} else {
 		lat = runStdin(ctx, r, state)
 	}
@@ -361,6 +446,25 @@ func runLoad(ctx context.Context, r *replication.QuasarReplicator, state *kv) []
 	return lat
 }
 
+// serveProgress waits for ctx, printing progress lines with -report.
+func serveProgress(ctx context.Context, r *replication.QuasarReplicator, state *kv) {
+	if !*report {
+		<-ctx.Done()
+		return
+	}
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			a, rj, to := r.Stats()
+			fmt.Printf("progress accepted=%d rejected=%d timeouts=%d applied=%d\n", a, rj, to, state.count())
+		}
+	}
+}
+
 // runStdin reads "put KEY VALUE", "del KEY" and "get KEY" lines until EOF
 // or a signal. Keys live in namespace "kv" shared by every node, so two
 // nodes writing at the same moment race for the same slot: one of them is
@@ -416,7 +520,10 @@ func runStdin(ctx context.Context, r *replication.QuasarReplicator, state *kv) [
 func printReport(r *replication.QuasarReplicator, tr *replication.TCPTransport, state *kv, lat []time.Duration) {
 	a, rj, to := r.Stats()
 	m := r.Metrics()
-	fmt.Printf("final accepted=%d rejected=%d timeouts=%d applied=%d\n", a, rj, to, state.count())
+	state.mu.Lock()
+	refed, conflicts := state.refed, state.conflicts
+	state.mu.Unlock()
+	fmt.Printf("final accepted=%d rejected=%d timeouts=%d applied=%d refed=%d conflicts=%d\n", a, rj, to, state.count(), refed, conflicts)
 	fmt.Printf("frames decided here: accepted=%d rejected=%d; repairs: resent=%d fetches=%d sync=%d certificates=%d behind=%d\n",
 		m.FramesAccepted, m.FramesRejected, m.Resent, m.Fetches, m.SyncRequests, m.Certificates, m.Behind)
 	ts := tr.Stats()
