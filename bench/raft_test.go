@@ -129,26 +129,32 @@ func newRaftCluster(tb testing.TB, trans []raft.Transport, newStore newRaftStore
 			Address:  tr.LocalAddr(),
 		})
 	}
+	// Every node's stores receive the same initial configuration before any
+	// raft starts, as in raft's own test clusters (MakeCluster in raft's
+	// testing.go); the first election then picks the leader. Bootstrapping
+	// running rafts instead races with the first election: a node that
+	// already heard from a candidate refuses to bootstrap.
+	confs := make([]*raft.Config, len(trans))
 	for i, tr := range trans {
 		store, err := newStore(i)
 		if err != nil {
 			tb.Fatalf("raft node %d store: %v", i, err)
 		}
 		c.stores = append(c.stores, store)
+		confs[i] = raftConfig(string(servers[i].ID))
+		err = raft.BootstrapCluster(confs[i], store, store, raft.NewDiscardSnapshotStore(), tr, raft.Configuration{Servers: servers})
+		if err != nil {
+			tb.Fatalf("bootstrap raft node %d: %v", i, err)
+		}
+	}
+	for i, tr := range trans {
 		fsm := &countingFSM{}
-		r, err := raft.NewRaft(raftConfig(string(servers[i].ID)), fsm, store, store, raft.NewDiscardSnapshotStore(), tr)
+		r, err := raft.NewRaft(confs[i], fsm, c.stores[i], c.stores[i], raft.NewDiscardSnapshotStore(), tr)
 		if err != nil {
 			tb.Fatalf("raft node %d: %v", i, err)
 		}
 		c.rafts = append(c.rafts, r)
 		c.fsms = append(c.fsms, fsm)
-	}
-	// Bootstrapping every node with the same configuration is allowed; the
-	// first election then picks the leader.
-	for i, r := range c.rafts {
-		if err := r.BootstrapCluster(raft.Configuration{Servers: servers}).Error(); err != nil {
-			tb.Fatalf("bootstrap raft node %d: %v", i, err)
-		}
 	}
 	waitFor(tb, "raft leader elected", func() bool {
 		for _, r := range c.rafts {
