@@ -145,8 +145,11 @@ type coreConfig struct {
 	// that ask for an answer name who is to answer.
 	unicast bool
 	// durable: the driver keeps a data directory; the core reports what
-	// it must record (ready.persist).
+	// it must record (ready.persist). archive: it also archives accepted
+	// frames beyond the memory window, and answers syncs from there
+	// (ready.reads).
 	durable bool
+	archive bool
 }
 
 func (c *coreConfig) n() int { return len(c.ids) }
@@ -168,6 +171,9 @@ type ready struct {
 	// the batch's messages leave and its decisions are reported.
 	persist []byte
 	strict  bool
+	arch    []archiveRef // the accepted frames in persist (see takePersist)
+	// reads: syncs to answer from the archive (answerDisk).
+	reads []diskRead
 }
 
 // logEvent is a log line the core asks the driver to write.
@@ -196,8 +202,10 @@ func (c *core) takeReady() ready {
 	clear(c.spare.wake)
 	clear(c.spare.logs)
 	clear(c.spare.barriers)
+	clear(c.spare.arch)
+	clear(c.spare.reads)
 	c.rd = ready{decided: c.spare.decided[:0], wake: c.spare.wake[:0], logs: c.spare.logs[:0], barriers: c.spare.barriers[:0],
-		persist: c.spare.persist[:0]}
+		persist: c.spare.persist[:0], arch: c.spare.arch[:0], reads: c.spare.reads[:0]}
 	c.spare = rd
 	return rd
 }

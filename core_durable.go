@@ -58,11 +58,71 @@ func (c *core) persist(typ byte, payload []byte, strict bool) {
 // takePersist returns the records of the batch being collected and
 // removes them from it: the driver takes them ahead of takeReady, so that
 // it can sync them before it takes the decisions and messages that depend
-// on them. b is valid until the core's next input.
-func (c *core) takePersist() (b []byte, strict bool) {
-	b, strict = c.rd.persist, c.rd.strict
-	c.rd.persist, c.rd.strict = c.rd.persist[:0], false
-	return b, strict
+// on them. arch locates, in b, the payloads of the accepted frames among
+// them (for the archive). Both are valid until the core's next input.
+func (c *core) takePersist() (b []byte, strict bool, arch []archiveRef) {
+	b, strict, arch = c.rd.persist, c.rd.strict, c.rd.arch
+	c.rd.persist, c.rd.strict, c.rd.arch = c.rd.persist[:0], false, c.rd.arch[:0]
+	return b, strict, arch
+}
+
+// archiveRef locates an accepted frame's durAccepted payload in a batch's
+// records: b[lo:hi].
+type archiveRef struct {
+	key       spaceKey
+	prev, seq uint64
+	lo, hi    int
+}
+
+// diskRead asks the driver for the accepted frames of a namespace's chain
+// after position from, from the archive (this node no longer retains them
+// in memory), to answer validator to's sync with answerDisk.
+type diskRead struct {
+	key  spaceKey
+	from uint64
+	to   int
+}
+
+// maxDiskReads bounds the archive reads one batch asks for; more syncs are
+// dropped (the requester asks again).
+const maxDiskReads = 64
+
+// answerDisk answers the sync that r was made for, with the durAccepted
+// payloads the archive returned (in chain order from r.from): their
+// certificates, or a behind notice if there are none.
+func (c *core) answerDisk(now int64, r diskRead, payloads [][]byte) {
+	c.now = now
+	sent := 0
+	for _, b := range payloads {
+		a, err := decodeAccepted(b)
+		if err != nil {
+			c.logf(slog.LevelError, "an archived frame does not decode", "org", r.key.org, "ns", r.key.ns, "err", err)
+			break
+		}
+		if slot, ok := c.out.begin(r.to); ok {
+			c.out.bufs[slot] = appendCertificateRecord(c.out.bufs[slot], &a.p, a.voters)
+			c.out.end(slot)
+		}
+		sent++
+	}
+	if sent == 0 {
+		c.sendSync(recBehind, r.key, r.from, r.to, c.cfg.self, r.to)
+	}
+	c.m.served.Add(uint64(sent))
+}
+
+// decodeAccepted decodes a durAccepted payload. The proposal aliases b.
+func decodeAccepted(b []byte) (restoreFrame, error) {
+	var a restoreFrame
+	d := decoder{b: b}
+	k := d.uvarint("voters")
+	if k > MaxValidators {
+		d.fail("voters")
+	}
+	a.voters = nodeList(d.take(k*nodeIDLen, "voters"))
+	d.proposal(&a.p, 0)
+	d.done("accepted frame")
+	return a, d.err
 }
 
 func appendSeqRecord(b []byte, key spaceKey, seq uint64) []byte {
@@ -87,11 +147,15 @@ func (c *core) persistVote(e *entry, typ byte) {
 // persistFrame records frame e as accepted (durAccepted) or as this node's
 // proposal (durOwn).
 func (c *core) persistFrame(typ byte, e *entry) {
-	if !c.cfg.durable {
+	if !c.cfg.durable || c.restoring {
 		return
 	}
 	c.pscratch = c.appendFrame(c.pscratch[:0], typ, e)
 	c.persist(typ, c.pscratch, true)
+	if typ == durAccepted && c.cfg.archive {
+		hi := len(c.rd.persist)
+		c.rd.arch = append(c.rd.arch, archiveRef{key: e.key, prev: e.p.prev, seq: e.p.frame.Seq, lo: hi - len(c.pscratch), hi: hi})
+	}
 }
 
 // appendFrame appends the payload of a durAccepted or durOwn record of e.
@@ -177,13 +241,12 @@ func (c *core) restore(now int64, recs []walRecord) error {
 		case durAccepted, durOwn:
 			var a restoreFrame
 			if rec.typ == durAccepted {
-				k := d.uvarint("voters")
-				if k > MaxValidators {
-					d.fail("voters")
-				}
-				a.voters = nodeList(d.take(k*nodeIDLen, "voters"))
+				a, d.err = decodeAccepted(rec.data)
+				d.b = nil // decoded whole
+			} else {
+				d.proposal(&a.p, 0)
+				d.done("proposal")
 			}
-			d.proposal(&a.p, 0)
 			if d.err != nil {
 				break
 			}
@@ -222,7 +285,7 @@ func (c *core) restore(now int64, recs []walRecord) error {
 		default:
 			d.fail("record type")
 		}
-		if d.err == nil && rec.typ != durAccepted && rec.typ != durOwn {
+		if d.err == nil {
 			d.done("record")
 		}
 		if d.err != nil {
@@ -230,15 +293,16 @@ func (c *core) restore(now int64, recs []walRecord) error {
 		}
 	}
 
-	// Namespaces, then their chains, from the applied mark (or the floor, if
-	// lower): frames through the mark count as applied; the first one after
-	// it is linked as if just accepted, which queues it and the rest of the
-	// chain for apply. A compaction's floor is the head then: the frames
-	// between the mark and it were not applied yet, and the log holds them.
+	// Namespaces, then their chains, from the applied mark: the head is at
+	// least there (a frame is applied only once linked), and the first
+	// frame after it is linked as if just accepted, which queues it and the
+	// rest of the chain for apply. A compaction's floor is the head then:
+	// the frames between the mark and it were not applied yet, and the log
+	// holds them.
 	spaces := make([]*nsState, len(order))
 	for i, st := range order {
 		ns := c.space(now, st.key)
-		ns.head, ns.applied, ns.dispatched = min(st.floor, st.mark), st.mark, st.mark
+		ns.head, ns.applied, ns.dispatched = st.mark, st.mark, st.mark
 		ns.maxSeen = max(st.maxSeen, st.floor, st.mark)
 		if ns.head > 0 {
 			c.list(ns)
@@ -248,13 +312,29 @@ func (c *core) restore(now int64, recs []walRecord) error {
 		}
 		spaces[i] = ns
 	}
+	// Frames already applied are brought back only as many as the memory
+	// retention window holds, the newest: to serve peers (older ones are in
+	// the archive, if any). The others are needed to apply.
+	keepApplied := c.cfg.retainFrames
+	keep := make([]bool, len(accepted))
+	for i := len(accepted) - 1; i >= 0; i-- {
+		p := &accepted[i].p
+		ns := c.spaces[spaceKey{p.frame.OrgID, p.frame.Namespace}]
+		switch {
+		case p.frame.Seq > ns.applied:
+			keep[i] = true
+		case keepApplied > 0 && !c.solo:
+			keep[i] = true
+			keepApplied--
+		}
+	}
 	for i := range accepted {
 		p := &accepted[i].p
-		id := blockIDOf(p.raw)
 		ns := c.spaces[spaceKey{p.frame.OrgID, p.frame.Namespace}]
-		if at := ns.chain[p.prev]; at != nil {
-			continue // recorded twice (a certificate after a proposal)
+		if !keep[i] || ns.chain[p.prev] != nil {
+			continue // applied and out of the window, or recorded twice
 		}
+		id := blockIDOf(p.raw)
 		e := &entry{id: id, key: ns.key, ns: ns, p: *p, phase: phaseAccepted}
 		c.own(&e.p, ns)
 		voters := accepted[i].voters
@@ -266,18 +346,19 @@ func (c *core) restore(now int64, recs []walRecord) error {
 		}
 		c.restoreEntry(now, e)
 		ns.chain[p.prev] = e
-		c.wait(now, e)
+		if p.frame.Seq <= ns.applied {
+			e.phase = phaseApplied
+			c.done(now, e)
+		} else {
+			c.wait(now, e)
+		}
 	}
 	for i, ns := range spaces {
-		for e := ns.chain[ns.head]; e != nil && e.phase == phaseAccepted; e = ns.chain[ns.head] {
-			if e.p.frame.Seq > ns.applied {
-				c.link(now, ns, e)
-				break
-			}
-			e.phase = phaseApplied
-			ns.head = e.p.frame.Seq
+		if ns.head > 0 {
 			c.list(ns)
-			c.done(now, e)
+		}
+		if e := ns.chain[ns.head]; e != nil && e.phase == phaseAccepted {
+			c.link(now, ns, e)
 		}
 		if floor := order[i].floor; ns.head < floor {
 			// The log lacks frames this node had linked: never vote below a

@@ -117,6 +117,13 @@ func (c *core) onSync(now int64, rec *record, from int) {
 	}
 	e := ns.at(rec.ref.seq)
 	if e == nil || !e.phase.accepted() {
+		if c.cfg.archive {
+			// Not retained in memory: the archive may hold it.
+			if len(c.rd.reads) < maxDiskReads {
+				c.rd.reads = append(c.rd.reads, diskRead{key: ns.key, from: rec.ref.seq, to: req})
+			}
+			return
+		}
 		c.sendSync(recBehind, key, rec.ref.seq, req, c.cfg.self, req)
 		return
 	}

@@ -1,8 +1,13 @@
 package replication
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
+	"sync/atomic"
+	"time"
 )
 
 // This file holds the driver's side of durability: the data directory's log
@@ -25,11 +30,23 @@ import (
 // A failed write or sync is final (walErr): a file whose fsync failed
 // cannot be trusted to hold what was written. From then on nothing more is
 // sent and every Propose fails.
+//
+// The archive (archive.go, DiskRetainFrames) keeps every accepted frame
+// for far longer than memory does. The writer appends the batch's accepted
+// frames to it after each write of the log, without a sync of its own: the
+// log holds them too until it is compacted, and the writer syncs the
+// archive before it compacts. A peer's sync for frames this node no longer
+// retains in memory becomes a diskRead, which diskLoop reads from the
+// archive (without mu) and hands back to the core (answerDisk). An archive
+// error is logged and counted, and archiving stops; the protocol goes on
+// (peers that fell behind further than memory then get a behind notice).
 
 // minCompact is the log size below which it is never compacted.
 const minCompact = 64 << 20
 
-// walState is the durable part of QuasarReplicator; mu guards it.
+// walState is the durable part of QuasarReplicator. mu guards it, except
+// arch and diskReads, set once at start, and archTrim, which only the
+// writer (the goroutine that set syncing) and Close touch.
 type walState struct {
 	wal       *walFile // nil: in memory only
 	walBuf    []byte   // records appended since the last write
@@ -40,7 +57,16 @@ type walState struct {
 	syncing   bool     // a goroutine writes the log
 	walErr    error    // the write or sync that failed, for good
 	compactAt int64
+
+	arch        *frameArchive   // nil: no archive
+	archFailed  atomic.Bool     // an archive operation failed: archiving stopped
+	archPending []archiveRecord // accepted frames to archive with the next write
+	archTrim    time.Time       // when the archive was last trimmed (by the writer)
+	diskReads   chan diskRead   // syncs to answer from the archive (diskLoop)
 }
+
+// archiveTrimEvery is how often the writer trims the archive.
+const archiveTrimEvery = time.Second
 
 // openDataDir opens cfg.DataDir's log and restores the core from it.
 func (r *QuasarReplicator) openDataDir() error {
@@ -60,14 +86,58 @@ func (r *QuasarReplicator) openDataDir() error {
 	if len(recs) > 0 {
 		r.log.Info("restored durable state", "file", w.path(), "records", len(recs))
 	}
+	if r.c.cfg.archive {
+		if err := r.openArchive(recs); err != nil {
+			w.close()
+			return fmt.Errorf("replication: data directory: %w", err)
+		}
+	}
+	return nil
+}
+
+// openArchive opens DataDir/archive and archives the log's accepted frames
+// it lacks (those the writer had not archived when the node stopped).
+func (r *QuasarReplicator) openArchive(recs []walRecord) error {
+	a, err := openArchive(filepath.Join(r.cfg.DataDir, "archive"))
+	if err != nil {
+		return err
+	}
+	var missing []archiveRecord
+	for _, rec := range recs {
+		if rec.typ != durAccepted {
+			continue
+		}
+		fr, err := decodeAccepted(rec.data)
+		if err != nil {
+			continue // restore checked every record already
+		}
+		key := spaceKey{fr.p.frame.OrgID, fr.p.frame.Namespace}
+		if got, err := a.read(key, fr.p.prev, 1); err == nil && len(got) == 1 {
+			continue
+		}
+		missing = append(missing, archiveRecord{key: key, prev: fr.p.prev, seq: fr.p.frame.Seq, data: rec.data})
+	}
+	if len(missing) > 0 {
+		if err := errors.Join(a.append(missing), a.sync()); err != nil {
+			a.close()
+			return err
+		}
+	}
+	r.arch = a
+	r.diskReads = make(chan diskRead, maxDiskReads)
 	return nil
 }
 
 // appendLocked takes the durable records the core produced so far.
 func (r *QuasarReplicator) appendLocked() {
-	b, strict := r.c.takePersist()
+	b, strict, arch := r.c.takePersist()
 	if len(b) == 0 {
 		return
+	}
+	if r.arch != nil {
+		for _, a := range arch {
+			r.archPending = append(r.archPending, archiveRecord{key: a.key, prev: a.prev, seq: a.seq, data: bytes.Clone(b[a.lo:a.hi])})
+		}
 	}
 	r.walBuf = append(r.walBuf, b...)
 	r.walSeq++
@@ -123,6 +193,8 @@ func (r *QuasarReplicator) writeLocked() {
 	r.syncing = true
 	buf, upto := r.walBuf, r.walSeq
 	r.walBuf = r.walSpare[:0]
+	arch := r.archPending
+	r.archPending = nil
 	var snap []byte
 	if r.wal.size()+int64(len(buf)) > r.compactAt {
 		snap = r.c.snapshot(nil)
@@ -130,9 +202,12 @@ func (r *QuasarReplicator) writeLocked() {
 	r.mu.Unlock()
 	var err error
 	if snap != nil {
+		// The archive first: the new log no longer holds every frame.
+		r.archive(arch, true)
 		err = r.wal.rewrite(snap)
 	} else if len(buf) > 0 {
 		err = r.wal.writeSync(buf)
+		r.archive(arch, false)
 	}
 	r.mu.Lock()
 	r.walSpare = buf[:0]
@@ -155,6 +230,57 @@ func (r *QuasarReplicator) writeLocked() {
 	r.walCond.Broadcast()
 }
 
+// archive appends accepted frames to the archive (and syncs it, with
+// sync), and trims it now and then. It runs on the writer, without mu. An
+// error stops archiving for good.
+func (r *QuasarReplicator) archive(recs []archiveRecord, sync bool) {
+	a := r.arch
+	if a == nil || r.archFailed.Load() {
+		return
+	}
+	var err error
+	if len(recs) > 0 {
+		err = a.append(recs)
+	}
+	if err == nil && sync {
+		err = a.sync()
+	}
+	if now := time.Now(); err == nil && now.Sub(r.archTrim) >= archiveTrimEvery {
+		r.archTrim = now
+		err = a.trim(r.cfg.DiskRetainFrames, r.cfg.DiskRetainFor, now)
+	}
+	if err != nil {
+		r.archFailed.Store(true)
+		r.m.archiveErrors.Add(1)
+		r.log.Error("archiving accepted frames failed: archiving stops; peers that fell behind further than the memory window will be told so", "err", err)
+	}
+}
+
+// diskLoop answers syncs from the archive, one at a time.
+func (r *QuasarReplicator) diskLoop() {
+	defer r.wg.Done()
+	for {
+		select {
+		case <-r.closing:
+			return
+		case dr := <-r.diskReads:
+			var payloads [][]byte
+			if !r.archFailed.Load() {
+				var err error
+				if payloads, err = r.arch.read(dr.key, dr.from, syncBatch); err != nil {
+					r.m.archiveErrors.Add(1)
+					r.log.Error("reading the archive failed", "err", err)
+				}
+			}
+			r.m.diskReads.Add(1)
+			r.mu.Lock()
+			r.c.answerDisk(mono(), dr, payloads)
+			r.settleLocked(nil)
+			r.unlock()
+		}
+	}
+}
+
 // closeDataDir syncs what is left and releases the data directory. Close
 // calls it once nothing else runs.
 func (r *QuasarReplicator) closeDataDir() {
@@ -165,6 +291,12 @@ func (r *QuasarReplicator) closeDataDir() {
 	r.appendLocked()
 	r.syncLocked(true)
 	r.unlock()
+	if a := r.arch; a != nil {
+		r.archive(nil, true)
+		if err := a.close(); err != nil {
+			r.log.Error("closing the archive", "err", err)
+		}
+	}
 	if err := r.wal.close(); err != nil {
 		r.log.Error("closing the data directory", "err", err)
 	}

@@ -3,6 +3,7 @@ package replication
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -208,4 +209,24 @@ func FuzzRestore(f *testing.F) {
 		require.NoError(t, err)
 		require.NoError(t, c2.restore(int64(3*time.Second), recs), "a snapshot must restore")
 	})
+}
+
+// A validator that was away for longer than its peers' memory window
+// catches up from their archives, without a snapshot and without being
+// told it fell behind.
+func TestDurable_CatchUpFromArchive(t *testing.T) {
+	behind := make(chan error, 4)
+	c := newTestCluster(t, 3, clusterOpts{durable: true, retainFrames: 10, onBehind: func(_ int, err error) { behind <- err }})
+	c.hub.Disconnect("node-2")
+	for i := range 50 {
+		c.requireAccept(i%2, put("ns", fmt.Sprint(i), "v"))
+	}
+	require.Eventually(t, func() bool {
+		return c.nodes[0].r.Metrics().Retained <= 10 && c.nodes[1].r.Metrics().Retained <= 10
+	}, 10*time.Second, 5*time.Millisecond, "the memory window did not move")
+	c.hub.Reconnect("node-2")
+	c.waitAllApplied(50, 20*time.Second)
+	c.requireConverged()
+	require.Empty(t, behind, "node-2 was told it fell behind")
+	require.Positive(t, c.nodes[0].r.Metrics().DiskReads+c.nodes[1].r.Metrics().DiskReads, "no sync was answered from an archive")
 }

@@ -171,6 +171,7 @@ func NewQuasar(ctx context.Context, cfg QuasarConfig) (*QuasarReplicator, error)
 		maxBacklog:   cfg.MaxApplyBacklog,
 		unicast:      r.uni != nil,
 		durable:      cfg.DataDir != "",
+		archive:      cfg.DataDir != "" && len(cfg.Validators) > 1 && cfg.DiskRetainFrames > 0,
 	}
 	for i, v := range cfg.Validators {
 		id := validatorNodeID(v)
@@ -219,6 +220,10 @@ func NewQuasar(ctx context.Context, cfg QuasarConfig) (*QuasarReplicator, error)
 	go r.applyLoop()
 	go r.tickLoop()
 	go r.sendLoop()
+	if r.arch != nil {
+		r.wg.Add(1)
+		go r.diskLoop()
+	}
 	return r, nil
 }
 

@@ -16,6 +16,8 @@ const (
 	DefaultRetainFor           = time.Minute
 	DefaultAntiEntropyInterval = time.Second
 	DefaultMaxApplyBacklog     = 64 << 20
+	DefaultDiskRetainFrames    = 1 << 20
+	DefaultDiskRetainFor       = 24 * time.Hour
 
 	// MaxValidators bounds the validator set: vote bookkeeping keeps one bit
 	// per validator in a fixed-size set.
@@ -121,6 +123,18 @@ type QuasarConfig struct {
 	// state lost: it could vote for a second frame in a position where it
 	// had voted for another, and let two frames be accepted there.
 	DataDir string
+	// DiskRetainFrames and DiskRetainFor bound the archive: with a DataDir
+	// (and more than one validator), every frame accepted is also kept on
+	// disk, in DataDir/archive, far longer than in memory (RetainFrames,
+	// RetainFor), so that a peer that was down for hours catches up from
+	// this node without restoring a snapshot. Whole archive files are
+	// deleted once they hold only frames beyond DiskRetainFrames newer ones
+	// or older than DiskRetainFor. Defaults 1,048,576 frames and 24 hours;
+	// negative DiskRetainFrames keeps no archive (peers then catch up only
+	// within the memory window). The archive's index costs about 40 bytes
+	// of memory per archived frame.
+	DiskRetainFrames int
+	DiskRetainFor    time.Duration
 }
 
 // withDefaults returns a copy of c with every zero field defaulted.
@@ -141,6 +155,8 @@ func (c QuasarConfig) withDefaults() QuasarConfig {
 	c.RetainFrames = cmp.Or(c.RetainFrames, DefaultRetainFrames)
 	c.RetainFor = cmp.Or(c.RetainFor, DefaultRetainFor)
 	c.AntiEntropyInterval = cmp.Or(c.AntiEntropyInterval, DefaultAntiEntropyInterval)
+	c.DiskRetainFrames = cmp.Or(c.DiskRetainFrames, DefaultDiskRetainFrames)
+	c.DiskRetainFor = cmp.Or(c.DiskRetainFor, DefaultDiskRetainFor)
 	switch {
 	case c.MaxApplyBacklog == 0:
 		c.MaxApplyBacklog = DefaultMaxApplyBacklog
@@ -175,9 +191,9 @@ func (c QuasarConfig) validate() error {
 		return bad("%d validators, at most %d", n, MaxValidators)
 	case c.Quorum <= n/2 || c.Quorum > n:
 		return bad("Quorum %d with %d validators: must be in [%d, %d]", c.Quorum, n, n/2+1, n)
-	case c.ProposeWait < 0 || c.WitnessAfter < 0 || c.RetainFor < 0 || c.AntiEntropyInterval < 0:
-		return bad("negative duration (ProposeWait %s, WitnessAfter %s, RetainFor %s, AntiEntropyInterval %s)",
-			c.ProposeWait, c.WitnessAfter, c.RetainFor, c.AntiEntropyInterval)
+	case c.ProposeWait < 0 || c.WitnessAfter < 0 || c.RetainFor < 0 || c.AntiEntropyInterval < 0 || c.DiskRetainFor < 0:
+		return bad("negative duration (ProposeWait %s, WitnessAfter %s, RetainFor %s, AntiEntropyInterval %s, DiskRetainFor %s)",
+			c.ProposeWait, c.WitnessAfter, c.RetainFor, c.AntiEntropyInterval, c.DiskRetainFor)
 	case c.RetainFrames < 0:
 		return bad("negative RetainFrames %d", c.RetainFrames)
 	}

@@ -93,6 +93,12 @@ type QuasarMetrics struct {
 	LogSyncs       uint64 `json:"log_syncs"`
 	LogCompactions uint64 `json:"log_compactions"`
 	LogBytes       uint64 `json:"log_bytes"`
+	// The archive (see DiskRetainFrames): syncs answered from it, those
+	// dropped because too many waited, and its errors (after one, nothing
+	// more is archived).
+	DiskReads        uint64 `json:"disk_reads"`
+	DiskReadsDropped uint64 `json:"disk_reads_dropped"`
+	ArchiveErrors    uint64 `json:"archive_errors"`
 
 	// Gauges: undecided frames held, accepted frames waiting to be
 	// applied, the bytes of those of them queued for the handlers that no
@@ -122,6 +128,7 @@ type metrics struct {
 	superseded, skipped, replayed                  atomic.Uint64
 	conflicts, engines                             atomic.Uint64
 	logSyncs, logCompactions, logBytes             atomic.Uint64
+	diskReads, diskReadsDropped, archiveErrors     atomic.Uint64
 }
 
 func (m *metrics) snapshot() QuasarMetrics {
@@ -144,5 +151,6 @@ func (m *metrics) snapshot() QuasarMetrics {
 		DroppedUnapplied: m.droppedUnapplied.Load(), Conflicts: m.conflicts.Load(), Engines: m.engines.Load(),
 		Superseded: m.superseded.Load(), SkippedByReset: m.skipped.Load(), Replayed: m.replayed.Load(),
 		LogSyncs: m.logSyncs.Load(), LogCompactions: m.logCompactions.Load(), LogBytes: m.logBytes.Load(),
+		DiskReads: m.diskReads.Load(), DiskReadsDropped: m.diskReadsDropped.Load(), ArchiveErrors: m.archiveErrors.Load(),
 	}
 }

@@ -73,6 +73,13 @@ func (r *QuasarReplicator) settleLocked(self *call) {
 	for _, b := range rd.barriers {
 		signal(b.wake)
 	}
+	for _, dr := range rd.reads {
+		select {
+		case r.diskReads <- dr:
+		default:
+			r.m.diskReadsDropped.Add(1) // the requester asks again
+		}
+	}
 	if !r.applying && r.c.applyBusy() {
 		woke := false
 		for _, cl := range rd.wake {

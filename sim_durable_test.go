@@ -35,12 +35,20 @@ type simDisk struct {
 	refeed    map[spaceKey]uint64
 	refeds    int
 	compactAt int
+	// The archive: accepted frames' payloads by namespace and position,
+	// synced with the log (archPending until then).
+	arch        map[spaceKey]map[uint64][]byte
+	archPending []archiveRecord
+	diskReads   int
 }
 
 // persist takes the records of a batch; a strict batch is synced at once.
 func (s *simulator) persist(n *simNode, rd *ready) {
 	if !s.o.durable || len(rd.persist) == 0 {
 		return
+	}
+	for _, a := range rd.arch {
+		n.disk.archPending = append(n.disk.archPending, archiveRecord{key: a.key, prev: a.prev, seq: a.seq, data: slices.Clone(rd.persist[a.lo:a.hi])})
 	}
 	n.disk.pending = append(n.disk.pending, rd.persist...)
 	if rd.strict {
@@ -55,6 +63,18 @@ func (s *simulator) syncAll(n *simNode) {
 	if !s.o.durable || len(d.pending) == 0 {
 		return
 	}
+	if d.arch == nil {
+		d.arch = map[spaceKey]map[uint64][]byte{}
+	}
+	for _, a := range d.archPending {
+		m := d.arch[a.key]
+		if m == nil {
+			m = map[uint64][]byte{}
+			d.arch[a.key] = m
+		}
+		m[a.prev] = a.data
+	}
+	d.archPending = d.archPending[:0]
 	if len(d.log)+len(d.pending) > max(simCompactAt, d.compactAt) {
 		d.log = n.c.snapshot(d.log[:0:0])
 		d.compactAt = 4 * len(d.log)
@@ -72,6 +92,7 @@ func (s *simulator) crash(n *simNode) {
 	keep := s.rng.IntN(len(d.pending) + 1)
 	d.log = append(d.log, d.pending[:keep]...)
 	d.pending = nil
+	d.archPending = nil
 	d.refeed = s.chk.heads(n.i)
 	var calls []*call
 	for cl := range n.calls {
@@ -119,6 +140,30 @@ func (s *simulator) reboot(n *simNode) {
 	d.boots++
 	s.trace.add("%s %s restarts from its log (%d records)", s.clock(), s.ids[n.i], len(recs))
 	s.settle(n)
+}
+
+// answerDisk answers node n's syncs for frames it retains only in its
+// archive, as the driver's diskLoop does.
+func (s *simulator) answerDisk(n *simNode, reads []diskRead) {
+	for _, r := range reads {
+		var payloads [][]byte
+		m := n.disk.arch[r.key]
+		for at := r.from; len(payloads) < syncBatch; {
+			b, ok := m[at]
+			if !ok {
+				break
+			}
+			payloads = append(payloads, b)
+			a, err := decodeAccepted(b)
+			if err != nil {
+				s.fail = fmt.Sprintf("%s: an archived frame does not decode: %v", s.ids[n.i], err)
+				return
+			}
+			at = a.p.frame.Seq
+		}
+		n.disk.diskReads++
+		n.c.answerDisk(s.now, r, payloads)
+	}
 }
 
 // refed reports whether e is a frame the application of node n applied

@@ -234,6 +234,7 @@ func newSimulator(seed uint64, trace *simTrace) *simulator {
 		maxBacklog:   o.maxBacklog,
 		unicast:      o.unicast,
 		durable:      o.durable,
+		archive:      o.durable,
 	}
 	for i, id := range s.ids {
 		cc.ids = append(cc.ids, validatorNodeID(id))
@@ -382,6 +383,10 @@ func (s *simulator) settle(n *simNode) {
 		}
 		s.send(n.i, msg)
 	}
+	if len(rd.reads) > 0 {
+		s.answerDisk(n, slices.Clone(rd.reads))
+		s.settle(n)
+	}
 }
 
 // scheduleApply has node n apply its next frame after a short while (its
@@ -505,14 +510,15 @@ func (s *simulator) restore(n *simNode, be *BehindError) {
 // summary describes a finished run for the log.
 func (s *simulator) summary() string {
 	proposed, accepted, rejected, timedOut, applied, restores := s.chk.stats()
-	boots, refeds := 0, 0
+	boots, refeds, reads := 0, 0, 0
 	for _, n := range s.nodes {
 		boots += n.disk.boots
 		refeds += n.disk.refeds
+		reads += n.disk.diskReads
 	}
-	return fmt.Sprintf("seed %d (%s): %d steps, %s virtual; %d proposals: %d accepted, %d rejected, %d timed out; %d reads after a barrier; %d frames applied per node, %d namespaces restored; network: %d delivered, %d lost, %d dropped, %d duplicated; %d restarts from a log, %d frames fed again after them",
+	return fmt.Sprintf("seed %d (%s): %d steps, %s virtual; %d proposals: %d accepted, %d rejected, %d timed out; %d reads after a barrier; %d frames applied per node, %d namespaces restored; network: %d delivered, %d lost, %d dropped, %d duplicated; %d restarts from a log, %d frames fed again after them, %d syncs answered from an archive",
 		s.seed, s.o, s.steps, time.Duration(s.now-int64(time.Second)).Round(time.Millisecond), proposed, accepted, rejected, timedOut, s.reads, applied, restores,
-		s.delivered, s.lost, s.dropped, s.duplicated, boots, refeds)
+		s.delivered, s.lost, s.dropped, s.duplicated, boots, refeds, reads)
 }
 
 // describeRecords summarizes the records of a message for a trace.

@@ -39,6 +39,23 @@ func raftConfig(id string) *raft.Config {
 	return conf
 }
 
+// raftDiskConfig is raftConfig with DefaultConfig's HeartbeatTimeout and
+// ElectionTimeout (1s) and LeaderLeaseTimeout (500ms), for nodes whose stores
+// sync to disk. On this shared VM one sync now and then takes longer than
+// 50ms; with raftConfig's 50ms timeouts the leader then stepped down
+// ("failed to contact quorum of nodes"), about once in 300 clusters, and an
+// Apply in flight failed with "leadership lost while committing log". The
+// longer timeouts cost only a longer first election during setup; like the
+// short ones, they do not change the leader's path from Apply to its FSM.
+func raftDiskConfig(id string) *raft.Config {
+	conf := raftConfig(id)
+	def := raft.DefaultConfig()
+	conf.HeartbeatTimeout = def.HeartbeatTimeout
+	conf.ElectionTimeout = def.ElectionTimeout
+	conf.LeaderLeaseTimeout = def.LeaderLeaseTimeout
+	return conf
+}
+
 // countingFSM counts the commands applied to it.
 type countingFSM struct {
 	n atomic.Int64
@@ -111,9 +128,10 @@ func inmemStore(int) (raftStore, error) { return raft.NewInmemStore(), nil }
 var _ cluster = (*raftCluster)(nil)
 
 // newRaftCluster bootstraps a cluster over the given transports (one per
-// node), with the stores newStore returns, and waits until it has a leader.
-// It takes ownership of the transports and of the stores.
-func newRaftCluster(tb testing.TB, trans []raft.Transport, newStore newRaftStoreFunc) *raftCluster {
+// node), with the stores newStore returns and the configuration newConfig
+// returns for each node ID, and waits until it has a leader. It takes
+// ownership of the transports and of the stores.
+func newRaftCluster(tb testing.TB, trans []raft.Transport, newStore newRaftStoreFunc, newConfig func(id string) *raft.Config) *raftCluster {
 	tb.Helper()
 	c := &raftCluster{trans: trans}
 	tb.Cleanup(func() {
@@ -141,7 +159,7 @@ func newRaftCluster(tb testing.TB, trans []raft.Transport, newStore newRaftStore
 			tb.Fatalf("raft node %d store: %v", i, err)
 		}
 		c.stores = append(c.stores, store)
-		confs[i] = raftConfig(string(servers[i].ID))
+		confs[i] = newConfig(string(servers[i].ID))
 		err = raft.BootstrapCluster(confs[i], store, store, raft.NewDiscardSnapshotStore(), tr, raft.Configuration{Servers: servers})
 		if err != nil {
 			tb.Fatalf("bootstrap raft node %d: %v", i, err)
@@ -172,13 +190,13 @@ func newRaftCluster(tb testing.TB, trans []raft.Transport, newStore newRaftStore
 // all, with in-memory stores.
 func newRaftInmem(tb testing.TB, _ int) cluster {
 	tb.Helper()
-	return newRaftCluster(tb, inmemTransports(), inmemStore)
+	return newRaftCluster(tb, inmemTransports(), inmemStore, raftConfig)
 }
 
 // newRaftBolt builds a cluster on raft.InmemTransport, like newRaftInmem,
 // whose nodes keep their log and stable state in raft-boltdb files in a
 // temporary directory, with fsync on (bbolt syncs every write transaction
-// before it returns).
+// before it returns), and the timeouts of raftDiskConfig.
 func newRaftBolt(tb testing.TB, _ int) cluster {
 	tb.Helper()
 	dir := tb.TempDir()
@@ -188,7 +206,7 @@ func newRaftBolt(tb testing.TB, _ int) cluster {
 			return nil, err
 		}
 		return &boltStore{BoltStore: s}, nil
-	})
+	}, raftDiskConfig)
 }
 
 // inmemTransports returns three raft.InmemTransports connected all to all.
@@ -229,7 +247,7 @@ func newRaftTCP(tb testing.TB, _ int) cluster {
 		}
 		ts = append(ts, tr)
 	}
-	return newRaftCluster(tb, ts, inmemStore)
+	return newRaftCluster(tb, ts, inmemStore, raftConfig)
 }
 
 // boltStore is a raft-boltdb store that counts its write transactions. Each
