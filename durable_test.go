@@ -230,3 +230,29 @@ func TestDurable_CatchUpFromArchive(t *testing.T) {
 	require.Empty(t, behind, "node-2 was told it fell behind")
 	require.Positive(t, c.nodes[0].r.Metrics().DiskReads+c.nodes[1].r.Metrics().DiskReads, "no sync was answered from an archive")
 }
+
+// After the whole cluster restarted, a validator that was away while frames
+// were accepted gets them from its peers' durable state.
+func TestDurable_WholeClusterRestartCatchesUpTheAbsent(t *testing.T) {
+	c := newTestCluster(t, 3, clusterOpts{durable: true})
+	c.requireAccept(0, put("ns", "first", "v"))
+	c.waitAllApplied(1, 10*time.Second)
+	c.hub.Disconnect("node-2")
+	for i := range 20 {
+		c.requireAccept(i%2, put("ns", fmt.Sprint(i), "v"))
+	}
+	c.waitAllApplied(21, 10*time.Second, 0, 1)
+	for _, n := range c.nodes {
+		require.NoError(t, n.r.Close())
+	}
+	c.hub.Reconnect("node-2")
+	for i := range c.nodes {
+		r, err := c.start(i)
+		require.NoError(t, err)
+		c.nodes[i].r = r
+	}
+	c.waitAllApplied(21, 20*time.Second)
+	c.requireAccept(2, put("ns", "after", "v"))
+	c.waitAllApplied(22, 10*time.Second)
+	c.requireConverged()
+}

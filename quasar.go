@@ -76,10 +76,18 @@ import (
 //     undecided), sends the outbox; with little load the goroutine that
 //     gave the core its input sends it itself, saving a hand-off.
 //   - Transport callbacks decode outside mu, then feed the core under mu;
-//     they never wait for consensus or run handlers.
+//     they never wait for consensus, the disk or handlers.
+//   - diskLoop (with a DataDir's archive): answers peers' syncs for frames
+//     no longer retained in memory, reading the archive without mu.
 //
-// mu guards the core, the flushing and applying flags and the log lines
-// not written yet; counters are atomics; handlers are a copy-on-write
+// With a DataDir (durable.go), the records of each core batch are appended
+// under mu; the goroutine that sends messages (sendLoop, whenever a sync is
+// due) or returns a Propose outcome first makes them durable: one of them
+// at a time writes and fsyncs the log with mu released, the others wait on
+// walCond, so concurrent batches share one fsync.
+//
+// mu guards the core, the flushing and applying flags, the log lines
+// not written yet and the data directory's buffers (walState); counters are atomics; handlers are a copy-on-write
 // slice. mu is never held while a handler, OnBehind, the Transport or the
 // Logger runs. Whoever finds the outbox unsent takes the flushing role and
 // sends it, releasing mu around each send, so messages leave in the order

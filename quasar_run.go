@@ -60,11 +60,10 @@ var recordPool = sync.Pool{New: func() any { s := make([]record, 0, recordChunk)
 // is held on entry and on return; it is released around each send.
 func (r *QuasarReplicator) settleLocked(self *call) {
 	if r.wal != nil {
-		// What the decisions and messages below depend on is synced first
-		// (takeReady after it: mu may be released meanwhile, and the
-		// batch's slices are only valid until other goroutines take two
-		// more).
-		r.persistLocked()
+		// The batch's records join the log's next write. Nothing here waits
+		// for it: messages wait in flushLocked, Propose outcomes in
+		// decidedLocked, so a transport callback never waits for the disk.
+		r.appendLocked()
 	}
 	rd := r.c.takeReady()
 	for _, cl := range rd.decided {
@@ -101,7 +100,9 @@ func (r *QuasarReplicator) settleLocked(self *call) {
 	if r.flushing || !r.c.out.pending() {
 		return
 	}
-	if r.c.undecided.n > inlineFlushMax {
+	if r.c.undecided.n > inlineFlushMax || (r.wal != nil && r.walDone < r.walStrict) {
+		// Under load, or when the messages must wait for a sync: sendLoop
+		// sends (and syncs first).
 		signal(r.sendKick)
 		return
 	}
