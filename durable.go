@@ -41,8 +41,9 @@ import (
 // error is logged and counted, and archiving stops; the protocol goes on
 // (peers that fell behind further than memory then get a behind notice).
 
-// minCompact is the log size below which it is never compacted.
-const minCompact = 64 << 20
+// minCompact is the log size below which it is never compacted (a
+// variable: tests lower it).
+var minCompact int64 = 64 << 20
 
 // walState is the durable part of QuasarReplicator. mu guards it, except
 // arch and diskReads, set once at start, and archTrim, which only the
@@ -204,7 +205,13 @@ func (r *QuasarReplicator) writeLocked() {
 	if snap != nil {
 		// The archive first: the new log no longer holds every frame.
 		r.archive(arch, true)
-		err = r.wal.rewrite(snap)
+		if err = r.wal.rewrite(snap); err != nil && r.wal.usable() == nil {
+			// The old log is still in use, whole: append to it, and try to
+			// compact again once it grew as much again.
+			r.log.Error("compacting the log failed; it keeps growing until a later compaction succeeds", "file", r.wal.path(), "err", err)
+			snap = nil
+			err = r.wal.writeSync(buf)
+		}
 	} else if len(buf) > 0 {
 		err = r.wal.writeSync(buf)
 		r.archive(arch, false)
@@ -226,6 +233,9 @@ func (r *QuasarReplicator) writeLocked() {
 	default:
 		r.walDone = upto
 		r.m.logBytes.Add(uint64(len(buf)))
+		if r.wal.size() > r.compactAt {
+			r.compactAt = 2 * r.wal.size() // a compaction failed: not again at once
+		}
 	}
 	r.walCond.Broadcast()
 }
