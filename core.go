@@ -24,12 +24,16 @@ import (
 //	abandon(call)           a Propose call gave up (timeout, ctx, close)
 //	reset(now, key, seq)    ResetNamespace
 //	barrier(now, b)         a Barrier call (core_read.go)
+//	answerDisk(now, r, fs)  frames read from the archive for a diskRead
+//	restore(now, recs)      a data directory's log, once, before any other
 //
 // Outputs, collected until the caller takes them:
 //
 //   - messages to send (to every validator, or to one), in out: see outbox.
-//     Nothing needs to be durable before they leave yet: every vote and
-//     head lives in memory (see the package documentation on restarts).
+//   - with a data directory, the records that must be durable before those
+//     messages leave and the batch's decisions are reported (ready.persist,
+//     taken with takePersist; core_durable.go), and the syncs to answer
+//     from the archive (ready.reads; the answer comes back as answerDisk).
 //   - frames to apply, in order, and behind notices between them:
 //     popApply; the caller runs the handlers and reports applied.
 //   - the Propose calls decided (ready.decided) and those whose frame was

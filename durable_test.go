@@ -1,9 +1,11 @@
 package replication
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
@@ -285,4 +287,19 @@ func TestDurable_CompactedLogsRestore(t *testing.T) {
 		_, log := n.kv.snapshot()
 		require.Len(t, log, 150, "%s applied a frame twice or missed one", n.id)
 	}
+}
+
+// A validator of a cluster of more than one started without a DataDir
+// says, at Warn level, that it must not restart under its ID.
+func TestDurable_WarnsWithoutDataDir(t *testing.T) {
+	var logs bytes.Buffer
+	hub := NewMemoryHub()
+	defer hub.Close()
+	r, err := NewQuasar(context.Background(), QuasarConfig{
+		NodeID: "a", Validators: []string{"a", "b", "c"}, Transport: hub.Connect("a"),
+		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	})
+	require.NoError(t, err)
+	require.NoError(t, r.Close())
+	require.Contains(t, logs.String(), "level=WARN msg=\"no DataDir")
 }

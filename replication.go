@@ -44,6 +44,17 @@
 // idempotent, fails in-flight Propose calls with ErrClosed, and returns only
 // after every goroutine the driver started has exited.
 //
+// # Restarts
+//
+// A QuasarReplicator with QuasarConfig.DataDir keeps its votes, the frames
+// it accepted and how far its handlers applied each namespace on disk,
+// synced before anything that depends on them leaves the node, so it can be
+// restarted (also after a crash, also with the whole cluster) without
+// breaking any guarantee. After a crash it may feed its handlers again the
+// last frames they applied: keep each namespace's last applied Seq with
+// your state and skip frames at or below it. Without a DataDir a validator
+// of a multi-validator cluster must not restart under the same NodeID.
+//
 // # What subscribers get
 //
 // Handlers of one replicator are called one at a time, never concurrently,
