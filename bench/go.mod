@@ -62,4 +62,7 @@ require (
 
 replace github.com/quasar-replication/replication => ../
 
+// raft-boltdb/v2 v2.3.1 imports github.com/hashicorp/go-metrics/compat, which
+// go-metrics v0.7.0 (required by raft v1.8.0) removed. v0.6.1 is v0.7.0 with
+// that package still in it: its other packages are identical.
 replace github.com/hashicorp/go-metrics => github.com/hashicorp/go-metrics v0.6.1

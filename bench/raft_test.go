@@ -103,7 +103,7 @@ type raftCluster struct {
 	fsms   []*countingFSM
 	leader *raft.Raft
 
-	syncs0 uint64 // fsyncs of all bolt stores when the timed loop started
+	syncs0 uint64 // fdatasync calls of all bolt stores when the timed loop started
 
 	closeOnce sync.Once
 	closeErr  error
@@ -124,8 +124,6 @@ type newRaftStoreFunc func(i int) (raftStore, error)
 // inmemStore is raft.NewInmemStore for every node: nothing is written to
 // disk.
 func inmemStore(int) (raftStore, error) { return raft.NewInmemStore(), nil }
-
-var _ cluster = (*raftCluster)(nil)
 
 // newRaftCluster bootstraps a cluster over the given transports (one per
 // node), with the stores newStore returns and the configuration newConfig
