@@ -104,12 +104,18 @@ func TestDurable_SingleValidatorRestart(t *testing.T) {
 	assert.Equal(t, uint64(6), log[5].Seq)
 }
 
+// soloConfig is a single validator's config on DataDir dir; its hub closes
+// with the test.
+func soloConfig(t *testing.T, dir string) QuasarConfig {
+	hub := NewMemoryHub()
+	t.Cleanup(func() { hub.Close() })
+	return QuasarConfig{NodeID: "solo", Transport: hub.Connect("solo"), DataDir: dir}
+}
+
 // A DataDir is used by one replicator at a time.
 func TestDurable_DataDirIsLocked(t *testing.T) {
 	dir := t.TempDir()
-	hub := NewMemoryHub()
-	defer hub.Close()
-	cfg := QuasarConfig{NodeID: "solo", Transport: hub.Connect("solo"), DataDir: dir}
+	cfg := soloConfig(t, dir)
 	r, err := NewQuasar(context.Background(), cfg)
 	require.NoError(t, err)
 	_, err = NewQuasar(context.Background(), cfg)
@@ -126,9 +132,7 @@ func TestDurable_DataDirIsLocked(t *testing.T) {
 // file; an interrupted write at its end is truncated and the node starts.
 func TestDurable_CorruptLogRefusesToStart(t *testing.T) {
 	dir := t.TempDir()
-	hub := NewMemoryHub()
-	defer hub.Close()
-	cfg := QuasarConfig{NodeID: "solo", Transport: hub.Connect("solo"), DataDir: dir}
+	cfg := soloConfig(t, dir)
 	r, err := NewQuasar(context.Background(), cfg)
 	require.NoError(t, err)
 	for i := range 3 {

@@ -94,27 +94,28 @@ func (s *simulator) crash(n *simNode) {
 	d.pending = nil
 	d.archPending = nil
 	d.refeed = s.chk.heads(n.i)
-	var calls []*call
-	for cl := range n.calls {
-		calls = append(calls, cl)
-	}
-	slices.SortFunc(calls, func(a, b *call) int { return strings.Compare(n.calls[a].name, n.calls[b].name) })
-	for _, cl := range calls {
+	for _, cl := range byClientName(n.calls) {
 		c := n.calls[cl]
 		delete(n.calls, cl)
 		s.finish(c, DecisionTimeout, fmt.Errorf("quasar propose: %w: the node crashed", ErrTimeout))
 	}
-	var reads []*barrier
-	for b := range n.reads {
-		reads = append(reads, b)
-	}
-	slices.SortFunc(reads, func(a, b *barrier) int { return strings.Compare(n.reads[a].name, n.reads[b].name) })
-	for _, b := range reads {
+	for _, b := range byClientName(n.reads) {
 		cl := n.reads[b]
 		delete(n.reads, b)
 		s.at(s.now+s.rng.Int64N(s.o.pacing), &simEvent{kind: evPropose, node: cl.node, client: cl})
 	}
 	s.trace.add("%s %s loses its memory (log %d bytes, %d of them unsynced and kept)", s.clock(), s.ids[n.i], len(d.log), keep)
+}
+
+// byClientName returns m's keys ordered by their clients' names: a
+// deterministic order, as the simulator needs.
+func byClientName[K comparable](m map[K]*simClient) []K {
+	keys := make([]K, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b K) int { return strings.Compare(m[a].name, m[b].name) })
+	return keys
 }
 
 // reboot restarts node n from its log.
