@@ -88,6 +88,15 @@ type checker struct {
 	// restoreReorders counts S5 orders broken only through a frame a node
 	// got from a snapshot (the documented limit of ResetNamespace).
 	restoreReorders int
+	// Votes seen on the wire, per block: the validators that sent a commit
+	// (or were named in a certificate) and those that sent a cancel; and
+	// the blocks some node applied. A validator that votes both ways on a
+	// block that is applied broke its word (S1): a vote never changes, also
+	// across restarts. (Both ways on a block never applied is harmless: a
+	// frame at a position another frame took.)
+	commitVoters, cancelVoters map[[idLen]byte]uint64
+	appliedBlocks              map[[idLen]byte]bool
+	flipsReported              int
 	violations      []string
 	changed         chan struct{} // closed and replaced on every apply
 	undecoded       int           // delivered quasar messages that failed to decode
@@ -146,6 +155,10 @@ func newChecker(ids []string, q int) *checker {
 		soleWriters: map[spaceKey]bool{},
 		retried:     map[string][]*checkedOp{},
 		changed:     make(chan struct{}),
+
+		commitVoters:  map[[idLen]byte]uint64{},
+		cancelVoters:  map[[idLen]byte]uint64{},
+		appliedBlocks: map[[idLen]byte]bool{},
 	}
 	for i, id := range ids {
 		c.byID[id] = i
@@ -199,12 +212,18 @@ func (c *checker) onDeliver(from, to, kind string, payload []byte) {
 		}
 		switch r.typ {
 		case recVote:
-			if r.vote.typ != voteCommit {
+			v, ok := c.byNID[r.vote.voter]
+			if !ok {
 				continue
 			}
-			if v, ok := c.byNID[r.vote.voter]; ok {
+			switch r.vote.typ {
+			case voteCommit:
 				seen[r.vote.block] |= 1 << v
+				c.commitVoters[r.vote.block] |= 1 << v
+			case voteCancel:
+				c.cancelVoters[r.vote.block] |= 1 << v
 			}
+			c.checkFlips(r.vote.block)
 		case recCertificate:
 			var voters uint64
 			for k := range r.voters.len() {
@@ -213,6 +232,8 @@ func (c *checker) onDeliver(from, to, kind string, payload []byte) {
 				}
 			}
 			seen[id] |= voters
+			c.commitVoters[id] |= voters
+			c.checkFlips(id)
 			// A certificate claims the frame was accepted: an honest node
 			// sends one only with the commit votes of a quorum.
 			if k := bits.OnesCount64(voters); k < c.q && c.badCerts < 20 {
@@ -222,6 +243,23 @@ func (c *checker) onDeliver(from, to, kind string, payload []byte) {
 			}
 		}
 	}
+}
+
+// checkFlips reports validators that voted both ways on block, once some
+// node applied it (see checker.commitVoters).
+func (c *checker) checkFlips(block [idLen]byte) {
+	flips := c.commitVoters[block] & c.cancelVoters[block]
+	if flips == 0 || !c.appliedBlocks[block] || c.flipsReported >= 20 {
+		return
+	}
+	c.flipsReported++
+	var who []string
+	for i := range c.n {
+		if flips&(1<<i) != 0 {
+			who = append(who, c.ids[i])
+		}
+	}
+	c.violatef("S1: %v voted both commit and cancel on block %x, which was applied", who, block[:4])
 }
 
 // recordOrder keeps what proposal p (block id) orders its frame after, the
@@ -315,6 +353,10 @@ func (c *checker) appliedBlock(node int, f Frame, block *[idLen]byte) {
 			name, f.OrgID, f.Namespace, f.Seq, rep.log[i].token, i, token)
 	}
 	if block != nil {
+		if !c.appliedBlocks[*block] {
+			c.appliedBlocks[*block] = true
+			c.checkFlips(*block)
+		}
 		if id, ok := c.slotBlock[slot]; ok && id != *block {
 			c.violatef("S4: slot %s/%s seq %d holds two blocks (token %q, on %s the other)", f.OrgID, f.Namespace, f.Seq, token, name)
 		}

@@ -30,6 +30,14 @@ import (
 //	durReset     org ns seq                   ResetNamespace(org, ns, seq)
 //	durReturned  org ns seq                   a Propose of this node returned Accept for seq
 //	durHead      org ns head applied maxSeen  a namespace's state (written by compaction)
+//	durUnvote    org ns prev id[32]           the frame this validator committed at prev was
+//	                                          rejected: the position is free again
+//
+// The position a validator committed at its head (nsState.voted) is the
+// frame of the last durVote commit there not followed by its durUnvote. A
+// compaction writes the votes in no particular order, so it writes the
+// commits that are not the position's vote followed by their durUnvote,
+// and the position's vote last.
 //
 // The log is the history of these records; restore replays it. Compaction
 // (snapshot) replaces the history with the records that describe the
@@ -43,6 +51,7 @@ const (
 	durReset    byte = 5
 	durReturned byte = 6
 	durHead     byte = 7
+	durUnvote   byte = 8
 )
 
 // persist appends one record to the batch. strict: the batch's messages
@@ -142,6 +151,20 @@ func (c *core) persistVote(e *entry, typ byte) {
 	b = append(b, typ)
 	c.pscratch = b
 	c.persist(durVote, b, true)
+}
+
+// persistUnvote records that this validator's commit on e, at e's
+// position, no longer takes the position (e was rejected). Not strict: if
+// it is lost, the position stays taken after a restart, which delays, and
+// never contradicts.
+func (c *core) persistUnvote(e *entry) {
+	if !c.cfg.durable {
+		return
+	}
+	b := appendSeqRecord(c.pscratch[:0], e.key, e.p.prev)
+	b = append(b, e.id[:]...)
+	c.pscratch = b
+	c.persist(durUnvote, b, false)
 }
 
 // persistFrame records frame e as accepted (durAccepted) or as this node's
@@ -274,6 +297,15 @@ func (c *core) restore(now int64, recs []walRecord) error {
 			default:
 				returned = append(returned, restoreVote{key: key, seq: seq})
 			}
+		case durUnvote:
+			v := restoreVote{key: spaceKey{d.str("org"), d.str("ns")}, prev: d.uvarint("prev")}
+			copy(v.id[:], d.take(idLen, "block"))
+			if d.err != nil {
+				break
+			}
+			get(v.key)
+			v.typ = 0 // marks the unvote
+			votes = append(votes, v)
 		case durHead:
 			key := spaceKey{d.str("org"), d.str("ns")}
 			head, applied, seen := d.uvarint("head"), d.uvarint("applied"), d.uvarint("max seen")
@@ -372,10 +404,17 @@ func (c *core) restore(now int64, recs []walRecord) error {
 	}
 
 	// Votes at positions not passed: the same vote again if the frame comes
-	// back, and the position taken by the last commit vote there.
+	// back, and the position at the head taken by the commit vote there that
+	// no rejection freed.
 	for _, v := range votes {
 		ns := c.spaces[v.key]
 		if v.prev < ns.head {
+			continue
+		}
+		if v.typ == 0 { // durUnvote
+			if w := ns.voted; w != nil && w.id == v.id && w.p.prev == v.prev {
+				ns.voted = nil
+			}
 			continue
 		}
 		ns.maxSeen = max(ns.maxSeen, v.seq)
@@ -486,11 +525,26 @@ func (c *core) snapshot(b []byte) []byte {
 		scratch = c.appendFrame(scratch[:0], typ, e)
 		b = appendWALRecord(b, typ, scratch)
 	}
-	vote := func(key spaceKey, prev, seq uint64, id *[idLen]byte, typ byte) {
+	writeVote := func(key spaceKey, prev, seq uint64, id *[idLen]byte, typ byte) {
 		scratch = appendSeqRecord(scratch[:0], key, prev)
 		scratch = binary.AppendUvarint(scratch, seq)
 		scratch = append(scratch, id[:]...)
 		b = appendWALRecord(b, durVote, append(scratch, typ))
+	}
+	// vote writes a vote at a position not passed; the position's vote
+	// (nsState.voted) is written last, below.
+	vote := func(ns *nsState, prev, seq uint64, id *[idLen]byte, typ byte) {
+		if prev < ns.head {
+			return
+		}
+		if w := ns.voted; w != nil && w.id == *id && w.p.prev == prev {
+			return
+		}
+		writeVote(ns.key, prev, seq, id, typ)
+		if typ == voteCommit && prev == ns.head {
+			scratch = appendSeqRecord(scratch[:0], ns.key, prev)
+			b = appendWALRecord(b, durUnvote, append(scratch, id[:]...))
+		}
 	}
 	lists := []*entryList{&c.waiting, &c.retained, &c.undecided}
 	for _, l := range lists {
@@ -515,14 +569,20 @@ func (c *core) snapshot(b []byte) []byte {
 	}
 	for _, l := range lists {
 		for e := l.head; e != nil; e = e.nextL {
-			if e.myVote != 0 && e.p.prev >= e.ns.head {
-				vote(e.key, e.p.prev, e.p.frame.Seq, &e.id, e.myVote)
+			if e.myVote != 0 {
+				vote(e.ns, e.p.prev, e.p.frame.Seq, &e.id, e.myVote)
 			}
 		}
 	}
 	for _, ref := range c.forgotQ {
-		if v, ok := c.forgot[ref.id]; ok && v.gen == ref.gen && v.prev >= v.ns.head {
-			vote(v.ns.key, v.prev, v.seq, &ref.id, v.typ)
+		if v, ok := c.forgot[ref.id]; ok && v.gen == ref.gen {
+			vote(v.ns, v.prev, v.seq, &ref.id, v.typ)
+		}
+	}
+	for _, k := range keys {
+		if ns := c.spaces[k]; ns.voted != nil && ns.voted.p.prev == ns.head {
+			w := ns.voted
+			writeVote(ns.key, w.p.prev, w.p.frame.Seq, &w.id, voteCommit)
 		}
 	}
 	for _, ns := range c.frontier {

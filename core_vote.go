@@ -250,6 +250,7 @@ func (c *core) rejectErr(now int64, e *entry, err error) {
 	ns := e.ns
 	if v := ns.voted; v != nil && v.id == e.id && v.p.prev == e.p.prev {
 		ns.voted = nil // the position is free again: e can never be accepted
+		c.persistUnvote(e)
 	}
 	if cl := e.call; cl != nil {
 		c.decide(cl, DecisionReject, err)

@@ -307,3 +307,36 @@ func TestDurable_WarnsWithoutDataDir(t *testing.T) {
 	require.NoError(t, r.Close())
 	require.Contains(t, logs.String(), "level=WARN msg=\"no DataDir")
 }
+
+// Frames accepted before the first Subscribe wait for it: a validator
+// started after the others (or restarted on its DataDir, with frames to
+// feed again) loses none of them to a window with no handler.
+func TestQuasar_NothingAppliedBeforeFirstSubscribe(t *testing.T) {
+	hub := NewMemoryHub()
+	defer hub.Close()
+	ids := []string{"a", "b", "c"}
+	var rs []*QuasarReplicator
+	for _, id := range ids[:2] {
+		r, err := NewQuasar(context.Background(), QuasarConfig{NodeID: id, Validators: ids, Transport: hub.Connect(id),
+			WitnessAfter: 10 * time.Millisecond, AntiEntropyInterval: 20 * time.Millisecond})
+		require.NoError(t, err)
+		defer r.Close()
+		r.Subscribe(func(context.Context, Frame) error { return nil })
+		rs = append(rs, r)
+	}
+	for i := range 5 {
+		d, err := rs[0].Propose(context.Background(), put("ns", fmt.Sprint(i), "v"))
+		require.NoError(t, err)
+		require.Equal(t, DecisionAccept, d)
+	}
+	late, err := NewQuasar(context.Background(), QuasarConfig{NodeID: "c", Validators: ids, Transport: hub.Connect("c"),
+		WitnessAfter: 10 * time.Millisecond, AntiEntropyInterval: 20 * time.Millisecond})
+	require.NoError(t, err)
+	defer late.Close()
+	require.Eventually(t, func() bool { return late.Metrics().FramesAccepted == 5 }, 10*time.Second, time.Millisecond,
+		"the late validator did not catch up")
+	require.Zero(t, late.Metrics().FramesApplied, "frames were applied with no handler subscribed")
+	kv := newKVReplica()
+	late.Subscribe(kv.apply)
+	kv.waitCount(t, 5, 10*time.Second)
+}

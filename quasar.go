@@ -120,6 +120,7 @@ type QuasarReplicator struct {
 	c         *core
 	flushing  bool       // a goroutine is sending the outbox
 	applying  bool       // a goroutine is applying frames
+	applyOpen bool       // frames may be applied: see Subscribe
 	logs      []logEvent // written by unlock, after mu is released
 	applyIdle sync.Cond  // on mu: signalled when applying turns false
 
@@ -254,6 +255,12 @@ func validatorNodeID(v string) (id nodeID) {
 // error wrapping ErrApply, and the replicator stays usable. Subscribe is
 // safe to call concurrently with Propose; a handler added while frames are
 // being applied sees the frames applied after it was added.
+//
+// Nothing is applied before the first Subscribe (or the first Propose or
+// Barrier): frames accepted meanwhile, and with a DataDir the frames a
+// restart feeds again, wait for it, so that subscribing right after
+// NewQuasar misses none. A validator that never subscribes nor proposes
+// applies its frames, to no handler, once they reach MaxApplyBacklog.
 func (r *QuasarReplicator) Subscribe(h Handler) {
 	if h == nil {
 		return
@@ -266,8 +273,19 @@ func (r *QuasarReplicator) Subscribe(h Handler) {
 		}
 		hs = append(hs, h)
 		if r.handlers.CompareAndSwap(old, &hs) {
-			return
+			break
 		}
+	}
+	r.mu.Lock()
+	r.openApplyLocked()
+	r.unlock()
+}
+
+// openApplyLocked lets frames be applied from now on.
+func (r *QuasarReplicator) openApplyLocked() {
+	if !r.applyOpen {
+		r.applyOpen = true
+		r.kickApply()
 	}
 }
 
@@ -374,6 +392,7 @@ func (r *QuasarReplicator) propose(ctx context.Context, f Frame) (Decision, erro
 	// at once) and checks the outcome: under load every extra lock
 	// hand-off counts.
 	r.mu.Lock()
+	r.openApplyLocked()
 	r.c.propose(mono(), cl)
 	self := cl // applies its own frame if it is queued now (a single validator)
 	if cl.reentrant {
@@ -541,6 +560,7 @@ func (r *QuasarReplicator) Barrier(ctx context.Context, orgID, namespace string)
 	}
 	b := &barrier{key: spaceKey{orgID, namespace}}
 	r.mu.Lock()
+	r.openApplyLocked()
 	r.c.barrier(mono(), b)
 	r.settleLocked(nil)
 	if b.done {

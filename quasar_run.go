@@ -3,6 +3,7 @@ package replication
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"runtime"
 	"sync"
 	"time"
@@ -71,6 +72,13 @@ func (r *QuasarReplicator) settleLocked(self *call) {
 	}
 	for _, b := range rd.barriers {
 		signal(b.wake)
+	}
+	if !r.applyOpen && r.c.backlogged() {
+		// Nobody subscribed, and the queue reached MaxApplyBacklog: a
+		// validator without handlers of its own must not stop taking in
+		// frames.
+		r.logs = append(r.logs, logEvent{slog.LevelWarn, "no handler subscribed and the apply backlog is full: applying frames to no handler", nil})
+		r.openApplyLocked()
 	}
 	for _, dr := range rd.reads {
 		select {
@@ -210,7 +218,7 @@ func (r *QuasarReplicator) drainApply() {
 // up to its own frame. A Propose caller leaves the rest to applyLoop, so
 // that it is not held past its frame by frames that keep arriving.
 func (r *QuasarReplicator) applyLocked(mine *call) {
-	if r.applying {
+	if r.applying || !r.applyOpen {
 		return
 	}
 	r.applying = true

@@ -267,6 +267,7 @@ func newLoneValidator(t *testing.T, cfg QuasarConfig) (*QuasarReplicator, []stri
 	r, err := NewQuasar(context.Background(), cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = r.Close() })
+	r.Subscribe(func(context.Context, Frame) error { return nil }) // frames are applied only once a handler is
 	return r, ids
 }
 

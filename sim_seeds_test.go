@@ -87,6 +87,13 @@ var simRegressionSeeds = []uint64{
 	// frames between them, linked but not applied yet, were never applied
 	// (fixed: restore links from the mark).
 	3149, 4672, 5986,
+	// A compacted log lists votes out of the order they were cast, and the
+	// restore took the last commit vote at the head's position for the
+	// position's vote: a rejected frame's, not the one still undecided. The
+	// validator then cancelled its own frame, which it had voted commit for
+	// before the crash (fixed: a position freed by a rejection is recorded,
+	// and a compaction writes the position's vote last).
+	6581105158712905263,
 }
 
 // simResults sums the runs of several seeds.
