@@ -97,12 +97,12 @@ type checker struct {
 	commitVoters, cancelVoters map[[idLen]byte]uint64
 	appliedBlocks              map[[idLen]byte]bool
 	flipsReported              int
-	violations      []string
-	changed         chan struct{} // closed and replaced on every apply
-	undecoded       int           // delivered quasar messages that failed to decode
-	restores        []string      // namespaces restored from a peer after OnBehind
-	badCerts        int           // certificates below quorum reported (capped)
-	applies         int           // frames applied, all nodes
+	violations                 []string
+	changed                    chan struct{} // closed and replaced on every apply
+	undecoded                  int           // delivered quasar messages that failed to decode
+	restores                   []string      // namespaces restored from a peer after OnBehind
+	badCerts                   int           // certificates below quorum reported (capped)
+	applies                    int           // frames applied, all nodes
 }
 
 // replica is one node's state as its handler built it.
