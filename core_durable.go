@@ -140,17 +140,26 @@ func appendSeqRecord(b []byte, key spaceKey, seq uint64) []byte {
 	return binary.AppendUvarint(b, seq)
 }
 
+// appendVotePayload appends a durVote payload.
+func appendVotePayload(b []byte, key spaceKey, prev, seq uint64, id *[idLen]byte, typ byte) []byte {
+	b = appendSeqRecord(b, key, prev)
+	b = binary.AppendUvarint(b, seq)
+	b = append(b, id[:]...)
+	return append(b, typ)
+}
+
+// appendUnvotePayload appends a durUnvote payload.
+func appendUnvotePayload(b []byte, key spaceKey, prev uint64, id *[idLen]byte) []byte {
+	return append(appendSeqRecord(b, key, prev), id[:]...)
+}
+
 // persistVote records this validator's vote typ on e.
 func (c *core) persistVote(e *entry, typ byte) {
 	if !c.cfg.durable {
 		return
 	}
-	b := appendSeqRecord(c.pscratch[:0], e.key, e.p.prev)
-	b = binary.AppendUvarint(b, e.p.frame.Seq)
-	b = append(b, e.id[:]...)
-	b = append(b, typ)
-	c.pscratch = b
-	c.persist(durVote, b, true)
+	c.pscratch = appendVotePayload(c.pscratch[:0], e.key, e.p.prev, e.p.frame.Seq, &e.id, typ)
+	c.persist(durVote, c.pscratch, true)
 }
 
 // persistUnvote records that this validator's commit on e, at e's
@@ -161,10 +170,8 @@ func (c *core) persistUnvote(e *entry) {
 	if !c.cfg.durable {
 		return
 	}
-	b := appendSeqRecord(c.pscratch[:0], e.key, e.p.prev)
-	b = append(b, e.id[:]...)
-	c.pscratch = b
-	c.persist(durUnvote, b, false)
+	c.pscratch = appendUnvotePayload(c.pscratch[:0], e.key, e.p.prev, &e.id)
+	c.persist(durUnvote, c.pscratch, false)
 }
 
 // persistFrame records frame e as accepted (durAccepted) or as this node's
@@ -473,11 +480,7 @@ func (c *core) restore(now int64, recs []walRecord) error {
 // restoreEntry sets what add sets on a frame taken in, for a frame that
 // restore brings back already decided.
 func (c *core) restoreEntry(now int64, e *entry) {
-	e.size = e.p.frame.size()
-	e.origin = -1
-	if i, ok := c.cfg.byNodeID[e.p.proposer]; ok {
-		e.origin = i
-	}
+	c.describe(e)
 	e.born = now
 	if !c.solo {
 		c.entries[e.id] = e
@@ -526,10 +529,8 @@ func (c *core) snapshot(b []byte) []byte {
 		b = appendWALRecord(b, typ, scratch)
 	}
 	writeVote := func(key spaceKey, prev, seq uint64, id *[idLen]byte, typ byte) {
-		scratch = appendSeqRecord(scratch[:0], key, prev)
-		scratch = binary.AppendUvarint(scratch, seq)
-		scratch = append(scratch, id[:]...)
-		b = appendWALRecord(b, durVote, append(scratch, typ))
+		scratch = appendVotePayload(scratch[:0], key, prev, seq, id, typ)
+		b = appendWALRecord(b, durVote, scratch)
 	}
 	// vote writes a vote at a position not passed; the position's vote
 	// (nsState.voted) is written last, below.
@@ -542,8 +543,8 @@ func (c *core) snapshot(b []byte) []byte {
 		}
 		writeVote(ns.key, prev, seq, id, typ)
 		if typ == voteCommit && prev == ns.head {
-			scratch = appendSeqRecord(scratch[:0], ns.key, prev)
-			b = appendWALRecord(b, durUnvote, append(scratch, id[:]...))
+			scratch = appendUnvotePayload(scratch[:0], ns.key, prev, id)
+			b = appendWALRecord(b, durUnvote, scratch)
 		}
 	}
 	lists := []*entryList{&c.waiting, &c.retained, &c.undecided}

@@ -41,11 +41,7 @@ func (c *core) add(now int64, e *entry) {
 			c.logf(slog.LevelError, "starting a new consensus engine failed; keeping the current one", "err", err)
 		}
 	}
-	e.size = e.p.frame.size()
-	e.origin = -1
-	if i, ok := c.cfg.byNodeID[e.p.proposer]; ok {
-		e.origin = i
-	}
+	c.describe(e)
 	ep := c.ep
 	ep.added++
 	// The block carries no payload: the core holds the frame, and the
@@ -79,6 +75,16 @@ func (c *core) add(now int64, e *entry) {
 				c.countVote(now, e, int(x.voter), x.typ)
 			}
 		}
+	}
+}
+
+// describe sets what a held frame's bookkeeping derives from its proposal:
+// its size, and its proposer's validator index (origin).
+func (c *core) describe(e *entry) {
+	e.size = e.p.frame.size()
+	e.origin = -1
+	if i, ok := c.cfg.byNodeID[e.p.proposer]; ok {
+		e.origin = i
 	}
 }
 
