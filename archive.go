@@ -631,6 +631,19 @@ func (a *frameArchive) read(key spaceKey, from uint64, max int) ([][]byte, error
 	return out, nil
 }
 
+// has reports whether the archive indexes the frame of key at position
+// prev with Seq seq. It reads nothing: openArchive checked every record.
+func (a *frameArchive) has(key spaceKey, prev, seq uint64) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	c := a.chains[key]
+	if c == nil {
+		return false
+	}
+	i, ok := c.find(prev)
+	return ok && c.entries[i].seq == seq
+}
+
 // readEntry reads, checks and decodes the record that e locates, and
 // returns a copy of its payload.
 func (a *frameArchive) readEntry(key spaceKey, e archiveEntry) ([]byte, error) {

@@ -241,6 +241,12 @@ func TestArchiveReplace(t *testing.T) {
 		require.Equal(t, append(slices.Clone(want[:10]), fork.data, cycle.data), readArchiveT(t, a, archiveKeyA, 0, 12))
 		require.Equal(t, want[11:], readArchiveT(t, a, archiveKeyA, 11, 100))
 		require.Equal(t, [][]byte{earlier.data, early.data}, readArchiveT(t, a, archiveKeyB, 3, 100))
+		// has: the position indexed with that Seq, by the newest record.
+		require.True(t, a.has(archiveKeyA, 10, 1000))
+		require.False(t, a.has(archiveKeyA, 10, 11), "replaced by the fork")
+		require.True(t, a.has(archiveKeyB, 3, 7))
+		require.False(t, a.has(archiveKeyB, 4, 5), "not archived")
+		require.False(t, a.has(spaceKey{"none", "none"}, 0, 1))
 	}
 	check(a)
 	require.NoError(t, a.close())

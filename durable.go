@@ -113,7 +113,7 @@ func (r *QuasarReplicator) openArchive(recs []walRecord) error {
 			continue // restore checked every record already
 		}
 		key := spaceKey{fr.p.frame.OrgID, fr.p.frame.Namespace}
-		if got, err := a.read(key, fr.p.prev, 1); err == nil && len(got) == 1 {
+		if a.has(key, fr.p.prev, fr.p.frame.Seq) {
 			continue
 		}
 		missing = append(missing, archiveRecord{key: key, prev: fr.p.prev, seq: fr.p.frame.Seq, data: rec.data})
