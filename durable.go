@@ -46,17 +46,18 @@ import (
 var minCompact int64 = 64 << 20
 
 // walState is the durable part of QuasarReplicator. mu guards it, except
-// arch and diskReads, set once at start, and archTrim, which only the
-// writer (the goroutine that set syncing) and Close touch.
+// arch and diskReads, set once at start, archTrim, which only the writer
+// (the goroutine that set syncing) and Close touch, and the atomics.
 type walState struct {
-	wal       *walFile // nil: in memory only
-	walBuf    []byte   // records appended since the last write
-	walSpare  []byte   // walBuf's previous buffer, reused
-	walSeq    uint64   // batches appended
-	walStrict uint64   // walSeq of the last batch with a strict record
-	walDone   uint64   // walSeq through which the log is synced
-	syncing   bool     // a goroutine writes the log
-	walErr    error    // the write or sync that failed, for good
+	wal       *walFile    // nil: in memory only
+	walBuf    []byte      // records appended since the last write
+	walSpare  []byte      // walBuf's previous buffer, reused
+	walSeq    uint64      // batches appended
+	walStrict uint64      // walSeq of the last batch with a strict record
+	walDone   uint64      // walSeq through which the log is synced
+	syncing   bool        // a goroutine writes the log
+	walErr    error       // the write or sync that failed, for good
+	walFailed atomic.Bool // walErr is set: read by Propose without mu
 	compactAt int64
 
 	arch        *frameArchive   // nil: no archive

@@ -115,7 +115,7 @@ type QuasarReplicator struct {
 	kick         chan struct{}   // cap 1: wakes applyLoop
 	sendKick     chan struct{}   // cap 1: wakes sendLoop
 
-	// mu guards c, flushing, applying and logs.
+	// mu guards c, flushing, applying, applyOpen and logs.
 	mu        sync.Mutex
 	c         *core
 	flushing  bool       // a goroutine is sending the outbox
@@ -124,10 +124,9 @@ type QuasarReplicator struct {
 	logs      []logEvent // written by unlock, after mu is released
 	applyIdle sync.Cond  // on mu: signalled when applying turns false
 
-	// The data directory (durable.go): guarded by mu.
+	// The data directory (durable.go): see walState for what guards it.
 	walState
-	walCond   sync.Cond   // on mu: signalled when a write of the log ends
-	walFailed atomic.Bool // walErr is set
+	walCond sync.Cond // on mu: signalled when a write of the log ends
 }
 
 // applyMarker is the key of the value that marks a handler's context.
