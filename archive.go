@@ -12,7 +12,7 @@ package replication
 // digits wide. Numbers increase in the order the segments were created;
 // the segment with the highest number is the current one, to which
 // frames are appended. Each segment has the format of the log (wal.go):
-// the magic "RPLWAL1\n", then checksummed records. Every record describes
+// the magic "RPLWAL2\n", then checksummed records. Every record describes
 // one frame; its type byte is archiveFrame (1) and its data is
 //
 //	uvarint len(org) ‖ org ‖ uvarint len(ns) ‖ ns ‖ uvarint prev ‖ uvarint seq ‖ payload

@@ -63,9 +63,10 @@ func TestOutbox_Bounded(t *testing.T) {
 	o.init(3, true, &m)
 	o.limit = 10 << 10
 	p := proposal{frame: Frame{OrgID: "org", Namespace: "ns", Seq: 1, Op: "put", Key: "k", Value: make([]byte, 1000)}}
+	rec := blockRecord(p)
 	for i := range 100 {
 		if slot, ok := o.begin(i%4 - 1); ok {
-			o.bufs[slot] = appendProposalRecord(o.bufs[slot], &p)
+			o.bufs[slot] = appendRecord(o.bufs[slot], &rec)
 			o.end(slot)
 		}
 	}

@@ -30,7 +30,7 @@ func TestChecker_DetectsViolations(t *testing.T) {
 			afters[c] = map[string][]nsRef{}
 		}
 		afters[c][string(f.Value)] = after
-		msg := encodeMessage([]record{{typ: recProposal, prop: prop(c, f)}})
+		msg := encodeMessage([]record{blockRecord(prop(c, f))})
 		for to := 1; to < len(ids); to++ {
 			c.onDeliver(ids[0], ids[to], quasarKind, msg)
 		}
@@ -38,14 +38,14 @@ func TestChecker_DetectsViolations(t *testing.T) {
 	// voteAs delivers to node to voter's vote of type typ on block id.
 	voteAs := func(c *checker, to, voter int, id [idLen]byte, typ byte) {
 		v := validatorNodeID(ids[voter])
-		msg := appendVoteRecord(newMessage(nil), &id, &v, typ)
+		msg := appendVoteRecord(newMessage(nil), &id, &v, 1, []byte{typ})
 		c.onDeliver(ids[voter], ids[to], quasarKind, finishMessage(msg, 1))
 	}
 	// votes delivers commit votes of voters for f's block to node to.
 	votes := func(c *checker, to int, f Frame, voters ...int) {
 		p := prop(c, f)
 		for _, v := range voters {
-			voteAs(c, to, v, proposalID(&p), voteCommit)
+			voteAs(c, to, v, singleID(&p), voteCommit)
 		}
 	}
 	// quorum proposes f (unless proposed already) and delivers to every
@@ -138,14 +138,14 @@ func TestChecker_DetectsViolations(t *testing.T) {
 			propose(c, f) // at position 8
 			elsewhere := prop(c, f)
 			elsewhere.prev = 5
-			voteAs(c, 1, 0, proposalID(&elsewhere), voteCommit)
+			voteAs(c, 1, 0, singleID(&elsewhere), voteCommit)
 			c.applied(1, f)
 		}, "S2:"},
 		{"S2 cancel votes do not count", func(c *checker) {
 			f := frame(1, "a", "x")
 			propose(c, f)
 			p := prop(c, f)
-			voteAs(c, 1, 0, proposalID(&p), voteCancel)
+			voteAs(c, 1, 0, singleID(&p), voteCancel)
 			c.applied(1, f)
 		}, "S2:"},
 		{"S2 certificate below quorum", func(c *checker) {
@@ -299,6 +299,3 @@ func TestChecker_DetectsViolations(t *testing.T) {
 		})
 	}
 }
-
-// proposalID is the block ID of p, as every node derives it.
-func proposalID(p *proposal) [idLen]byte { return blockIDOf(appendProposal(nil, p)) }

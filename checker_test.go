@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"maps"
@@ -88,21 +89,25 @@ type checker struct {
 	// restoreReorders counts S5 orders broken only through a frame a node
 	// got from a snapshot (the documented limit of ResetNamespace).
 	restoreReorders int
-	// Votes seen on the wire, per block: the validators that sent a commit
+	// Votes seen on the wire, per frame (by frame ID): the validators that sent a commit
 	// (or were named in a certificate) and those that sent a cancel; and
 	// the blocks some node applied. A validator that votes both ways on a
-	// block that is applied broke its word (S1): a vote never changes, also
+	// frame that is applied broke its word (S1): a vote never changes, also
 	// across restarts. (Both ways on a block never applied is harmless: a
 	// frame at a position another frame took.)
 	commitVoters, cancelVoters map[[idLen]byte]uint64
 	appliedBlocks              map[[idLen]byte]bool
-	flipsReported              int
-	violations                 []string
-	changed                    chan struct{} // closed and replaced on every apply
-	undecoded                  int           // delivered quasar messages that failed to decode
-	restores                   []string      // namespaces restored from a peer after OnBehind
-	badCerts                   int           // certificates below quorum reported (capped)
-	applies                    int           // frames applied, all nodes
+	// blockFrames: the frames of each block seen on the wire (and of each
+	// frame alone); pendingVotes: votes seen for blocks not seen yet.
+	blockFrames   map[[idLen]byte][][idLen]byte
+	pendingVotes  map[[idLen]byte][]wireVote
+	flipsReported int
+	violations    []string
+	changed       chan struct{} // closed and replaced on every apply
+	undecoded     int           // delivered quasar messages that failed to decode
+	restores      []string      // namespaces restored from a peer after OnBehind
+	badCerts      int           // certificates below quorum reported (capped)
+	applies       int           // frames applied, all nodes
 }
 
 // replica is one node's state as its handler built it.
@@ -159,6 +164,8 @@ func newChecker(ids []string, q int) *checker {
 		commitVoters:  map[[idLen]byte]uint64{},
 		cancelVoters:  map[[idLen]byte]uint64{},
 		appliedBlocks: map[[idLen]byte]bool{},
+		blockFrames:   map[[idLen]byte][][idLen]byte{},
+		pendingVotes:  map[[idLen]byte][]wireVote{},
 	}
 	for i, id := range ids {
 		c.byID[id] = i
@@ -202,36 +209,37 @@ func (c *checker) onDeliver(from, to, kind string, payload []byte) {
 	if !ok {
 		return
 	}
-	seen := c.delivered[node]
+	prepareRecords(recs, nil)
 	for i := range recs {
 		r := &recs[i]
-		var id [idLen]byte
-		if r.typ == recProposal || r.typ == recCertificate {
-			id = blockIDOf(r.prop.raw)
-			c.recordOrder(id, &r.prop)
-		}
 		switch r.typ {
+		case recBlock:
+			for k, p := range r.blk.slots() {
+				c.recordOrder(r.ids[k], p)
+			}
+			c.learnBlock(r.id, r.ids)
 		case recVote:
 			v, ok := c.byNID[r.vote.voter]
 			if !ok {
 				continue
 			}
-			switch r.vote.typ {
-			case voteCommit:
-				seen[r.vote.block] |= 1 << v
-				c.commitVoters[r.vote.block] |= 1 << v
-			case voteCancel:
-				c.cancelVoters[r.vote.block] |= 1 << v
+			wv := wireVote{node: node, voter: v, count: r.vote.count, bits: bytes.Clone(r.vote.bits)}
+			if frames, ok := c.blockFrames[r.vote.block]; ok {
+				c.countWireVote(wv, frames)
+			} else {
+				c.pendingVotes[r.vote.block] = append(c.pendingVotes[r.vote.block], wv)
 			}
-			c.checkFlips(r.vote.block)
 		case recCertificate:
+			id := r.id
+			c.recordOrder(id, &r.prop)
+			c.learnBlock(singleBlockID(&id), [][idLen]byte{id})
 			var voters uint64
 			for k := range r.voters.len() {
 				if v, ok := c.byNID[r.voters.at(k)]; ok {
 					voters |= 1 << v
 				}
 			}
-			seen[id] |= voters
+			c.delivered[node][id] |= voters
 			c.commitVoters[id] |= voters
 			c.checkFlips(id)
 			// A certificate claims the frame was accepted: an honest node
@@ -242,6 +250,52 @@ func (c *checker) onDeliver(from, to, kind string, payload []byte) {
 					from, to, r.prop.frame.OrgID, r.prop.frame.Namespace, r.prop.frame.Seq, r.prop.prev, k, c.q)
 			}
 		}
+	}
+}
+
+// wireVote is a vote record seen on the wire: voter's votes on a block,
+// delivered to node.
+type wireVote struct {
+	node, voter int
+	count       int
+	bits        []byte
+}
+
+// learnBlock records which frames block id carries (and the block of each
+// of them alone), and counts the votes seen for it before.
+func (c *checker) learnBlock(id [idLen]byte, frames [][idLen]byte) {
+	learn := func(id [idLen]byte, frames [][idLen]byte) {
+		if _, ok := c.blockFrames[id]; ok {
+			return
+		}
+		c.blockFrames[id] = frames
+		for _, wv := range c.pendingVotes[id] {
+			c.countWireVote(wv, frames)
+		}
+		delete(c.pendingVotes, id)
+	}
+	learn(id, slices.Clone(frames))
+	for _, f := range frames {
+		learn(singleBlockID(&f), [][idLen]byte{f})
+	}
+}
+
+// countWireVote records the votes of wv on the frames of its block.
+func (c *checker) countWireVote(wv wireVote, frames [][idLen]byte) {
+	if wv.count != len(frames) {
+		return // a node ignores it too
+	}
+	for i, f := range frames {
+		switch voteBits(wv.bits, i) {
+		case voteCommit:
+			c.delivered[wv.node][f] |= 1 << wv.voter
+			c.commitVoters[f] |= 1 << wv.voter
+		case voteCancel:
+			c.cancelVoters[f] |= 1 << wv.voter
+		default:
+			continue
+		}
+		c.checkFlips(f)
 	}
 }
 

@@ -61,7 +61,8 @@ type core struct {
 	m    *metrics
 	solo bool // a single validator: decides alone, sends and retains nothing
 
-	entries   map[[idLen]byte]*entry
+	entries   map[[idLen]byte]*entry // the frames held, by frame ID
+	blocks    map[[idLen]byte]*block // the blocks holding them, by block ID
 	spaces    map[spaceKey]*nsState
 	spaceList []*nsState // namespaces with a head, for digests
 	newSpaces []*nsState // namespaces made without a head, checked for eviction
@@ -121,10 +122,20 @@ type core struct {
 	// covers them).
 	behindQ []error
 
+	// opening: own frames waiting to be sealed into a block (seal).
+	opening []*entry
+	// votesOut: this validator's votes to send with the current input's
+	// messages (flushVotes). noOrder: the shared empty after list.
+	votesOut []voteOut
+	noOrder  *order
+
 	lastDigest int64
 	vote       consensus.Vote // scratch for RecordVote (the engine copies it)
-	scratch    []byte         // scratch for encoding own proposals (a single validator)
 	pscratch   []byte         // scratch for encoding durable records
+	vbits      []byte         // scratch for vote records
+	idScratch  [][idLen]byte  // scratch for block IDs
+	added      []*entry       // scratch for onBlock
+	one        [1]*entry      // scratch for a block of one frame
 	restoring  bool           // restore runs: nothing is recorded
 
 	rd, spare ready // the batch being collected, and the one handed out before
@@ -201,6 +212,7 @@ func (c *core) logf(level slog.Level, msg string, args ...any) {
 // called twice more: the core reuses their memory for the batch after the
 // next.
 func (c *core) takeReady() ready {
+	c.flushVotes()
 	rd := c.rd
 	clear(c.spare.decided)
 	clear(c.spare.wake)
@@ -232,6 +244,7 @@ func newCore(cfg coreConfig, m *metrics) (*core, error) {
 		m:         m,
 		solo:      cfg.n() == 1,
 		entries:   make(map[[idLen]byte]*entry),
+		blocks:    make(map[[idLen]byte]*block),
 		spaces:    make(map[spaceKey]*nsState),
 		orphans:   make(map[[idLen]byte]*orphan),
 		probes:    make(map[spaceKey]*probeState),
@@ -329,10 +342,10 @@ func (c *core) settleBarriers() {
 // handle acts on one record of a received message.
 func (c *core) handle(now int64, rec *record, from int) {
 	switch rec.typ {
-	case recProposal:
-		c.onProposal(now, &rec.prop, nil, rec.id, from)
+	case recBlock:
+		c.onBlock(now, rec, from)
 	case recCertificate:
-		c.onProposal(now, &rec.prop, &rec.voters, rec.id, from)
+		c.onCertificate(now, rec, from)
 	case recVote:
 		c.onVote(now, &rec.vote, from)
 	case recFetch:
@@ -350,15 +363,28 @@ func (c *core) handle(now int64, rec *record, from int) {
 	}
 }
 
-// prepareRecords computes the block ID of every proposal and
+// prepareRecords computes the IDs of every block (and of its frames) and
 // certificate. It needs no core state: the driver runs it before it takes
-// its lock.
-func prepareRecords(recs []record) {
+// its lock. ids is scratch for the frame IDs, which the records then
+// alias; it is returned, grown, to be reused once they are handled.
+func prepareRecords(recs []record, ids [][idLen]byte) [][idLen]byte {
 	for i := range recs {
-		if rec := &recs[i]; rec.typ == recProposal || rec.typ == recCertificate {
-			rec.id = blockIDOf(rec.prop.raw)
+		switch rec := &recs[i]; rec.typ {
+		case recBlock:
+			br := &rec.blk
+			br.afterID = afterIDOf(br.after)
+			start := len(ids)
+			for _, p := range br.slots() {
+				ids = append(ids, frameIDOf(p.raw, &br.afterID, &br.proposer))
+			}
+			rec.ids = ids[start:len(ids):len(ids)]
+			rec.id = blockIDOf(rec.ids)
+		case recCertificate:
+			rec.blk.afterID = afterIDOf(rec.prop.after)
+			rec.id = frameIDOf(rec.prop.raw, &rec.blk.afterID, &rec.prop.proposer)
 		}
 	}
+	return ids
 }
 
 // tick runs the periodic jobs: repair of undecided frames, retention,

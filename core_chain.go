@@ -122,35 +122,36 @@ func (c *core) enqueueApply(now int64, ns *nsState, e *entry) {
 // afterOK reports whether every frame that e's proposer ordered before it
 // was queued for apply here (or its namespace is known to be lost).
 func (c *core) afterOK(e *entry) bool {
-	if e.p.unknown > 0 && !c.resolveDeps(&e.p) {
+	o := e.p.ord
+	if o.unknown > 0 && !c.resolveDeps(o) {
 		return false // a namespace this node does not know: nothing queued there
 	}
-	for i := range e.p.deps {
-		if !c.depOK(&e.p.deps[i]) {
+	for i := range o.deps {
+		if !c.depOK(&o.deps[i]) {
 			return false
 		}
 	}
 	return true
 }
 
-// resolveDeps resolves p's after list (p.after) to the namespaces this node
-// knows (p.deps), unless it is resolved already, and reports whether every
-// namespace it names is known. Only a proposal naming a namespace this node
-// did not know when it took the proposal in has one to resolve.
-func (c *core) resolveDeps(p *proposal) bool {
-	if p.unknown == 0 {
+// resolveDeps resolves an after list (o.after) to the namespaces this node
+// knows (o.deps), unless it is resolved already, and reports whether every
+// namespace it names is known. Only a list naming a namespace this node
+// did not know when it took the list in has one to resolve.
+func (c *core) resolveDeps(o *order) bool {
+	if o.unknown == 0 {
 		return true
 	}
-	deps := p.deps[:0]
+	deps := o.deps[:0]
 	unknown := 0
-	for a := range p.after.all() {
+	for a := range o.after.all() {
 		if ns := c.spaces[spaceKey{a.org, a.ns}]; ns != nil {
 			deps = append(deps, depRef{ns, a.seq})
 		} else if a.seq > 0 {
 			unknown++
 		}
 	}
-	p.deps, p.unknown = deps, unknown
+	o.deps, o.unknown = deps, unknown
 	return unknown == 0
 }
 
@@ -165,8 +166,9 @@ func (c *core) depOK(a *depRef) bool {
 // with the first namespace e still waits for, and asks for that
 // namespace's frames if this node lacks them.
 func (c *core) waitAfter(now int64, ns *nsState, e *entry) {
-	if !c.resolveDeps(&e.p) {
-		for a := range e.p.after.all() {
+	o := e.p.ord
+	if !c.resolveDeps(o) {
+		for a := range o.after.all() {
 			if c.spaces[spaceKey{a.org, a.ns}] == nil && a.seq > 0 {
 				dep := c.space(now, spaceKey{a.org, a.ns}) // known from now on
 				dep.afterWaiters = append(dep.afterWaiters, ns)
@@ -175,8 +177,8 @@ func (c *core) waitAfter(now int64, ns *nsState, e *entry) {
 			}
 		}
 	}
-	for i := range e.p.deps {
-		a := &e.p.deps[i]
+	for i := range o.deps {
+		a := &o.deps[i]
 		if !c.depOK(a) {
 			dep := c.live(a)
 			if dep == nil {

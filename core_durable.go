@@ -373,9 +373,8 @@ func (c *core) restore(now int64, recs []walRecord) error {
 		if !keep[i] || ns.chain[p.prev] != nil {
 			continue // applied and out of the window, or recorded twice
 		}
-		id := blockIDOf(p.raw)
-		e := &entry{id: id, key: ns.key, ns: ns, p: *p, phase: phaseAccepted}
-		c.own(&e.p, ns)
+		e := &entry{id: proposalID(p), key: ns.key, ns: ns, p: *p, phase: phaseAccepted}
+		c.own(&e.p, ns, c.newOrder(p.after, afterIDOf(p.after)))
 		voters := accepted[i].voters
 		for k := range voters.len() {
 			if v, ok := c.cfg.byNodeID[voters.at(k)]; ok && !e.commits.has(v) {
@@ -446,13 +445,13 @@ func (c *core) restore(now int64, recs []walRecord) error {
 		if p == nil || p.prev < ns.head {
 			continue
 		}
-		id := blockIDOf(p.raw)
+		id := proposalID(p)
 		if c.entries[id] != nil || ns.chain[p.prev] != nil {
 			continue // accepted
 		}
 		e := &entry{id: id, key: ns.key, ns: ns, p: *p, own: true}
-		c.own(&e.p, ns)
-		c.add(now, e)
+		c.own(&e.p, ns, c.newOrder(p.after, afterIDOf(p.after)))
+		c.takeAlone(now, e)
 		ns.mine = e
 		mine = append(mine, e)
 	}
@@ -481,6 +480,7 @@ func (c *core) restore(now int64, recs []walRecord) error {
 // restore brings back already decided.
 func (c *core) restoreEntry(now int64, e *entry) {
 	c.describe(e)
+	c.aloneBlock(e)
 	e.born = now
 	if !c.solo {
 		c.entries[e.id] = e

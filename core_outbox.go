@@ -137,17 +137,19 @@ func (o *outbox) recycle(b []byte) {
 	}
 }
 
-func (c *core) sendProposal(p *proposal, to int) {
+// sendBlock sends block b, which this node holds whole.
+func (c *core) sendBlock(b *block, to int) {
 	if slot, ok := c.out.begin(to); ok {
-		c.out.bufs[slot] = appendProposalRecord(c.out.bufs[slot], p)
+		c.out.bufs[slot] = appendBlockRecord(c.out.bufs[slot], b.frames)
 		c.out.end(slot)
 	}
 }
 
-// sendVote sends this validator's vote on e.
-func (c *core) sendVote(e *entry, to int) {
+// sendVoteRecord sends this validator's votes bits on the count frames of
+// block id.
+func (c *core) sendVoteRecord(id *[idLen]byte, count int, bits []byte, to int) {
 	if slot, ok := c.out.begin(to); ok {
-		c.out.bufs[slot] = appendVoteRecord(c.out.bufs[slot], &e.id, &c.cfg.ids[c.cfg.self], e.myVote)
+		c.out.bufs[slot] = appendVoteRecord(c.out.bufs[slot], id, &c.cfg.ids[c.cfg.self], count, bits)
 		c.out.end(slot)
 	}
 }

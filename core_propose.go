@@ -74,8 +74,8 @@ func sameFrame(a, b *Frame) bool {
 		a.Op == b.Op && a.Key == b.Key && bytes.Equal(a.Value, b.Value)
 }
 
-// start proposes cl's frame on top of the namespace's head. The namespace
-// has no own undecided frame.
+// start proposes cl's frame on top of the namespace's head, with this
+// node's next block (see open). The namespace has no own undecided frame.
 func (c *core) start(now int64, ns *nsState, cl *call) {
 	f := &cl.frame
 	if ns.behind {
@@ -100,51 +100,7 @@ func (c *core) start(now int64, ns *nsState, cl *call) {
 	}
 	f.Seq = seq
 	ns.maxSeen = max(ns.maxSeen, seq)
-	e := &entry{key: ns.key, ns: ns, own: true, returned: c.returned}
-	e.p.frame = *f
-	e.p.prev = ns.head
-	for _, dep := range c.frontier {
-		if dep == ns && dep.frontierSeq <= ns.head {
-			// e extends the chain through that frame: every node applies
-			// the namespace in chain order, so naming it adds nothing.
-			continue
-		}
-		if e.p.deps == nil {
-			e.p.deps = make([]depRef, 0, len(c.frontier))
-		}
-		e.p.deps = append(e.p.deps, depRef{dep, dep.frontierSeq})
-	}
-	slices.SortFunc(e.p.deps, func(a, b depRef) int {
-		return compareRefs(a.ns.key.org, a.ns.key.ns, b.ns.key.org, b.ns.key.ns)
-	})
-	e.p.proposer = c.cfg.ids[c.cfg.self]
-	if c.solo {
-		// Never sent: only the engine needs its ID.
-		c.scratch = appendProposal(c.scratch[:0], &e.p)
-		e.id = blockIDOf(c.scratch)
-	} else {
-		e.p.raw = appendProposal(make([]byte, 0, proposalLen(&e.p)), &e.p)
-		e.id = blockIDOf(e.p.raw)
-	}
-	if held := c.entries[e.id]; held != nil {
-		// This very proposal (frame, position, after list) was made
-		// before and is still held: it is the same block, with the same
-		// votes.
-		if held.phase == phaseUndecided && held.own && held.call == nil {
-			ns.mine = held
-			held.call, cl.e = cl, held
-			return
-		}
-		c.decide(cl, DecisionReject, refused("replication: %s/%s seq %d: this very proposal was decided already (%s)",
-			f.OrgID, f.Namespace, f.Seq, held.phase))
-		return
-	}
-	e.call, cl.e = cl, e
-	ns.mine = e
-	c.persistFrame(durOwn, e)
-	c.add(now, e)
-	c.sendProposal(&e.p, -1)
-	c.castVote(now, e)
+	c.open(now, ns, cl)
 }
 
 // releaseNS ends the hold of ns.mine on the namespace (it was decided, or
@@ -203,9 +159,10 @@ func (c *core) decide(cl *call, d Decision, err error) {
 func (c *core) returnedAccept(e *entry) {
 	c.returned++
 	c.persistSeq(durReturned, e.key, e.p.frame.Seq, true)
-	for i := range e.p.deps {
+	deps := e.p.ord.deps
+	for i := range deps {
 		// Namespaces in the frontier are never evicted: d.ns is current.
-		if dep := e.p.deps[i].ns; dep != nil && dep.frontierAt != 0 && dep.frontierSeq <= e.p.deps[i].seq {
+		if dep := deps[i].ns; dep != nil && dep.frontierAt != 0 && dep.frontierSeq <= deps[i].seq {
 			c.leaveFrontier(dep)
 		}
 	}

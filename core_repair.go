@@ -34,7 +34,8 @@ import (
 // (remember). Namespaces with nothing in them are dropped (evictEmpty).
 
 // serve answers for e to validator to (-1: every validator): its
-// certificate if accepted, else the proposal and this node's vote. At most
+// certificate if accepted, else a block carrying it and this node's vote
+// (sendFrameBlock), or this node's vote alone if it was rejected. At most
 // once per half WitnessAfter per frame.
 func (c *core) serve(now int64, e *entry, to int) {
 	if e.served != 0 && now-e.served < c.cfg.witness/2 {
@@ -46,14 +47,9 @@ func (c *core) serve(now int64, e *entry, to int) {
 	case e.phase.accepted():
 		c.sendCertificate(e, to)
 	case e.phase == phaseUndecided:
-		c.sendProposal(&e.p, to)
-		if e.myVote != 0 {
-			c.sendVote(e, to)
-		}
+		c.sendFrameBlock(now, e, to)
 	default:
-		if e.myVote != 0 {
-			c.sendVote(e, to)
-		}
+		c.queueVote(e, to)
 	}
 }
 
@@ -64,7 +60,7 @@ func (c *core) resendVote(now int64, e *entry, to int) {
 		return
 	}
 	e.voted = now
-	c.sendVote(e, to)
+	c.queueVote(e, to)
 }
 
 // requestSync asks a peer for the accepted frames of ns after this node's
@@ -102,6 +98,8 @@ func (c *core) onFetch(now int64, rec *record, from int) {
 	}
 	if e := c.entries[rec.block]; e != nil {
 		c.serve(now, e, req)
+	} else if b := c.blocks[rec.block]; b != nil {
+		c.serveBlock(now, b, req)
 	}
 }
 
@@ -230,7 +228,7 @@ func (c *core) repairUndecided(now int64) {
 		switch {
 		case ns.mine == e:
 			c.m.resent.Add(1)
-			c.resendProposal(e)
+			c.sendFrameBlock(now, e, -1)
 		case e.p.prev > ns.head:
 			c.requestSync(now, ns, e.origin)
 		default:
@@ -240,7 +238,7 @@ func (c *core) repairUndecided(now int64) {
 		}
 		if e.myVote != 0 {
 			e.voted = now
-			c.sendVote(e, -1)
+			c.queueVote(e, -1)
 		}
 		if !waited {
 			// Nobody waits for this frame here: repair it with exponential
@@ -251,20 +249,6 @@ func (c *core) repairUndecided(now int64) {
 			e.repairAt = now + e.backoff
 		}
 		c.relist(e, &c.undecided)
-	}
-}
-
-// resendProposal re-sends own frame e to the validators it has not heard
-// from (to every validator without unicast).
-func (c *core) resendProposal(e *entry) {
-	if !c.cfg.unicast {
-		c.sendProposal(&e.p, -1)
-		return
-	}
-	for i := range c.cfg.n() {
-		if i != c.cfg.self && !e.commits.has(i) && !e.cancels.has(i) {
-			c.sendProposal(&e.p, i)
-		}
 	}
 }
 
@@ -303,6 +287,7 @@ func (c *core) expireRetained(now int64) {
 // the queue).
 func (c *core) drop(e *entry) {
 	delete(c.entries, e.id)
+	c.release(e)
 	c.remember(e)
 	if e.ns.chain[e.p.prev] == e {
 		delete(e.ns.chain, e.p.prev)
@@ -314,11 +299,12 @@ func (c *core) drop(e *entry) {
 // it) so it never commits a second frame there.
 func (c *core) forget(e *entry) {
 	e.phase = phaseForgotten
-	e.ep = nil
+	c.closeEngine(e)
 	c.undefer(e)
 	e.ns.close(e)
 	c.relist(e, nil)
 	delete(c.entries, e.id)
+	c.release(e)
 	c.remember(e)
 	c.m.expired.Add(1)
 }

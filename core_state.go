@@ -82,10 +82,16 @@ type entry struct {
 
 	commits, cancels voterSet
 	nCommit, nCancel uint16 // at most MaxValidators
-	size             int    // bytes of the frame's JSON encoding
+	size             int    // the frame's raw size (Frame.size)
 
-	ep   *epoch // the engine holding its block while undecided
-	call *call  // the Propose call of this node waiting for it, if any
+	// blk is the frame's home block: the block this node took it in with
+	// (or made it in), which its engine block and this validator's votes
+	// name; idx is its index there. more: the other blocks this node holds
+	// that carry it (a block received again in another composition).
+	blk  *block
+	idx  int
+	more []blockRef
+	call *call // the Propose call of this node waiting for it, if any
 
 	born     int64 // when this node took it in
 	next     int64 // undecided: when it is next repaired (order of core.undecided)
@@ -100,6 +106,34 @@ type entry struct {
 	// In at most one of core.undecided, core.waiting and core.retained.
 	prevL, nextL *entry
 	inList       *entryList
+}
+
+// block is a block this node holds: the frames it carries, by index (nil:
+// not held here, never taken in or forgotten since), so that a vote record
+// naming the block counts for them.
+//
+// The block is also the unit of the consensus engine, for the frames whose
+// home block it is: one engine block, to which each validator's first
+// commit vote on any of those frames is recorded (engVoted). The engine
+// accepts the block at q such validators; a frame of it is accepted once
+// the engine accepted the block and q validators committed that frame
+// itself (countVote), so each frame's outcome is its own. The engine is
+// kept while some of those frames are undecided (open).
+type block struct {
+	id       [idLen]byte
+	frames   []*entry
+	live     int // frames not nil
+	ep       *epoch
+	engVoted voterSet
+	open     int   // undecided frames whose home block this is
+	served   int64 // when this node last sent the block, and to whom (-1: every validator)
+	servedTo int
+}
+
+// blockRef is a frame's place in a block that is not its home block.
+type blockRef struct {
+	b *block
+	i int
 }
 
 // entryList is an intrusive doubly linked list of entries.

@@ -2,11 +2,8 @@ package replication
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"log/slog"
-
-	"github.com/luxfi/consensus"
 )
 
 // This file holds how a validator takes in frames, votes, counts votes and
@@ -31,24 +28,11 @@ import (
 // need more than n votes. A certificate (an accepted frame with q commit
 // voters, relayed for repair) counts as those voters' commit votes.
 
-// add registers a new undecided frame and feeds its block to the engine.
+// add registers a new undecided frame. Its home block (e.blk) is in the
+// engine already (startEngine).
 func (c *core) add(now int64, e *entry) {
-	// A block ID the current engine has seen before (a forgotten frame that
-	// came back) must go to a fresh engine: the engine keeps the votes it
-	// recorded for a block and would count them again.
-	if c.ep.added >= epochBlocks || c.ep.eng.GetStatus(e.id) != consensus.StatusUnknown {
-		if err := c.newEpoch(); err != nil {
-			c.logf(slog.LevelError, "starting a new consensus engine failed; keeping the current one", "err", err)
-		}
-	}
 	c.describe(e)
-	ep := c.ep
-	ep.added++
-	// The block carries no payload: the core holds the frame, and the
-	// engine keeps every block it is given until the epoch is dropped.
-	_ = ep.eng.Add(context.Background(), &consensus.Block{ID: e.id, ParentID: ep.last, Height: uint64(ep.added)})
-	ep.last = e.id
-	e.ep = ep
+	e.blk.open++
 	e.born, e.next = now, now+c.cfg.witness
 	if !c.solo {
 		c.entries[e.id] = e
@@ -60,20 +44,12 @@ func (c *core) add(now int64, e *entry) {
 		ns := e.ns
 		current := v.typ == voteCommit && e.p.prev == ns.head
 		if !current || ns.voted == nil || ns.voted.id == e.id {
-			// A block this validator voted on and forgot: same vote again.
+			// A frame this validator voted on and forgot: same vote again.
 			e.myVote, e.voted = v.typ, now
 			if current {
 				ns.voted = e
 			}
 			c.countVote(now, e, c.cfg.self, v.typ)
-		}
-	}
-	if o := c.orphans[e.id]; o != nil {
-		delete(c.orphans, e.id)
-		for _, x := range o.votes {
-			if e.phase == phaseUndecided {
-				c.countVote(now, e, int(x.voter), x.typ)
-			}
 		}
 	}
 }
@@ -104,9 +80,12 @@ func (c *core) relist(e *entry, to *entryList) {
 	}
 }
 
-// heldWeight is about the memory a held frame takes: its JSON size, and
-// its after list (names included, counted generously).
-func heldWeight(e *entry) int { return e.size + 64*len(e.p.deps) }
+// heldWeight is about the memory a held frame takes: its raw size, and
+// what an entry costs beside it (the after list is shared by its block).
+func heldWeight(e *entry) int { return e.size + entryOverhead }
+
+// entryOverhead is about the bytes a held frame takes beside its own.
+const entryOverhead = 512
 
 // castVote applies this validator's voting rule to e.
 func (c *core) castVote(now int64, e *entry) {
@@ -143,7 +122,7 @@ func (c *core) castVote(now int64, e *entry) {
 	e.myVote = typ
 	e.voted = now
 	c.persistVote(e, typ)
-	c.sendVote(e, -1)
+	c.queueVote(e, -1)
 	c.countVote(now, e, c.cfg.self, typ)
 }
 
@@ -156,14 +135,8 @@ func (c *core) countVote(now int64, e *entry, voter int, typ byte) {
 	if typ == voteCommit {
 		e.commits.add(voter)
 		e.nCommit++
-		if e.phase == phaseUndecided && e.ep != nil {
-			v := &c.vote
-			*v = consensus.Vote{BlockID: e.id, VoteType: consensus.VoteCommit, Voter: consensus.NodeID(c.cfg.ids[voter])}
-			if err := e.ep.eng.RecordVote(context.Background(), v); err != nil {
-				c.logf(slog.LevelError, "engine refused a vote", "err", err)
-				return
-			}
-			if e.ep.eng.IsAccepted(e.id) {
+		if b := e.blk; e.phase == phaseUndecided && b.ep != nil {
+			if c.recordEngineVote(b, voter) && int(e.nCommit) >= c.cfg.q {
 				c.accept(now, e)
 			}
 		}
@@ -178,7 +151,7 @@ func (c *core) countVote(now int64, e *entry, voter int, typ byte) {
 
 // decided takes e (just accepted or rejected) out of the undecided state.
 func (c *core) decided(e *entry) {
-	e.ep = nil
+	c.closeEngine(e)
 	c.undefer(e)
 	e.ns.close(e)
 }
@@ -266,53 +239,24 @@ func (c *core) rejectErr(now int64, e *entry, err error) {
 	}
 }
 
-// onProposal handles a received proposal, or a certificate (cert: its
-// voters; nil for a proposal). id is the frame's block ID (prepareRecords).
-func (c *core) onProposal(now int64, p *proposal, cert *nodeList, id [idLen]byte, from int) {
-	m := c.m
-	e := c.entries[id]
-	if e == nil {
-		if c.undecided.n+c.waiting.n >= maxUndecided || c.heldBytes >= maxHeldBytes {
-			m.proposalsDropped.Add(1)
-			return
+// closeEngine ends undecided e's claim on its home block's engine block.
+func (c *core) closeEngine(e *entry) {
+	if b := e.blk; b != nil && b.open > 0 {
+		b.open--
+		if b.open == 0 {
+			b.ep = nil // the engine may go once its other blocks are decided
 		}
-		if c.backlogged() {
-			m.proposalsShed.Add(1)
-			return
-		}
-		ns := c.space(now, spaceKey{p.frame.OrgID, p.frame.Namespace})
-		e = &entry{id: id, key: ns.key, ns: ns, p: *p}
-		c.own(&e.p, ns)
-		ns.maxSeen = max(ns.maxSeen, p.frame.Seq)
-		c.add(now, e)
-	} else if e.p.prev != p.prev {
-		m.proposalsConflicting.Add(1)
-		return
-	}
-	if cert != nil {
-		c.applyCertificate(now, e, *cert)
-	}
-	switch {
-	case e.phase == phaseUndecided && e.myVote == 0:
-		c.castVote(now, e)
-	case e.phase == phaseUndecided:
-		c.resendVote(now, e, from)
-	case cert == nil && e.phase.accepted():
-		c.serve(now, e, from) // someone is still proposing a frame decided here
-	case cert == nil:
-		c.resendVote(now, e, from)
 	}
 }
 
-// own makes a decoded proposal (whose strings, value and after list alias
-// the message) safe to keep: one copy of its canonical bytes, which the
-// frame then aliases (the namespace names are interned), and its after
-// list resolved to the namespaces this node knows. A namespace named in the
-// after list and unknown here gets no state (see resolveDeps).
-func (c *core) own(p *proposal, ns *nsState) {
+// own makes a decoded proposal (whose strings, value and slot alias the
+// message) safe to keep: one copy of its slot's canonical bytes, which the
+// frame then aliases (the namespace names are interned), and o, its
+// block's after list held.
+func (c *core) own(p *proposal, ns *nsState, o *order) {
 	raw := bytes.Clone(p.raw)
 	d := decoder{b: raw}
-	d.proposal(p, 0) // decodes again what was decoded once: it cannot fail
+	d.slot(p, 0) // decodes again what was decoded once: it cannot fail
 	f := &p.frame
 	f.OrgID, f.Namespace = ns.key.org, ns.key.ns
 	switch f.Op {
@@ -321,8 +265,7 @@ func (c *core) own(p *proposal, ns *nsState) {
 	case "del":
 		f.Op = "del"
 	}
-	p.deps, p.unknown = nil, p.after.n
-	c.resolveDeps(p)
+	p.after, p.ord = refList{}, o
 }
 
 func (c *core) applyCertificate(now int64, e *entry, voters nodeList) {
@@ -374,32 +317,49 @@ func (c *core) onVote(now int64, v *vote, from int) {
 	case !ok:
 		m.votesUnknownVoter.Add(1)
 		return
-	case v.typ != voteCommit && v.typ != voteCancel:
-		m.votesBadType.Add(1)
-		return
 	case from >= 0 && from != voter:
 		m.votesWrongSender.Add(1)
 		return
 	}
 	m.votesReceived.Add(1)
-	e := c.entries[v.block]
-	if e == nil {
+	b := c.blocks[v.block]
+	if b == nil {
 		c.orphan(now, v, voter)
 		return
 	}
-	again := e.commits.has(voter) || e.cancels.has(voter)
-	c.countVote(now, e, voter, v.typ)
-	if again && e.phase.accepted() {
-		// A repeated vote is a re-send: its voter has not learned that the
-		// frame was accepted; the certificate tells it. (A rejected frame
-		// is served on fetch only: serving it re-sends a vote, and answering
-		// repeated votes with votes would echo between decided nodes.)
-		c.serve(now, e, voter)
+	if v.count != len(b.frames) {
+		m.votesBadType.Add(1)
+		return
+	}
+	for i := range b.frames {
+		typ := v.at(i)
+		if typ == 0 {
+			continue
+		}
+		if typ != voteCommit && typ != voteCancel {
+			m.votesBadType.Add(1)
+			continue
+		}
+		e := b.frames[i]
+		if e == nil {
+			m.votesUnknownBlock.Add(1)
+			continue
+		}
+		again := e.commits.has(voter) || e.cancels.has(voter)
+		c.countVote(now, e, voter, typ)
+		if again && e.phase.accepted() {
+			// A repeated vote is a re-send: its voter has not learned that
+			// the frame was accepted; the certificate tells it. (A rejected
+			// frame is served on fetch only: serving it re-sends a vote, and
+			// answering repeated votes with votes would echo between
+			// decided nodes.)
+			c.serve(now, e, voter)
+		}
 	}
 }
 
 // orphan holds the votes received for a block this node does not hold
-// (yet): one per voter.
+// (yet): each voter's, merged.
 type orphan struct {
 	votes     []orphanVote
 	born      int64
@@ -409,12 +369,13 @@ type orphan struct {
 
 type orphanVote struct {
 	voter uint16
-	typ   byte
+	count int
+	bits  []byte // a copy
 }
 
 // orphan holds a vote for a block this node does not have (yet): it counts
-// if the block arrives at the vote's position, and a fetch asks one of its
-// voters for the block (repairOrphans).
+// if the block arrives (countOrphans), and a fetch asks one of its voters
+// for the block (repairOrphans).
 func (c *core) orphan(now int64, v *vote, voter int) {
 	c.m.votesUnknownBlock.Add(1)
 	id := v.block
@@ -432,12 +393,45 @@ func (c *core) orphan(now int64, v *vote, voter int) {
 		c.orphans[id] = o
 		c.orphanQ = append(c.orphanQ, id)
 	}
+	for k := range o.votes {
+		x := &o.votes[k]
+		if int(x.voter) != voter {
+			continue
+		}
+		if x.count == v.count {
+			// A later record of the same voter: each frame's first vote
+			// counts.
+			for i := range v.count {
+				if voteBits(x.bits, i) == 0 {
+					setVoteBits(x.bits, i, v.at(i))
+				}
+			}
+		}
+		return
+	}
+	o.votes = append(o.votes, orphanVote{voter: uint16(voter), count: v.count, bits: bytes.Clone(v.bits)})
+}
+
+// countOrphans counts the votes held for block b, which just arrived.
+func (c *core) countOrphans(now int64, b *block) {
+	o := c.orphans[b.id]
+	if o == nil {
+		return
+	}
+	delete(c.orphans, b.id)
 	for _, x := range o.votes {
-		if int(x.voter) == voter {
-			return // a re-send: the first counts
+		if x.count != len(b.frames) {
+			c.m.votesBadType.Add(1)
+			continue
+		}
+		for i, e := range b.frames {
+			typ := voteBits(x.bits, i)
+			if e == nil || e.phase != phaseUndecided || (typ != voteCommit && typ != voteCancel) {
+				continue
+			}
+			c.countVote(now, e, int(x.voter), typ)
 		}
 	}
-	o.votes = append(o.votes, orphanVote{voter: uint16(voter), typ: v.typ})
 }
 
 // remember keeps this validator's vote on a frame it forgets, so that if the

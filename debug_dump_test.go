@@ -30,13 +30,13 @@ func (c *core) debugDump() string {
 			ns.key.org, ns.key.ns, ns.head, ns.dispatched, ns.maxSeen, ns.behind, ns.mine != nil, len(ns.turns), len(ns.pending), len(ns.deferred), len(ns.open), ns.voted != nil)
 		if len(ns.pending) > 0 {
 			e := ns.pending[0]
-			fmt.Fprintf(&b, "   front pending seq=%d prev=%d after=%d refs\n", e.p.frame.Seq, e.p.prev, len(e.p.deps))
-			for _, a := range e.p.deps {
+			fmt.Fprintf(&b, "   front pending seq=%d prev=%d after=%d refs\n", e.p.frame.Seq, e.p.prev, len(e.p.ord.deps))
+			for _, a := range e.p.ord.deps {
 				d := a.ns
 				fmt.Fprintf(&b, "     dep %s/%s need %d: head=%d dispatched=%d behind=%v evicted=%v\n", d.key.org, d.key.ns, a.seq, d.head, d.dispatched, d.behind, d.evicted)
 			}
-			if e.p.unknown > 0 {
-				fmt.Fprintf(&b, "     and %d namespaces not known here\n", e.p.unknown)
+			if e.p.ord.unknown > 0 {
+				fmt.Fprintf(&b, "     and %d namespaces not known here\n", e.p.ord.unknown)
 			}
 		}
 		for prev, e := range ns.chain {

@@ -1,7 +1,6 @@
 package replication
 
 import (
-	"encoding/base64"
 	"unicode/utf8"
 )
 
@@ -28,16 +27,12 @@ func (f Frame) FrameKey() []byte {
 	return append(b, f.Key...)
 }
 
-// size is the number of bytes the frame occupies in its JSON encoding: the
-// figure that the size limits of both drivers are checked against.
+// size is the frame's raw size: the bytes of its names (OrgID, Namespace),
+// its Op, its Key and its Value. It is the figure the size limits of both
+// drivers are checked against, and what the Quasar driver counts as a
+// frame's weight in its memory and apply-backlog bounds.
 func (f *Frame) size() int {
-	n := len(`{"org":,"ns":,"seq":,"op":,"key":}`) +
-		jsonStringLen(f.OrgID) + jsonStringLen(f.Namespace) + uintLen(f.Seq) +
-		jsonStringLen(f.Op) + jsonStringLen(f.Key)
-	if len(f.Value) > 0 {
-		n += len(`,"val":""`) + base64.StdEncoding.EncodedLen(len(f.Value))
-	}
-	return n
+	return len(f.OrgID) + len(f.Namespace) + len(f.Op) + len(f.Key) + len(f.Value)
 }
 
 // checkSize returns an error wrapping ErrRejected and ErrTooLarge when the
@@ -60,50 +55,4 @@ func (f *Frame) checkSize(limit int64) error {
 func (f *Frame) validUTF8() bool {
 	return utf8.ValidString(f.OrgID) && utf8.ValidString(f.Namespace) &&
 		utf8.ValidString(f.Op) && utf8.ValidString(f.Key)
-}
-
-// jsonStringLen is the length of s encoded as a JSON string by
-// encoding/json (with HTML escaping on: <, > and & become \u003c, \u003e,
-// \u0026; invalid UTF-8 becomes \ufffd; U+2028 and U+2029 are escaped).
-func jsonStringLen(s string) int {
-	n := 2
-	for i := 0; i < len(s); {
-		b := s[i]
-		if b < utf8.RuneSelf {
-			switch {
-			case jsonSafe(b):
-				n++
-			case b == '\\', b == '"', b == '\b', b == '\f', b == '\n', b == '\r', b == '\t':
-				n += 2
-			default:
-				n += 6
-			}
-			i++
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		switch {
-		case r == utf8.RuneError && size == 1:
-			n += 6
-		case r == '\u2028' || r == '\u2029':
-			n += 6
-		default:
-			n += size
-		}
-		i += size
-	}
-	return n
-}
-
-func jsonSafe(b byte) bool {
-	return b >= 0x20 && b != '"' && b != '\\' && b != '<' && b != '>' && b != '&'
-}
-
-func uintLen(v uint64) int {
-	n := 1
-	for v >= 10 {
-		v /= 10
-		n++
-	}
-	return n
 }

@@ -26,22 +26,22 @@ func (r *QuasarReplicator) receive(sender int, payload []byte) error {
 		// records are then decoded again, a chunk at a time.
 		err = checkMessage(payload, r.cfg.MaxFrameBytes)
 	}
-	rb := recordPool.Get().(*[]record)
+	rb := recordPool.Get().(*recordBuf)
 	defer recordPool.Put(rb)
 	for err == nil {
 		var recs []record
-		if recs, err = m.read((*rb)[:0], recordChunk); err != nil {
+		if recs, err = m.read(rb.recs[:0], recordChunk); err != nil {
 			break // the first chunk is the whole message: nothing was done
 		}
-		// Hash the frames before taking mu: the block ID is the costliest
-		// part of a proposal and needs no shared state.
-		prepareRecords(recs)
+		// Hash the frames before taking mu: the IDs are the costliest part
+		// of a block and need no shared state.
+		rb.ids = prepareRecords(recs, rb.ids[:0])
 		r.mu.Lock()
 		r.c.step(mono(), sender, recs)
 		r.settleLocked(nil)
 		r.unlock()
 		clear(recs)
-		*rb = recs[:0]
+		rb.recs = recs[:0]
 		if !m.more() {
 			return nil
 		}
@@ -51,7 +51,16 @@ func (r *QuasarReplicator) receive(sender int, payload []byte) error {
 	return err
 }
 
-var recordPool = sync.Pool{New: func() any { s := make([]record, 0, recordChunk); return &s }}
+// recordBuf is the scratch of one receive call: decoded records and the
+// IDs of their frames.
+type recordBuf struct {
+	recs []record
+	ids  [][idLen]byte
+}
+
+// recordPool's buffers start small and grow to recordChunk records as
+// messages need: a message of one record costs one record.
+var recordPool = sync.Pool{New: func() any { return &recordBuf{recs: make([]record, 0, 4)} }}
 
 // settleLocked carries out what the core produced since it was last
 // called: it wakes the decided Propose calls, hands the apply queue to a
@@ -60,6 +69,23 @@ var recordPool = sync.Pool{New: func() any { s := make([]record, 0, recordChunk)
 // goroutine settling, which applies its frame itself if it was queued. mu
 // is held on entry and on return; it is released around each send.
 func (r *QuasarReplicator) settleLocked(self *call) {
+	r.absorbLocked(self)
+	if r.flushing || (!r.c.out.pending() && !r.c.sealable()) {
+		return
+	}
+	if r.c.undecided.n > inlineFlushMax || (r.wal != nil && r.walDone < r.walStrict) {
+		// Under load, or when the messages must wait for a sync: sendLoop
+		// sends (and syncs first).
+		signal(r.sendKick)
+		return
+	}
+	r.flushLocked()
+}
+
+// absorbLocked is settleLocked but for sending: it takes what the core
+// produced, wakes the decided calls, hands the apply queue on and keeps
+// the log lines.
+func (r *QuasarReplicator) absorbLocked(self *call) {
 	if r.wal != nil {
 		// The batch's records join the log's next write. Nothing here waits
 		// for it: messages wait in flushLocked, Propose outcomes in
@@ -105,16 +131,6 @@ func (r *QuasarReplicator) settleLocked(self *call) {
 	if len(rd.logs) > 0 {
 		r.logs = append(r.logs, rd.logs...)
 	}
-	if r.flushing || !r.c.out.pending() {
-		return
-	}
-	if r.c.undecided.n > inlineFlushMax || (r.wal != nil && r.walDone < r.walStrict) {
-		// Under load, or when the messages must wait for a sync: sendLoop
-		// sends (and syncs first).
-		signal(r.sendKick)
-		return
-	}
-	r.flushLocked()
 }
 
 // unlock releases mu, then writes the log lines the core produced: a
@@ -149,6 +165,12 @@ func (r *QuasarReplicator) flushLocked() {
 	}
 	r.flushing = true
 	for {
+		if r.c.sealable() {
+			// The frames proposed since the last block was sent (while it
+			// was being sent, under load) leave as one block.
+			r.c.seal(mono())
+			r.absorbLocked(nil)
+		}
 		if r.wal != nil && r.persistLocked() != nil {
 			r.c.out.discard() // the durable state these depend on is not on disk
 			break

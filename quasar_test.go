@@ -148,6 +148,24 @@ func TestQuasar_ConfigErrors(t *testing.T) {
 	}
 }
 
+// MaxFrameBytes counts raw bytes: an 800,000-byte value is well within the
+// default MiB (its JSON form, base64, would be above it), and one byte over
+// the limit is refused.
+func TestQuasar_LimitCountsRawBytes(t *testing.T) {
+	c := newTestCluster(t, 3, clusterOpts{})
+	big := Frame{OrgID: "o", Namespace: "big", Op: "put", Key: "k", Value: make([]byte, 800_000)}
+	c.requireAccept(0, big)
+	over := Frame{OrgID: "o", Namespace: "big", Op: "put", Key: "k", Value: make([]byte, DefaultMaxFrameBytes-len("obigputk")+1)}
+	d, err := c.propose(1, over)
+	require.Equal(t, DecisionReject, d)
+	require.ErrorIs(t, err, ErrTooLarge)
+	exact := over
+	exact.Value = exact.Value[1:]
+	c.requireAccept(2, exact)
+	c.waitAllApplied(2, 10*time.Second)
+	c.requireConverged()
+}
+
 func TestQuasar_TooLarge(t *testing.T) {
 	r := newTestQuasar(t)
 	var applied int
@@ -341,21 +359,23 @@ func TestQuasar_ForgedAndDuplicateVotesNeverCount(t *testing.T) {
 	outsider := hub.Connect("mallory") // not a validator at all
 
 	f := Frame{OrgID: "org", Namespace: "ns", Seq: 1, Op: "put", Key: "k", Value: []byte("v")}
-	id := proposalID(&proposal{frame: f, proposer: validatorNodeID("node-0")}) // node-0's proposal of f
+	id := singleID(&proposal{frame: f, proposer: validatorNodeID("node-0")}) // node-0's proposal of f
 	res := make(chan Decision, 1)
 	go func() { d, _ := rs[0].Propose(context.Background(), f); res <- d }()
 	require.Eventually(t, func() bool { return rs[0].Metrics().VotesReceived >= 1 }, 5*time.Second, time.Millisecond)
 
-	send := func(tr *MemoryTransport, voter string, typ byte) {
+	sendCount := func(tr *MemoryTransport, voter string, count int, typ byte) {
 		v := validatorNodeID(voter)
-		msg := finishMessage(appendVoteRecord(newMessage(nil), &id, &v, typ), 1)
+		msg := finishMessage(appendVoteRecord(newMessage(nil), &id, &v, count, []byte{typ}), 1)
 		require.NoError(t, tr.Broadcast(context.Background(), quasarKind, msg))
 	}
+	send := func(tr *MemoryTransport, voter string, typ byte) { sendCount(tr, voter, 1, typ) }
 	send(outsider, "mallory", voteCommit) // not a validator, not a validator's link
 	send(forger, "mallory", voteCommit)   // unknown voter
 	send(forger, "node-1", voteCommit)    // voter is not the sender
-	send(forger, "node-2", 0)             // preference: not a decision vote
-	send(forger, "node-2", 9)             // out of range
+	send(forger, "node-2", 0)             // no vote on the frame
+	send(forger, "node-2", 3)             // not a vote type
+	sendCount(forger, "node-2", 2, 1)     // a commit on a block of two frames: not this block
 	require.Eventually(t, func() bool {
 		m := rs[0].Metrics()
 		return m.UnknownSender >= 1 && m.VotesUnknownVoter >= 1 && m.VotesWrongSender >= 1 && m.VotesBadType >= 2

@@ -135,11 +135,12 @@ func TestChaos_ForgottenFrameNeedsQuorumAgain(t *testing.T) {
 	// node-1 proposes g; node-0 commits it, node-1 and node-2 cancel it:
 	// g is rejected.
 	g := Frame{OrgID: "org", Namespace: "lock", Seq: 1, Op: "put", Key: "owner", Value: []byte("g")}
-	pg := record{typ: recProposal, prop: proposal{frame: g, proposer: n1}}
-	gid := proposalID(&pg.prop)
+	gp := proposal{frame: g, proposer: n1}
+	pg := blockRecord(gp)
+	gid := singleID(&gp)
 	send(1, pg)
-	send(1, record{typ: recVote, vote: vote{block: gid, voter: n1, typ: voteCancel}})
-	send(2, record{typ: recVote, vote: vote{block: gid, voter: n2, typ: voteCancel}})
+	send(1, record{typ: recVote, vote: oneVote(gid, n1, voteCancel)})
+	send(2, record{typ: recVote, vote: oneVote(gid, n2, voteCancel)})
 	require.EqualValues(t, 1, r.Metrics().FramesRejected)
 
 	// Two frames of another namespace are accepted (certificates of
@@ -320,11 +321,11 @@ func TestChaos_ForgottenCancelStaysCancel(t *testing.T) {
 	propRec := func(f Frame, prev uint64, proposer nodeID) record {
 		p := proposal{frame: f, prev: prev, proposer: proposer}
 		proposals[string(f.Value)] = p
-		return record{typ: recProposal, prop: p}
+		return blockRecord(p)
 	}
 	voteRec := func(f Frame, voter nodeID, typ byte) record { // for f's last proposal
 		p := proposals[string(f.Value)]
-		return record{typ: recVote, vote: vote{block: proposalID(&p), voter: voter, typ: typ}}
+		return record{typ: recVote, vote: oneVote(singleID(&p), voter, typ)}
 	}
 	x := Frame{OrgID: "org", Namespace: "s", Seq: 1, Op: "put", Key: "k", Value: []byte("x")}
 	e := Frame{OrgID: "org", Namespace: "s", Seq: 1, Op: "put", Key: "k", Value: []byte("e")}

@@ -42,20 +42,27 @@ func (h *positionHarness) send(from int, recs ...record) {
 
 func (h *positionHarness) proposal(f Frame, prev uint64, proposer nodeID) record {
 	h.proposers[string(f.Value)] = proposer
-	return record{typ: recProposal, prop: proposal{frame: f, prev: prev, proposer: proposer}}
+	return blockRecord(proposal{frame: f, prev: prev, proposer: proposer})
 }
 
-// block is the block ID of f proposed at position prev by its proposer.
-func (h *positionHarness) block(f Frame, prev uint64) [idLen]byte {
+// frame is the frame ID of f proposed at position prev by its proposer.
+func (h *positionHarness) frame(f Frame, prev uint64) [idLen]byte {
 	proposer, ok := h.proposers[string(f.Value)]
 	if !ok {
 		proposer = h.n1
 	}
-	return proposalID(&proposal{frame: f, prev: prev, proposer: proposer})
+	return frameID(&proposal{frame: f, prev: prev, proposer: proposer})
+}
+
+// block is the ID of the block of f alone, proposed at position prev by its
+// proposer: what the votes of the test name.
+func (h *positionHarness) block(f Frame, prev uint64) [idLen]byte {
+	id := h.frame(f, prev)
+	return singleBlockID(&id)
 }
 
 func (h *positionHarness) vote(f Frame, prev uint64, voter nodeID, typ byte) record {
-	return record{typ: recVote, vote: vote{block: h.block(f, prev), voter: voter, typ: typ}}
+	return record{typ: recVote, vote: oneVote(h.block(f, prev), voter, typ)}
 }
 
 // requireCommittedHolds: node-0 committed w at position 1 of namespace s;
@@ -72,7 +79,7 @@ func (h *positionHarness) requireCommittedHolds(x, w Frame) {
 // myVote returns node-0's vote on frame f proposed at position prev (0:
 // none, or not held).
 func (h *positionHarness) myVote(f Frame, prev uint64) byte {
-	id := h.block(f, prev)
+	id := h.frame(f, prev)
 	h.r.mu.Lock()
 	defer h.r.mu.Unlock()
 	if e := h.r.c.entries[id]; e != nil {

@@ -39,12 +39,19 @@ type simOpts struct {
 	unicast      bool  // the transport can send to one validator
 	senderAware  bool  // the transport tells who sent each message
 	durable      bool  // validators keep a data directory; a crash loses memory
+	// sealWait: a node seals its open frames into a block up to this long
+	// after the first one opened (0: at once), as a driver does while its
+	// previous message is on its way; writers: the proposers per node in
+	// namespaces of their own. Long waits and many writers make large
+	// blocks, across namespaces.
+	sealWait int64
+	writers  int
 }
 
 func (o simOpts) String() string {
-	return fmt.Sprintf("%d validators, WitnessAfter %s, ProposeWait %s, RetainFrames %d, RetainFor %s, MaxApplyBacklog %d, %d proposals paced up to %s, unicast %v, sender-aware %v, durable %v",
+	return fmt.Sprintf("%d validators, WitnessAfter %s, ProposeWait %s, RetainFrames %d, RetainFor %s, MaxApplyBacklog %d, %d proposals paced up to %s, unicast %v, sender-aware %v, durable %v, blocks sealed within %s, %d writers per node",
 		o.n, time.Duration(o.witness), time.Duration(o.proposeWait), o.retainFrames, time.Duration(o.retainFor), o.maxBacklog,
-		o.proposals, time.Duration(o.pacing), o.unicast, o.senderAware, o.durable)
+		o.proposals, time.Duration(o.pacing), o.unicast, o.senderAware, o.durable, time.Duration(o.sealWait), o.writers)
 }
 
 // simOptsFor draws the settings of seed's run.
@@ -66,6 +73,11 @@ func simOptsFor(seed uint64) simOpts {
 	if rng.IntN(3) == 0 {
 		o.maxBacklog = 2 << 10 // about fifteen frames: bursts and catch-ups shed
 	}
+	o.sealWait = []int64{0, 2, 20}[rng.IntN(3)] * ms
+	o.writers = 2
+	if rng.IntN(4) == 0 {
+		o.writers = 12 // large blocks
+	}
 	// Not drawn from rng, so that the other settings of a seed stay what
 	// they were before durability was simulated.
 	o.durable = (seed/3)%2 == 1
@@ -84,6 +96,7 @@ const (
 	evRestore         // node's application tries a snapshot restore again
 	evResume          // a crashed node resumes
 	evHealed          // after healing: check convergence
+	evSeal            // node seals its open frames into a block
 )
 
 type simEvent struct {
@@ -131,6 +144,7 @@ type simNode struct {
 	cut      bool // disconnected from the network
 	deaf     bool // receives nothing, but what it sends arrives
 	applying bool // an evApply is scheduled
+	sealing  bool // an evSeal is scheduled
 	calls    map[*call]*simClient
 	reads    map[*barrier]*simClient
 	cfg      coreConfig
@@ -259,7 +273,7 @@ func newSimulator(seed uint64, trace *simTrace) *simulator {
 	// after a timeout), and the racer.
 	nShared := max(1, o.n/3)
 	for i := range o.n {
-		for j := range 2 {
+		for j := range o.writers {
 			ns := fmt.Sprintf("own-%d-%d", i, j)
 			s.chk.soleWriter("org", ns)
 			s.startClient(&simClient{node: i, ns: ns, name: fmt.Sprintf("n%d.w%d", i, j), sole: true})
@@ -352,6 +366,15 @@ func (s *simulator) step(ev *simEvent) {
 		}
 	case evHealed:
 		s.healedStep()
+	case evSeal:
+		n := s.nodes[ev.node]
+		if n.crashed {
+			s.at(s.now+int64(10*time.Millisecond), ev)
+			break
+		}
+		n.sealing = false
+		n.c.seal(s.now)
+		s.settle(n)
 	}
 }
 
@@ -362,6 +385,14 @@ func (s *simulator) clock() string {
 // settle carries out what node n's core produced, as the driver does: it
 // reports decided calls, schedules the apply queue and sends the outbox.
 func (s *simulator) settle(n *simNode) {
+	if n.c.sealable() && !n.sealing {
+		if s.o.sealWait == 0 {
+			n.c.seal(s.now)
+		} else {
+			n.sealing = true
+			s.at(s.now+1+s.rng.Int64N(s.o.sealWait), &simEvent{kind: evSeal, node: n.i})
+		}
+	}
 	rd := n.c.takeReady()
 	s.persist(n, &rd) // synced before anything below leaves the node
 	for _, cl := range rd.decided {
@@ -450,7 +481,7 @@ func (s *simulator) deliver(ev *simEvent) {
 		s.fail = fmt.Sprintf("%s sent %s a message that does not decode: %v", s.ids[ev.from], s.ids[ev.node], err)
 		return
 	}
-	prepareRecords(recs)
+	prepareRecords(recs, nil)
 	if s.trace != nil && s.trace.all {
 		s.trace.add("%s %s <- %s %s", s.clock(), s.ids[ev.node], s.ids[ev.from], describeRecords(recs))
 	}
@@ -528,16 +559,19 @@ func describeRecords(recs []record) string {
 		r := &recs[i]
 		f := &r.prop.frame
 		switch r.typ {
-		case recProposal:
-			var after []string
-			for a := range r.prop.after.all() {
+		case recBlock:
+			var after, frames []string
+			for a := range r.blk.after.all() {
 				after = append(after, fmt.Sprintf("%s/%d", a.ns, a.seq))
 			}
-			parts = append(parts, fmt.Sprintf("proposal %x %s/%d@%d %q after %v", r.id[:4], f.Namespace, f.Seq, r.prop.prev, f.Value, after))
+			for _, p := range r.blk.slots() {
+				frames = append(frames, fmt.Sprintf("%s/%d@%d %q", p.frame.Namespace, p.frame.Seq, p.prev, p.frame.Value))
+			}
+			parts = append(parts, fmt.Sprintf("block %x %v after %v", r.id[:4], frames, after))
 		case recCertificate:
 			parts = append(parts, fmt.Sprintf("certificate %s/%d@%d %q (%d voters)", f.Namespace, f.Seq, r.prop.prev, f.Value, r.voters.len()))
 		case recVote:
-			parts = append(parts, fmt.Sprintf("vote %x type %d", r.vote.block[:4], r.vote.typ))
+			parts = append(parts, fmt.Sprintf("vote %x %x", r.vote.block[:4], r.vote.bits))
 		case recFetch:
 			parts = append(parts, fmt.Sprintf("fetch %x", r.block[:4]))
 		case recSync:

@@ -8,7 +8,7 @@ package replication
 // # File format
 //
 // The log is the file wal.log in its data directory. It starts with the
-// 8-byte magic "RPLWAL1\n", followed by zero or more records. A record is
+// 8-byte magic "RPLWAL2\n" (format 2), followed by zero or more records. A record is
 // a 12-byte header followed by its payload:
 //
 //	offset  size  field
@@ -82,8 +82,11 @@ import (
 )
 
 const (
-	// walMagic starts every log file.
-	walMagic = "RPLWAL1\n"
+	// walMagic starts every log file. Format 2 names frames by the IDs of
+	// wire format 4 (wire.go); a format 1 log (walMagicV1) names them by
+	// IDs this version no longer derives, so it is refused, not misread.
+	walMagic   = "RPLWAL2\n"
+	walMagicV1 = "RPLWAL1\n"
 
 	// walHeaderSize is the size of a record's header.
 	walHeaderSize = 12
@@ -198,6 +201,10 @@ func decodeWAL(b []byte) (recs []walRecord, valid int, err error) {
 		return nil, 0, nil
 	}
 	if string(b[:len(walMagic)]) != walMagic {
+		if string(b[:len(walMagicV1)]) == walMagicV1 {
+			return nil, 0, &walCorruptError{offset: 0, reason: "written by an earlier version of this package (log format 1; this version reads format 2): " +
+				"restart the validator on an empty directory under a new NodeID, or keep running the earlier version"}
+		}
 		return nil, 0, &walCorruptError{offset: 0, reason: "bad magic"}
 	}
 	off := len(walMagic)

@@ -311,7 +311,8 @@ func TestWALDecodeTails(t *testing.T) {
 		"garbage header":       join(log, bytes.Repeat([]byte{0xab}, 40)),
 		"header then zeros":    join(log, []byte{5, 0, 0, 0, 1}, make([]byte, 50)),
 		"zeros then garbage":   join(log, make([]byte, 50), []byte{1}),
-		"wrong magic":          []byte("RPLWAL2\n"),
+		"wrong magic":          []byte("RPLWAL3\n"),
+		"format 1":             append([]byte(walMagicV1), appendWALRecord(nil, 1, []byte("x"))...),
 		"short non-prefix":     []byte("RPX"),
 		"no magic":             appendWALRecord(nil, 1, []byte("x")),
 	}
@@ -321,6 +322,16 @@ func TestWALDecodeTails(t *testing.T) {
 		require.Nil(t, recs, name)
 		require.Zero(t, valid, name)
 	}
+}
+
+// A log of an earlier format is refused with a message that says so, not
+// read with the IDs of this one (its votes would name no frame).
+func TestWALRefusesFormat1(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "wal.log"), append([]byte(walMagicV1), appendWALRecord(nil, 1, []byte("x"))...), 0o600))
+	_, _, _, err := openWAL(dir)
+	require.ErrorIs(t, err, errWALCorrupt)
+	require.ErrorContains(t, err, "earlier version")
 }
 
 func TestWALRepairsTornCreation(t *testing.T) {

@@ -13,60 +13,87 @@ import (
 // Wire format of the Quasar driver.
 //
 // Every message the driver sends (Transport.Broadcast, or Unicaster.SendTo)
-// has the kind quasarKind ("quasar/3") and carries a batch of records, so
-// that under load one transport message carries many proposals and votes:
+// has the kind quasarKind ("quasar/4") and carries a batch of records, so
+// that under load one transport message carries many blocks and votes:
 //
-//	message     = version:u8 (=3) ‖ count:uvarint ‖ record × count
+//	message     = version:u8 (=4) ‖ count:uvarint ‖ record × count
 //	record      = type:u8 ‖ length:uvarint ‖ body[length]
 //
 //	str         = length:uvarint ‖ bytes
 //	frame       = seq:uvarint ‖ org:str ‖ ns:str ‖ op:str ‖ key:str ‖ val:str
-//	proposal    = frame ‖ prev:uvarint ‖ n:uvarint ‖ (afterOrg:str ‖ afterNs:str ‖ afterSeq:uvarint) × n ‖ proposer:20
+//	after       = n:uvarint ‖ (afterOrg:str ‖ afterNs:str ‖ afterSeq:uvarint) × n
+//	slot        = frame ‖ prev:uvarint
+//	block       = proposer:20 ‖ after ‖ count:uvarint ‖ slot × count
+//	proposal    = slot ‖ after ‖ proposer:20                   (one frame, as a certificate carries it)
 //
-//	type 1 proposal     body = proposal
-//	type 2 vote         body = blockID:32 ‖ voter:20 ‖ voteType:u8 ‖ signature (rest of body, may be empty)
+//	type 1 block        body = block
+//	type 2 vote         body = blockID:32 ‖ voter:20 ‖ count:uvarint ‖ votes[⌈count/4⌉] ‖ signature (rest of body, may be empty)
 //	type 3 certificate  body = proposalLen:uvarint ‖ proposal ‖ n:uvarint ‖ voter:20 × n
-//	type 4 fetch        body = blockID:32 ‖ requester:20 ‖ asked:20
+//	type 4 fetch        body = id:32 ‖ requester:20 ‖ asked:20
 //	type 5 sync         body = org:str ‖ ns:str ‖ from:uvarint ‖ requester:20 ‖ asked:20
 //	type 6 digest       body = n:uvarint ‖ (org:str ‖ ns:str ‖ head:uvarint) × n
 //	type 7 behind       body = org:str ‖ ns:str ‖ from:uvarint ‖ requester:20 ‖ asked:20
 //	type 8 read         body = org:str ‖ ns:str ‖ nonce:uvarint ‖ requester:20
 //	type 9 read ack     body = org:str ‖ ns:str ‖ nonce:uvarint ‖ requester:20 ‖ replier:20 ‖ head:uvarint ‖
-//	                           n:uvarint ‖ (blockID:32 ‖ seq:uvarint ‖ prev:uvarint) × n   (n ≤ 1)
+//	                           n:uvarint ‖ (frameID:32 ‖ seq:uvarint ‖ prev:uvarint) × n   (n ≤ 1)
 //
-// The vote is the documented consensus vote: block ID (32 bytes) ‖ voter
-// NodeID (20 bytes: the first 20 bytes of SHA-256 of the validator's string
-// ID) ‖ vote type (1 byte, the github.com/luxfi/consensus VoteType: 1 commit,
-// 2 cancel) ‖ signature (empty for now).
+// # Blocks
 //
-// A proposal is canonical: every uvarint in it takes the fewest bytes, and
-// its after list names namespaces in strictly increasing order (by org,
-// then ns, bytewise), so each at most once; a proposal that is not is
-// malformed. Its block ID is SHA-256(blockIDDomain ‖ proposal), over the
-// proposal's bytes as they appear in a proposal or certificate record. A
-// block ID is not sent with a proposal: every receiver derives it, so a
-// proposal cannot claim a foreign ID, and every node holding the proposal
-// encodes the very same bytes again when it relays it. The ID covers the
-// frame, the chain position it extends (prev), its after list and its
-// proposer: the same frame proposed again (a retry with the same Seq, or
-// the same frame from another node) at another position or with another
-// after list is another block, and a vote for one never counts for the
-// other (S4, S5).
+// A block is the unit a validator proposes and votes on: up to
+// maxBlockFrames frames of one proposer (its frames to propose since its
+// last block, across namespaces), which share one after list. Each frame
+// (slot) names its own chain position: prev, the Seq of the frame it
+// extends in its namespace's chain (0: the start). A proposer's after list
+// names frames of its own whose Propose calls returned DecisionAccept
+// before the block was made: every node applies them before any frame of
+// the block (proposer order, S5). The list holds at most one frame per
+// namespace, and a frame leaves it once an accepted proposal names it, so
+// under a steady load its length is about the number of namespaces the
+// proposer writes concurrently: once per block, not once per frame.
 //
-// prev is the Seq of the frame this one extends in its namespace's chain (0:
-// the start); the after list names frames of the same proposer whose Propose
-// calls returned DecisionAccept before this one began (those not already
-// implied by an earlier proposal's list, nor by the chain this frame
-// extends): every node applies them first (proposer order, S5). The list
-// holds at most one frame per namespace, and a frame leaves it once an
-// accepted proposal names it, so under a steady load its length is about
-// the number of namespaces the proposer writes concurrently.
+// A vote is one validator's votes on the frames of one block: for frame i,
+// bits 2(i mod 4) and 2(i mod 4)+1 of votes[i/4] hold 0 (no vote yet: the
+// frame waits for this validator to reach its position, or was not taken
+// in), 1 (commit, the github.com/luxfi/consensus VoteType) or 2 (cancel);
+// 3 is not a vote and counts as a bad one, and the unused bits of the last
+// byte are zero. count is the block's frame count. A validator sends one
+// vote record per block it takes in; a frame it could not vote on at once
+// gets its vote in a later record for the same block. Each frame's vote is
+// its own: whether a frame is accepted or rejected never depends on the
+// other frames of its block. signature is empty.
+//
+// # Identities
+//
+// Frames and blocks are named by hashes over their canonical binary
+// encoding (the JSON form of Frame is the API's only):
+//
+//	afterID = SHA-256(afterIDDomain ‖ after)
+//	frameID = SHA-256(frameIDDomain ‖ afterID ‖ proposer ‖ slot)
+//	blockID = SHA-256(blockIDDomain ‖ frameID × count)
+//
+// A frame ID thus covers the frame, the chain position it extends, its
+// after list and its proposer, whatever block carries it: the same frame
+// proposed again at another position or with another after list is
+// another frame, and a vote for one never counts for the other (S4, S5).
+// A block ID covers its frames in order. Neither is sent with a block or a
+// certificate: every receiver derives them, so a block cannot claim a
+// foreign ID. A certificate's frame travels as a proposal (the frame's
+// slot, after list and proposer); a node that holds a frame without the
+// block it came in (a certificate, a restart) names it in a block of that
+// one frame, whose ID is SHA-256(blockIDDomain ‖ frameID).
+//
+// A block and a proposal are canonical: every uvarint in them takes the
+// fewest bytes, and the after list names namespaces in strictly increasing
+// order (by org, then ns, bytewise), so each at most once; one that is not
+// is malformed. So is a slot whose seq is not above its prev.
+//
+// # Repair and reads
 //
 // A certificate is an accepted frame with the validators whose commit votes
 // decided it: it is how a node catches up on frames whose votes it missed.
-// fetch asks one validator (asked) for a block by ID; sync asks one
-// validator for the accepted frames of a namespace after Seq from; only the
-// validator asked answers either, and only to the requester. digest
+// fetch asks one validator (asked) for a block or a frame by ID; sync asks
+// one validator for the accepted frames of a namespace after Seq from; only
+// the validator asked answers either, and only to the requester. digest
 // advertises namespace heads (anti-entropy); behind tells requester that
 // the validator it asked (asked) no longer retains the frames after from.
 //
@@ -75,26 +102,31 @@ import (
 // for that frame (its commit may have made it accepted); a read ack
 // answers it, to the requester alone.
 //
-// Decoded strings, values and lists (after lists, certificate voters,
-// digests) alias the message buffer: the driver copies what it keeps before
-// the transport callback returns.
+// # Decoding
+//
+// Decoded strings, values and lists (after lists, a block's slots,
+// certificate voters, digests) alias the message buffer: the driver copies
+// what it keeps before the transport callback returns.
 //
 // Decoding treats every byte as hostile: every length is checked against what
 // remains before anything is sliced, a frame above the configured limit is
 // refused, and a message that fails anywhere is dropped whole (the driver
 // checks the entire message before it acts on any record of it). Decoding
-// allocates nothing: lists stay encoded (refList, nodeList) and are walked
-// when used, and the driver decodes a message recordChunk records at a
-// time, so a small message cannot make a node hold much more than its own
-// size, whatever counts it claims.
+// allocates nothing: lists stay encoded (refList, nodeList, a block's
+// slots) and are walked when used, and the driver decodes a message
+// recordChunk records at a time, so a small message cannot make a node
+// hold much more than its own size, whatever counts it claims.
+
 const (
-	quasarKind  = "quasar/3"
-	wireVersion = 3 // 3: block IDs over the canonical proposal; fetch and sync name who is asked
+	quasarKind  = "quasar/4"
+	wireVersion = 4 // 4: blocks of frames, one vote record per block; binary frame IDs
 
-	// blockIDDomain prefixes what a block ID hashes.
-	blockIDDomain = "replication/quasar block v3\x00"
+	// The domains that prefix what an ID hashes.
+	afterIDDomain = "replication/quasar after v4\x00"
+	frameIDDomain = "replication/quasar frame v4\x00"
+	blockIDDomain = "replication/quasar block v4\x00"
 
-	recProposal    = 1
+	recBlock       = 1
 	recVote        = 2
 	recCertificate = 3
 	recFetch       = 4
@@ -109,7 +141,13 @@ const (
 
 	nodeIDLen = 20
 	idLen     = 32
-	voteLen   = idLen + nodeIDLen + 1
+
+	// maxBlockFrames and maxBlockBytes bound a block this node makes: it
+	// is cut at maxBlockFrames frames, or once its frames' raw bytes reach
+	// maxBlockBytes (a block holds one frame at least, however large). A
+	// received block of more than maxBlockFrames frames is malformed.
+	maxBlockFrames = 512
+	maxBlockBytes  = 128 << 10
 )
 
 type nodeID = [nodeIDLen]byte
@@ -121,61 +159,138 @@ type nsRef struct {
 	seq     uint64
 }
 
-// proposal is a proposal record. A decoded one aliases the message: its
-// frame's strings and value, its after list (after, still encoded) and its
-// canonical bytes (raw), which its block ID hashes and which encode it
-// again as they are. A held one (see core.own) aliases a copy of raw, and
-// its after list is also resolved to the namespaces this node knows
-// (deps; the others are counted in unknown). An own one, while it is made,
-// names its after list in deps only, until it is encoded.
+// proposal is one frame as proposed: the frame, its chain position (prev),
+// its proposer's after list and the proposer. raw is its slot's canonical
+// bytes (frame ‖ prev), which its frame ID hashes. A decoded one aliases
+// the message: its frame's strings and value, raw, and its after list
+// (after, still encoded). A held one (see core.own) aliases a copy of raw,
+// and shares its after list with the other frames of its block (ord:
+// encoded, and resolved to the namespaces this node knows). An own one,
+// until its block is made, has neither raw nor ord.
 type proposal struct {
 	frame    Frame
 	prev     uint64
-	after    refList
-	deps     []depRef
-	unknown  int // held: after-list entries of namespaces not in deps
+	after    refList // decoded only; a held proposal's is ord.after
+	ord      *order  // held only
 	proposer nodeID
 	raw      []byte
 }
 
-// idBufs recycles the buffers small proposals are hashed from.
+// afterList returns p's after list, encoded.
+func (p *proposal) afterList() refList {
+	if p.ord != nil {
+		return p.ord.after
+	}
+	return p.after
+}
+
+// order is the after list of a block's frames, held: encoded (after, its
+// ID afterID) and resolved to the namespaces this node knows (deps; the
+// entries naming namespaces unknown here are counted in unknown). The
+// frames of a block share one.
+type order struct {
+	after   refList
+	afterID [idLen]byte
+	deps    []depRef
+	unknown int
+}
+
+// idBufs recycles the buffers that small inputs are hashed from.
 var idBufs = sync.Pool{New: func() any { b := make([]byte, 0, idBufLen); return &b }}
 
-// idBufLen bounds the proposals hashed from a copy (no allocation); larger
+// idBufLen bounds the inputs hashed from a copy (no allocation); larger
 // ones are hashed in place.
 const idBufLen = 4 << 10
 
-// blockIDOf returns the block ID of a proposal whose canonical encoding is
-// raw: SHA-256(blockIDDomain ‖ raw).
-func blockIDOf(raw []byte) (id [idLen]byte) {
-	if len(blockIDDomain)+len(raw) > idBufLen {
+// hashOf returns SHA-256(domain ‖ a ‖ b ‖ c).
+func hashOf(domain string, a, b, c []byte) (id [idLen]byte) {
+	if len(domain)+len(a)+len(b)+len(c) > idBufLen {
 		h := sha256.New()
-		h.Write([]byte(blockIDDomain))
-		h.Write(raw)
+		h.Write([]byte(domain))
+		h.Write(a)
+		h.Write(b)
+		h.Write(c)
 		h.Sum(id[:0])
 		return id
 	}
 	bp := idBufs.Get().(*[]byte)
-	b := append(append((*bp)[:0], blockIDDomain...), raw...)
-	id = sha256.Sum256(b)
+	buf := append(append(append(append((*bp)[:0], domain...), a...), b...), c...)
+	id = sha256.Sum256(buf)
+	*bp = buf
 	idBufs.Put(bp)
 	return id
 }
 
-// proposalLen is len(appendProposal(nil, p)) for a proposal without raw.
-func proposalLen(p *proposal) int {
-	f := &p.frame
+// afterIDOf returns the ID of an after list: SHA-256(afterIDDomain ‖ n ‖
+// entries).
+func afterIDOf(l refList) [idLen]byte {
+	var n [binary.MaxVarintLen64]byte
+	k := binary.PutUvarint(n[:], uint64(l.n))
+	return hashOf(afterIDDomain, n[:k], l.b, nil)
+}
+
+// frameIDOf returns the ID of a frame whose slot's canonical encoding is
+// raw, proposed with the after list whose ID is afterID.
+func frameIDOf(raw []byte, afterID *[idLen]byte, proposer *nodeID) [idLen]byte {
+	return hashOf(frameIDDomain, afterID[:], proposer[:], raw)
+}
+
+// proposalID returns p's frame ID. p has raw (decoded, or held).
+func proposalID(p *proposal) [idLen]byte {
+	var aid [idLen]byte
+	if p.ord != nil {
+		aid = p.ord.afterID
+	} else {
+		aid = afterIDOf(p.after)
+	}
+	return frameIDOf(p.raw, &aid, &p.proposer)
+}
+
+// blockIDOf returns the ID of the block of the frames ids, in order.
+func blockIDOf(ids [][idLen]byte) [idLen]byte {
+	if len(ids) == 0 {
+		return hashOf(blockIDDomain, nil, nil, nil)
+	}
+	return hashOf(blockIDDomain, unsafe.Slice(&ids[0][0], len(ids)*idLen), nil, nil)
+}
+
+// singleBlockID returns the ID of the block of frame id alone.
+func singleBlockID(id *[idLen]byte) [idLen]byte {
+	return hashOf(blockIDDomain, id[:], nil, nil)
+}
+
+// slotLen is len(appendSlot(nil, f, prev)).
+func slotLen(f *Frame, prev uint64) int {
 	strLen := func(n int) int { return uvarintLen(uint64(n)) + n }
-	n := uvarintLen(f.Seq) + strLen(len(f.OrgID)) + strLen(len(f.Namespace)) + strLen(len(f.Op)) +
-		strLen(len(f.Key)) + strLen(len(f.Value)) + uvarintLen(p.prev) + nodeIDLen
-	if p.after.n > 0 {
-		return n + uvarintLen(uint64(p.after.n)) + len(p.after.b)
+	return uvarintLen(f.Seq) + strLen(len(f.OrgID)) + strLen(len(f.Namespace)) + strLen(len(f.Op)) +
+		strLen(len(f.Key)) + strLen(len(f.Value)) + uvarintLen(prev)
+}
+
+// appendSlot appends a slot's canonical encoding: frame ‖ prev.
+func appendSlot(b []byte, f *Frame, prev uint64) []byte {
+	b = binary.AppendUvarint(b, f.Seq)
+	b = appendStr(b, f.OrgID)
+	b = appendStr(b, f.Namespace)
+	b = appendStr(b, f.Op)
+	b = appendStr(b, f.Key)
+	b = appendBytes(b, f.Value)
+	return binary.AppendUvarint(b, prev)
+}
+
+// appendAfter appends an after list's encoding: n ‖ entries.
+func appendAfter(b []byte, l refList) []byte {
+	b = binary.AppendUvarint(b, uint64(l.n))
+	return append(b, l.b...)
+}
+
+// encodeDeps encodes an own after list, deps in canonical order.
+func encodeDeps(deps []depRef) refList {
+	var l refList
+	for _, d := range deps {
+		l.b = appendRef(l.b, nsRef{d.ns.key.org, d.ns.key.ns, d.seq})
 	}
-	n += uvarintLen(uint64(len(p.deps)))
-	for _, d := range p.deps {
-		n += strLen(len(d.ns.key.org)) + strLen(len(d.ns.key.ns)) + uvarintLen(d.seq)
-	}
-	return n
+	l.n = len(deps)
+	return l
 }
 
 // compareRefs orders after-list entries as a canonical list holds them.
@@ -218,19 +333,62 @@ func (l nodeList) at(i int) (id nodeID) {
 	return id
 }
 
+// vote is a decoded vote record: voter's votes on the count frames of a
+// block.
 type vote struct {
 	block [idLen]byte
 	voter nodeID
-	typ   byte
+	count int
+	bits  []byte // aliases the message
 	sig   []byte // aliases the message; never kept
+}
+
+// at returns the vote on frame i: 0 (none), voteCommit, voteCancel, or 3
+// (not a vote).
+func (v *vote) at(i int) byte { return voteBits(v.bits, i) }
+
+// voteBits returns the 2-bit vote on frame i of an encoded vote list.
+func voteBits(bits []byte, i int) byte { return bits[i>>2] >> (2 * (i & 3)) & 3 }
+
+// setVoteBits sets the vote on frame i of an encoded vote list.
+func setVoteBits(bits []byte, i int, typ byte) { bits[i>>2] |= typ << (2 * (i & 3)) }
+
+// voteBytes is the length of the vote list of a block of count frames.
+func voteBytes(count int) int { return (count + 3) / 4 }
+
+// blockRec is a decoded block record: its proposer, its after list, and
+// its count slots, still encoded (checked; walk them with slots).
+type blockRec struct {
+	proposer nodeID
+	after    refList
+	count    int
+	body     []byte
+	afterID  [idLen]byte // filled by prepareRecords (also for a certificate's frame)
+}
+
+// slots yields the block's frames in order, as proposals aliasing the
+// message (see proposal).
+func (b *blockRec) slots() iter.Seq2[int, *proposal] {
+	return func(yield func(int, *proposal) bool) {
+		d := decoder{b: b.body}
+		var p proposal
+		for i := range b.count {
+			p = proposal{after: b.after, proposer: b.proposer}
+			d.slot(&p, 0)
+			if d.err != nil || !yield(i, &p) {
+				return
+			}
+		}
+	}
 }
 
 // record is one decoded record. Only the fields of its type are set.
 type record struct {
 	typ    byte
-	prop   proposal    // proposal, certificate
+	blk    blockRec    // block
+	prop   proposal    // certificate
 	vote   vote        // vote
-	block  [idLen]byte // fetch
+	block  [idLen]byte // fetch: the block or frame asked for
 	voters nodeList    // certificate
 	ref    nsRef       // sync, behind (seq = from)
 	who    nodeID      // fetch, sync, behind, read, read ack: requester
@@ -239,9 +397,10 @@ type record struct {
 	head   uint64      // read ack
 	voted  votedRef    // read ack: the frame the replier committed on top of head, if voted.ok
 	digest refList     // digest (seq = head)
-	// Filled by prepareRecords, not the decoder: the block ID of a
-	// proposal's or certificate's frame.
-	id [idLen]byte
+	// Filled by prepareRecords, not the decoder: a certificate's frame ID
+	// (id), or a block's ID (id) and its frames' IDs (ids).
+	id  [idLen]byte
+	ids [][idLen]byte
 }
 
 // appendUvarint and friends build records into a reused buffer.
@@ -270,31 +429,16 @@ func appendRef(b []byte, r nsRef) []byte {
 	return binary.AppendUvarint(b, r.seq)
 }
 
-// appendProposal appends p's canonical encoding: raw, if p has it, or
-// else its fields (with its after list from after, or from deps).
+// appendProposal appends the canonical encoding of one frame as a
+// certificate carries it: slot ‖ after ‖ proposer (the slot from raw, if p
+// has it, else from its fields).
 func appendProposal(b []byte, p *proposal) []byte {
 	if p.raw != nil {
-		return append(b, p.raw...)
-	}
-	f := &p.frame
-	b = binary.AppendUvarint(b, f.Seq)
-	b = appendStr(b, f.OrgID)
-	b = appendStr(b, f.Namespace)
-	b = appendStr(b, f.Op)
-	b = appendStr(b, f.Key)
-	b = appendBytes(b, f.Value)
-	b = binary.AppendUvarint(b, p.prev)
-	if p.after.n > 0 {
-		b = binary.AppendUvarint(b, uint64(p.after.n))
+		b = append(b, p.raw...)
 	} else {
-		b = binary.AppendUvarint(b, uint64(len(p.deps)))
+		b = appendSlot(b, &p.frame, p.prev)
 	}
-	b = append(b, p.after.b...)
-	if p.after.n == 0 {
-		for _, d := range p.deps {
-			b = appendRef(b, nsRef{d.ns.key.org, d.ns.key.ns, d.seq})
-		}
-	}
+	b = appendAfter(b, p.afterList())
 	return append(b, p.proposer[:]...)
 }
 
@@ -318,25 +462,36 @@ func endRecord(b []byte, start int) []byte {
 	return b
 }
 
-func appendProposalRecord(b []byte, p *proposal) []byte {
-	b, s := beginRecord(b, recProposal)
-	return endRecord(appendProposal(b, p), s)
+// appendBlockRecord appends a block record of frames es, which share
+// their proposer and after list and have raw.
+func appendBlockRecord(b []byte, es []*entry) []byte {
+	b, s := beginRecord(b, recBlock)
+	p := &es[0].p
+	b = append(b, p.proposer[:]...)
+	b = appendAfter(b, p.afterList())
+	b = binary.AppendUvarint(b, uint64(len(es)))
+	for _, e := range es {
+		b = append(b, e.p.raw...)
+	}
+	return endRecord(b, s)
 }
 
-func appendVoteRecord(b []byte, block *[idLen]byte, voter *nodeID, typ byte) []byte {
-	b = append(b, recVote, voteLen) // under 128: one length byte
+// appendVoteRecord appends a vote record: voter's votes bits on the count
+// frames of block.
+func appendVoteRecord(b []byte, block *[idLen]byte, voter *nodeID, count int, bits []byte) []byte {
+	b, s := beginRecord(b, recVote)
 	b = append(b, block[:]...)
 	b = append(b, voter[:]...)
-	return append(b, typ)
+	b = binary.AppendUvarint(b, uint64(count))
+	b = append(b, bits...)
+	return endRecord(b, s)
 }
 
 func appendCertificateRecord(b []byte, p *proposal, voters nodeList) []byte {
 	b, s := beginRecord(b, recCertificate)
-	if p.raw != nil {
-		b = appendBytes(b, p.raw)
-	} else {
-		b = appendBytes(b, appendProposal(nil, p))
-	}
+	b = append(b, 0x80, 0x80, 0x80, 0x80, 0x00) // the proposal's length, patched as a record's
+	inner := len(b)
+	b = endRecord(appendProposal(b, p), inner)
 	b = binary.AppendUvarint(b, uint64(voters.len()))
 	b = append(b, voters...)
 	return endRecord(b, s)
@@ -507,8 +662,9 @@ func (d *decoder) done(what string) {
 	}
 }
 
-// proposal reads a canonical proposal (see the format above).
-func (d *decoder) proposal(p *proposal, maxFrame int) {
+// slot reads a canonical slot (frame ‖ prev) into p, and sets p.raw to its
+// bytes. maxFrame bounds the frame's raw size (0: none).
+func (d *decoder) slot(p *proposal, maxFrame int) {
 	start := d.b
 	f := &p.frame
 	f.Seq = d.minUvarint("seq")
@@ -520,20 +676,69 @@ func (d *decoder) proposal(p *proposal, maxFrame int) {
 		f.Value = v // aliases the message, like str
 	}
 	p.prev = d.minUvarint("prev")
-	p.after = d.afterList()
-	p.proposer = d.node("proposer")
-	if d.err == nil {
-		if f.Seq == 0 || f.Seq <= p.prev {
-			d.fail("seq not above prev")
-		} else if maxFrame > 0 && f.size() > maxFrame {
-			d.fail("frame above limit")
-		} else if !f.validUTF8() {
-			d.fail("frame string not UTF-8")
-		}
+	if d.err != nil {
+		return
 	}
-	if d.err == nil {
+	switch {
+	case f.Seq == 0 || f.Seq <= p.prev:
+		d.fail("seq not above prev")
+	case maxFrame > 0 && f.size() > maxFrame:
+		d.fail("frame above limit")
+	case !f.validUTF8():
+		d.fail("frame string not UTF-8")
+	default:
 		p.raw = start[: len(start)-len(d.b) : len(start)-len(d.b)]
 	}
+}
+
+// proposal reads a canonical proposal (slot ‖ after ‖ proposer).
+func (d *decoder) proposal(p *proposal, maxFrame int) {
+	d.slot(p, maxFrame)
+	p.after = d.afterList()
+	p.proposer = d.node("proposer")
+}
+
+// block reads a canonical block into b: its slots are checked here, and
+// walked again with b.slots.
+func (d *decoder) block(b *blockRec, maxFrame int) {
+	b.proposer = d.node("block proposer")
+	b.after = d.afterList()
+	n := d.minUvarint("block count")
+	if d.err == nil && (n == 0 || n > maxBlockFrames || n > uint64(len(d.b))/7) { // a slot takes 7 bytes at least
+		d.fail("block count")
+	}
+	if d.err != nil {
+		return
+	}
+	start := d.b
+	var p proposal
+	for i := uint64(0); i < n && d.err == nil; i++ {
+		d.slot(&p, maxFrame)
+	}
+	if d.err == nil {
+		b.count = int(n)
+		b.body = start[: len(start)-len(d.b) : len(start)-len(d.b)]
+	}
+}
+
+// vote reads a vote record's body into v.
+func (d *decoder) vote(v *vote) {
+	copy(v.block[:], d.take(idLen, "vote block"))
+	v.voter = d.node("vote voter")
+	n := d.minUvarint("vote count")
+	if d.err == nil && (n == 0 || n > maxBlockFrames) {
+		d.fail("vote count")
+	}
+	v.bits = d.take(uint64(voteBytes(int(n))), "votes")
+	if d.err != nil {
+		return
+	}
+	v.count = int(n)
+	if k := v.count & 3; k != 0 && v.bits[len(v.bits)-1]>>(2*k) != 0 {
+		d.fail("votes: padding not zero")
+	}
+	v.sig = d.b
+	d.b = nil
 }
 
 // afterList reads a canonical after list: entries in strictly increasing
@@ -588,14 +793,10 @@ func (d *decoder) record(r *record, maxFrame int) {
 	}
 	*r = record{typ: typ}
 	switch typ {
-	case recProposal:
-		body.proposal(&r.prop, maxFrame)
+	case recBlock:
+		body.block(&r.blk, maxFrame)
 	case recVote:
-		copy(r.vote.block[:], body.take(idLen, "vote block"))
-		r.vote.voter = body.node("vote voter")
-		r.vote.typ = body.byte1("vote type")
-		r.vote.sig = body.b
-		body.b = nil
+		body.vote(&r.vote)
 	case recCertificate:
 		inner := decoder{b: body.take(body.uvarint("certificate proposal length"), "certificate proposal")}
 		if body.err == nil {
@@ -665,7 +866,7 @@ type messageReader struct {
 	maxFrame int
 }
 
-// readMessage reads msg's header. maxFrame bounds a frame's JSON size (0:
+// readMessage reads msg's header. maxFrame bounds a frame's raw size (0:
 // no limit beyond the message's own length).
 func readMessage(msg []byte, maxFrame int) (messageReader, error) {
 	m := messageReader{d: decoder{b: msg}, maxFrame: maxFrame}

@@ -50,6 +50,63 @@ func nodes(ids ...nodeID) nodeList {
 	return l
 }
 
+// blockRecord returns the record of a block of ps (at least one), which
+// share the first one's proposer and after list.
+func blockRecord(ps ...proposal) record {
+	br := blockRec{proposer: ps[0].proposer, after: ps[0].after, count: len(ps)}
+	for i := range ps {
+		br.body = appendSlot(br.body, &ps[i].frame, ps[i].prev)
+	}
+	return record{typ: recBlock, blk: br}
+}
+
+// blockBody returns the body of a block record of ps.
+func blockBody(ps ...proposal) []byte {
+	r := blockRecord(ps...)
+	return appendBlockBody(nil, &r.blk)
+}
+
+// appendBlockBody appends the body of block record br.
+func appendBlockBody(b []byte, br *blockRec) []byte {
+	b = append(b, br.proposer[:]...)
+	b = appendAfter(b, br.after)
+	b = binary.AppendUvarint(b, uint64(br.count))
+	return append(b, br.body...)
+}
+
+// oneVote is voter's vote typ on the frame of a block of one frame.
+func oneVote(block [idLen]byte, voter nodeID, typ byte) vote {
+	return vote{block: block, voter: voter, count: 1, bits: []byte{typ}}
+}
+
+// frameID returns the ID of p's frame, as every node derives it.
+func frameID(p *proposal) [idLen]byte {
+	q := *p
+	if q.raw == nil {
+		q.raw = appendSlot(nil, &q.frame, q.prev)
+	}
+	return proposalID(&q)
+}
+
+// singleID returns the ID of the block of p's frame alone: what a vote on
+// a proposal sent as a block of one frame names.
+func singleID(p *proposal) [idLen]byte {
+	id := frameID(p)
+	return singleBlockID(&id)
+}
+
+// firstProposal returns the first frame of a decoded block or
+// certificate, as a proposal.
+func firstProposal(r *record) proposal {
+	if r.typ == recCertificate {
+		return r.prop
+	}
+	for _, p := range r.blk.slots() {
+		return *p
+	}
+	return proposal{}
+}
+
 // wireSample holds one valid record of each type, built with the encoders.
 type wireSample struct {
 	name string
@@ -60,12 +117,17 @@ func wireSamples() []wireSample {
 	f := Frame{OrgID: "org", Namespace: "ns", Seq: 7, Op: "put", Key: "k", Value: []byte("value")}
 	p := proposal{frame: f, prev: 6, after: refs(nsRef{"o2", "n2", 1 << 40}, nsRef{"org", "other", 3}), proposer: validatorNodeID("node-0")}
 	bare := proposal{frame: Frame{Seq: 1}, proposer: validatorNodeID("node-1")}
-	id := proposalID(&p)
+	id := singleID(&p)
+	p2, p3 := p, p
+	p2.frame.Namespace, p3.frame.OrgID, p3.frame.Seq, p3.prev = "ns2", "org3", 1, 0
 	return []wireSample{
-		{"proposal", record{typ: recProposal, prop: p}},
-		{"proposal minimal", record{typ: recProposal, prop: bare}},
-		{"vote commit", record{typ: recVote, vote: vote{block: id, voter: validatorNodeID("node-1"), typ: voteCommit}}},
-		{"vote cancel", record{typ: recVote, vote: vote{block: id, voter: validatorNodeID("node-2"), typ: voteCancel}}},
+		{"block", blockRecord(p)},
+		{"block minimal", blockRecord(bare)},
+		{"block of three", blockRecord(p, p2, p3)},
+		{"vote commit", record{typ: recVote, vote: oneVote(id, validatorNodeID("node-1"), voteCommit)}},
+		{"vote cancel", record{typ: recVote, vote: oneVote(id, validatorNodeID("node-2"), voteCancel)}},
+		{"votes on a block of five", record{typ: recVote, vote: vote{block: id, voter: validatorNodeID("node-0"), count: 5,
+			bits: []byte{voteCommit | voteCancel<<2 | voteCommit<<6, voteCancel}}}},
 		{"certificate", record{typ: recCertificate, prop: p, voters: nodes(validatorNodeID("node-0"), validatorNodeID("node-1"))}},
 		{"certificate no voters", record{typ: recCertificate, prop: bare}},
 		{"fetch", record{typ: recFetch, block: id, who: validatorNodeID("node-1"), to: validatorNodeID("node-0")}},
@@ -83,10 +145,11 @@ func wireSamples() []wireSample {
 // appendRecord encodes r with the encoder of its type.
 func appendRecord(b []byte, r *record) []byte {
 	switch r.typ {
-	case recProposal:
-		return appendProposalRecord(b, &r.prop)
+	case recBlock:
+		b, s := beginRecord(b, recBlock)
+		return endRecord(appendBlockBody(b, &r.blk), s)
 	case recVote:
-		return appendVoteRecord(b, &r.vote.block, &r.vote.voter, r.vote.typ)
+		return appendVoteRecord(b, &r.vote.block, &r.vote.voter, r.vote.count, r.vote.bits)
 	case recCertificate:
 		return appendCertificateRecord(b, &r.prop, r.voters)
 	case recFetch:
@@ -151,10 +214,10 @@ func TestWire_RoundTrip(t *testing.T) {
 		id := [idLen]byte{1}
 		voter := validatorNodeID("node-1")
 		msg := newMessage(nil)
-		msg = append(msg, recVote, voteLen+3)
+		msg = append(msg, recVote, idLen+nodeIDLen+2+3)
 		msg = append(msg, id[:]...)
 		msg = append(msg, voter[:]...)
-		msg = append(msg, voteCommit, 's', 'i', 'g')
+		msg = append(msg, 1, voteCommit, 's', 'i', 'g')
 		got, err := decodeMessage(finishMessage(msg, 1), 0, nil)
 		require.NoError(t, err)
 		require.Len(t, got, 1)
@@ -182,7 +245,8 @@ func wireMalformed() []struct {
 		return finishMessage(append(b, body...), 1)
 	}
 	huge := binary.AppendUvarint(nil, 1<<62)
-	prop := appendProposal(nil, &wireSamples()[0].rec.prop)
+	sample := firstProposal(&wireSamples()[0].rec)
+	prop := appendProposal(nil, &sample)
 	return []struct {
 		name string
 		msg  []byte
@@ -200,21 +264,31 @@ func wireMalformed() []struct {
 		{"record length beyond message", append(append(newMessage(nil)[:1], 1, recFetch), huge...)},
 		{"unknown record type", withRecord(99, []byte{1, 2, 3})},
 		{"record type zero", withRecord(0, nil)},
-		{"vote short", withRecord(recVote, make([]byte, voteLen-1))},
-		{"key not UTF-8", encodeMessage([]record{{typ: recProposal, prop: proposal{frame: Frame{OrgID: "org", Namespace: "ns", Seq: 1, Key: "k\xff"}}}})},
+		{"vote short", withRecord(recVote, make([]byte, idLen+nodeIDLen))},
+		{"vote count zero", withRecord(recVote, append(make([]byte, idLen+nodeIDLen), 0))},
+		{"vote count above a block's", withRecord(recVote, append(binary.AppendUvarint(make([]byte, idLen+nodeIDLen), maxBlockFrames+1), make([]byte, 200)...))},
+		{"votes cut", withRecord(recVote, append(make([]byte, idLen+nodeIDLen), 9, 0, 0))},
+		{"votes padding not zero", withRecord(recVote, append(make([]byte, idLen+nodeIDLen), 3, 0x40))},
+		{"block count zero", withRecord(recBlock, append(make([]byte, nodeIDLen), 0, 0))},
+		{"block count above the limit", withRecord(recBlock, append(binary.AppendUvarint(append(make([]byte, nodeIDLen), 0), maxBlockFrames+1), make([]byte, 8*(maxBlockFrames+1))...))},
+		{"block fewer slots than count", withRecord(recBlock, append(blockBody(proposal{frame: Frame{Seq: 1}}), make([]byte, 7)...))},
+		{"key not UTF-8", encodeMessage([]record{blockRecord(proposal{frame: Frame{OrgID: "org", Namespace: "ns", Seq: 1, Key: "k\xff"}})})},
 		{"fetch short", withRecord(recFetch, make([]byte, idLen+2*nodeIDLen-1))},
 		{"fetch long", withRecord(recFetch, make([]byte, idLen+2*nodeIDLen+1))},
 		{"fetch without requester", withRecord(recFetch, make([]byte, idLen))},
-		{"proposal seq zero", withRecord(recProposal, appendProposal(nil, &proposal{}))},
-		{"proposal seq not above prev", withRecord(recProposal, appendProposal(nil, &proposal{frame: Frame{Seq: 3}, prev: 3}))},
-		{"proposal huge string length", withRecord(recProposal, append([]byte{1}, huge...))},
-		{"proposal huge after count", withRecord(recProposal, append(binary.AppendUvarint([]byte{2, 0, 0, 0, 0, 0}, 1), huge...))},
-		{"proposal without proposer", withRecord(recProposal, prop[:len(prop)-1])},
-		{"proposal seq not in its shortest form", withRecord(recProposal, append([]byte{0x87, 0x00}, prop[1:]...))},
-		{"proposal after list out of order", withRecord(recProposal, appendProposal(nil, &proposal{frame: Frame{Seq: 2}, prev: 1,
+		{"block seq zero", withRecord(recBlock, blockBody(proposal{}))},
+		{"block seq not above prev", withRecord(recBlock, blockBody(proposal{frame: Frame{Seq: 3}, prev: 3}))},
+		{"block huge string length", withRecord(recBlock, append(append(make([]byte, nodeIDLen), 0, 1, 1), huge...))},
+		{"block huge after count", withRecord(recBlock, append(make([]byte, nodeIDLen), huge...))},
+		{"block without proposer", withRecord(recBlock, make([]byte, nodeIDLen-1))},
+		{"block seq not in its shortest form", withRecord(recBlock, append(append(make([]byte, nodeIDLen), 0, 1, 0x87, 0x00), blockBody(proposal{frame: Frame{Seq: 7}})[nodeIDLen+3:]...))},
+		{"block after list out of order", withRecord(recBlock, blockBody(proposal{frame: Frame{Seq: 2}, prev: 1,
 			after: refList{b: appendRef(appendRef(nil, nsRef{"org", "b", 1}), nsRef{"org", "a", 1}), n: 2}}))},
-		{"proposal after list naming a namespace twice", withRecord(recProposal, appendProposal(nil, &proposal{frame: Frame{Seq: 2}, prev: 1,
+		{"block after list naming a namespace twice", withRecord(recBlock, blockBody(proposal{frame: Frame{Seq: 2}, prev: 1,
 			after: refList{b: appendRef(appendRef(nil, nsRef{"org", "a", 1}), nsRef{"org", "a", 2}), n: 2}}))},
+		{"block slot not UTF-8", withRecord(recBlock, blockBody(proposal{frame: Frame{Seq: 2}}, proposal{frame: Frame{Seq: 1, Op: "\xff"}}))},
+		{"proposal seq not in its shortest form", withRecord(recCertificate, append(appendBytes(nil, append([]byte{0x87, 0x00}, prop[1:]...)), 0))},
+		{"proposal without proposer", withRecord(recCertificate, append(appendBytes(nil, prop[:len(prop)-1]), 0))},
 		{"certificate huge proposal length", withRecord(recCertificate, huge)},
 		{"certificate huge voter count", withRecord(recCertificate, append(appendBytes(nil, prop), huge...))},
 		{"certificate voter cut", withRecord(recCertificate, append(append(appendBytes(nil, prop), 2), make([]byte, nodeIDLen+3)...))},
@@ -244,8 +318,8 @@ func TestWire_Malformed(t *testing.T) {
 
 func TestWire_FrameLimit(t *testing.T) {
 	f := Frame{OrgID: "org", Namespace: "ns", Seq: 1, Op: "put", Key: "k", Value: make([]byte, 100)}
-	for _, typ := range []byte{recProposal, recCertificate} {
-		msg := encodeMessage([]record{{typ: typ, prop: proposal{frame: f}}})
+	for _, rec := range []record{blockRecord(proposal{frame: f}), {typ: recCertificate, prop: proposal{frame: f}}} {
+		msg := encodeMessage([]record{rec})
 		_, err := decodeMessage(msg, f.size(), nil)
 		require.NoError(t, err, "a frame at the limit is accepted")
 		recs, err := decodeMessage(msg, f.size()-1, nil)
@@ -284,7 +358,14 @@ func FuzzDecodeMessage(f *testing.F) {
 			require.Empty(t, limited)
 			big := false
 			for i := range recs {
-				big = big || ((recs[i].typ == recProposal || recs[i].typ == recCertificate) && recs[i].prop.frame.size() > limit)
+				switch r := &recs[i]; r.typ {
+				case recCertificate:
+					big = big || r.prop.frame.size() > limit
+				case recBlock:
+					for _, p := range r.blk.slots() {
+						big = big || p.frame.size() > limit
+					}
+				}
 			}
 			require.True(t, big, "refused under a limit of %d with no frame above it: %v", limit, err)
 			return
@@ -315,8 +396,8 @@ func FuzzProposalRoundTrip(f *testing.F) {
 		}
 		p.after = refs(after...)
 		p.proposer[0], p.proposer[nodeIDLen-1] = proposer, ^proposer
-		for _, typ := range []byte{recProposal, recCertificate} {
-			recs, err := decodeMessage(encodeMessage([]record{{typ: typ, prop: p}}), 0, nil)
+		for _, rec := range []record{blockRecord(p), {typ: recCertificate, prop: p}} {
+			recs, err := decodeMessage(encodeMessage([]record{rec}), 0, nil)
 			if seq == 0 || seq <= prev || !p.frame.validUTF8() {
 				require.ErrorIs(t, err, ErrMalformed)
 				require.Empty(t, recs)
@@ -324,8 +405,9 @@ func FuzzProposalRoundTrip(f *testing.F) {
 			}
 			require.NoError(t, err)
 			require.Len(t, recs, 1)
-			got := recs[0].prop
-			require.Equal(t, appendProposal(nil, &p), got.raw, "the bytes the block ID hashes")
+			got := firstProposal(&recs[0])
+			require.Equal(t, appendSlot(nil, &p.frame, p.prev), got.raw, "the bytes the frame ID hashes")
+			require.Equal(t, frameID(&p), proposalID(&got))
 			got.raw = nil
 			require.Equal(t, p, got)
 		}
@@ -405,22 +487,40 @@ func FuzzQuasarReceive(f *testing.F) {
 		// A vote is evidence for its block only; a block names the frame's
 		// position.
 		evidence := map[[idLen]byte]uint64{}
-		framed := map[[idLen]byte]Frame{} // blocks whose proposal the message carries
+		framed := map[[idLen]byte]Frame{}         // frames the message carries
+		blocks := map[[idLen]byte][][idLen]byte{} // the blocks it carries, and their frames
+		var votes []vote
+		prepareRecords(recs, nil)
 		for i := range recs {
 			rec := &recs[i]
 			switch rec.typ {
 			case recVote:
 				v, ok := byNID[rec.vote.voter]
-				if ok && rec.vote.typ == voteCommit && (from < 0 || from == v) {
-					evidence[rec.vote.block] |= 1 << v
+				if ok && (from < 0 || from == v) {
+					votes = append(votes, rec.vote)
 				}
-			case recProposal, recCertificate:
-				id := blockIDOf(rec.prop.raw)
-				framed[id] = rec.prop.frame
+			case recBlock:
+				for k, p := range rec.blk.slots() {
+					framed[rec.ids[k]] = p.frame
+				}
+				blocks[rec.id] = rec.ids
+				for _, fid := range rec.ids {
+					blocks[singleBlockID(&fid)] = [][idLen]byte{fid}
+				}
+			case recCertificate:
+				framed[rec.id] = rec.prop.frame
+				blocks[singleBlockID(&rec.id)] = [][idLen]byte{rec.id}
 				for k := range rec.voters.len() {
 					if v, ok := byNID[rec.voters.at(k)]; ok {
-						evidence[id] |= 1 << v
+						evidence[rec.id] |= 1 << v
 					}
+				}
+			}
+		}
+		for _, v := range votes {
+			for k, fid := range blocks[v.block] {
+				if v.count == len(blocks[v.block]) && v.at(k) == voteCommit {
+					evidence[fid] |= 1 << byNID[v.voter]
 				}
 			}
 		}
@@ -455,23 +555,23 @@ func quasarReceiveSeeds() []quasarReceiveSeed {
 	n0, n1, n2 := validatorNodeID("node-0"), validatorNodeID("node-1"), validatorNodeID("node-2")
 	f := Frame{OrgID: "org", Namespace: "ns", Seq: 1, Op: "put", Key: "k", Value: []byte("v")}
 	p := proposal{frame: f, proposer: n1}
-	id := proposalID(&p)
+	id := singleID(&p)
 	g := f
 	g.Value = []byte("w")
 	pg := proposal{frame: g, proposer: n2}
-	gid := proposalID(&pg)
+	gid := singleID(&pg)
 	f2 := f
 	f2.Seq = 2
 	p2 := proposal{frame: f2, prev: 1, after: refs(nsRef{"org", "elsewhere", 4}), proposer: n1}
 	vote := func(block [idLen]byte, voter nodeID, typ byte) record {
-		return record{typ: recVote, vote: vote{block: block, voter: voter, typ: typ}}
+		return record{typ: recVote, vote: oneVote(block, voter, typ)}
 	}
 	seeds := []quasarReceiveSeed{
-		{"proposal", true, 1, encodeMessage([]record{{typ: recProposal, prop: p}})},
-		{"proposal and vote", true, 1, encodeMessage([]record{{typ: recProposal, prop: p}, vote(id, n1, voteCommit)})},
-		{"proposal and votes of two", true, -1, encodeMessage([]record{{typ: recProposal, prop: p}, vote(id, n1, voteCommit), vote(id, n2, voteCommit)})},
-		{"vote from another sender", true, 2, encodeMessage([]record{{typ: recProposal, prop: p}, vote(id, n1, voteCommit)})},
-		{"competing proposals", true, -1, encodeMessage([]record{{typ: recProposal, prop: p}, {typ: recProposal, prop: pg}, vote(gid, n2, voteCommit), vote(id, n1, voteCancel)})},
+		{"proposal", true, 1, encodeMessage([]record{blockRecord(p)})},
+		{"proposal and vote", true, 1, encodeMessage([]record{blockRecord(p), vote(id, n1, voteCommit)})},
+		{"proposal and votes of two", true, -1, encodeMessage([]record{blockRecord(p), vote(id, n1, voteCommit), vote(id, n2, voteCommit)})},
+		{"vote from another sender", true, 2, encodeMessage([]record{blockRecord(p), vote(id, n1, voteCommit)})},
+		{"competing proposals", true, -1, encodeMessage([]record{blockRecord(p), blockRecord(pg), vote(gid, n2, voteCommit), vote(id, n1, voteCancel)})},
 		{"certificate", true, 1, encodeMessage([]record{{typ: recCertificate, prop: p, voters: nodes(n1, n2)}})},
 		{"certificate chain", true, 1, encodeMessage([]record{{typ: recCertificate, prop: p, voters: nodes(n1, n2)}, {typ: recCertificate, prop: p2, voters: nodes(n0, n1)}})},
 		{"certificate too few voters", true, 1, encodeMessage([]record{{typ: recCertificate, prop: p, voters: nodes(n1)}})},
@@ -483,7 +583,7 @@ func quasarReceiveSeeds() []quasarReceiveSeed {
 		{"read", true, 1, encodeMessage([]record{{typ: recRead, ref: nsRef{"org", "ns", 0}, nonce: 3, who: n1}})},
 		{"read ack", true, 2, encodeMessage([]record{{typ: recReadAck, ref: nsRef{"org", "ns", 0}, nonce: 1, who: n0, to: n2,
 			head: 1, voted: votedRef{ok: true, id: id, seq: 2, prev: 1}}})},
-		{"single node proposal", false, -1, encodeMessage([]record{{typ: recProposal, prop: p}})},
+		{"single node proposal", false, -1, encodeMessage([]record{blockRecord(p)})},
 	}
 	for _, tc := range wireMalformed() {
 		seeds = append(seeds, quasarReceiveSeed{"malformed " + tc.name, true, 1, tc.msg})
@@ -564,7 +664,7 @@ func amplifiers(size int) map[string][]byte {
 		after = append(after, nsRef{ns: string([]byte{byte(i >> 16), byte(i >> 8), byte(i)}), seq: 1})
 	}
 	p := proposal{frame: Frame{OrgID: "org", Namespace: "other", Seq: 1}, after: refs(after...), proposer: validatorNodeID("node-1")}
-	out["long after list"] = encodeMessage([]record{{typ: recProposal, prop: p}})
+	out["long after list"] = encodeMessage([]record{blockRecord(p)})
 	return out
 }
 
@@ -630,7 +730,7 @@ func TestQuasar_ReceiveDoesNotAmplify(t *testing.T) {
 		after = append(after, nsRef{org: "org", ns: "ns", seq: 1})
 	}
 	p := proposal{frame: Frame{OrgID: "org", Namespace: "other", Seq: 1}, after: refs(after...), proposer: validatorNodeID("node-1")}
-	msg := encodeMessage([]record{{typ: recProposal, prop: p}})
+	msg := encodeMessage([]record{blockRecord(p)})
 	var before, after2 runtime.MemStats
 	runtime.ReadMemStats(&before)
 	require.ErrorIs(t, r.receive(1, msg), ErrMalformed)
