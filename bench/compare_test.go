@@ -63,3 +63,28 @@ func BenchmarkRaftApplyBolt3NodeParallel(b *testing.B) { runParallel(b, newRaftB
 // BenchmarkQuasarPropose3NodeParallel with the DataDirs of
 // BenchmarkQuasarProposeDurable3Node.
 func BenchmarkQuasarProposeDurable3NodeParallel(b *testing.B) { runParallel(b, newQuasarDurable) }
+
+// The dragonboat benchmarks run the same loops on
+// github.com/lni/dragonboat/v3 v3.3.8: three NodeHosts in this process, one
+// Raft group, each node's LogDB on an in-memory file system, every proposer
+// on the leader.
+
+// BenchmarkDragonboatPropose3Node is the latency of one SyncPropose on the
+// leader of a three-node dragonboat cluster on its in-process channel
+// transport (plugin/chan), one proposer at a time.
+func BenchmarkDragonboatPropose3Node(b *testing.B) { runSequential(b, newDragonboatChan) }
+
+// BenchmarkDragonboatPropose3NodeParallel is the throughput of 64 concurrent
+// SyncPropose callers on the leader of the channel-transport dragonboat
+// cluster.
+func BenchmarkDragonboatPropose3NodeParallel(b *testing.B) { runParallel(b, newDragonboatChan) }
+
+// BenchmarkDragonboatProposeTCP3Node is BenchmarkDragonboatPropose3Node over
+// dragonboat's default TCP transport on loopback, PLAINTEXT (MutualTLS off),
+// like raft's.
+func BenchmarkDragonboatProposeTCP3Node(b *testing.B) { runSequential(b, newDragonboatTCP) }
+
+// BenchmarkDragonboatProposeTCP3NodeParallel is
+// BenchmarkDragonboatPropose3NodeParallel over dragonboat's plaintext TCP
+// transport on loopback.
+func BenchmarkDragonboatProposeTCP3NodeParallel(b *testing.B) { runParallel(b, newDragonboatTCP) }

@@ -21,6 +21,8 @@ func TestClusters_CloseLeavesNoGoroutines(t *testing.T) {
 		{"quasar-tcp", newQuasarTCP},
 		{"raft-bolt", newRaftBolt},
 		{"quasar-durable", newQuasarDurable},
+		{"dragonboat-chan", newDragonboatChan},
+		{"dragonboat-tcp", newDragonboatTCP},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ignore := goleak.IgnoreCurrent()
