@@ -135,6 +135,8 @@ type core struct {
 	vbits      []byte         // scratch for vote records
 	idScratch  [][idLen]byte  // scratch for block IDs
 	added      []*entry       // scratch for onBlock
+	keep       []*entry       // scratch for makeBlock
+	soloRaw    []byte         // scratch for a single validator's frame encodings
 	one        [1]*entry      // scratch for a block of one frame
 	restoring  bool           // restore runs: nothing is recorded
 

@@ -62,12 +62,19 @@ func (c *core) seal(now int64) {
 	for len(c.opening) > 0 {
 		es := c.opening
 		c.opening = nil
-		o := c.frontierOrder()
+		var all *order // the frontier, for blocks of several frames
 		for len(es) > 0 {
 			k, size := 0, 0
 			for k < len(es) && k < maxBlockFrames && (k == 0 || size+es[k].p.frame.size() <= maxBlockBytes) {
 				size += es[k].p.frame.size()
 				k++
+			}
+			o := all
+			if k == 1 {
+				o = c.frontierOrder(es[0])
+			} else if o == nil {
+				all = c.frontierOrder(nil)
+				o = all
 			}
 			c.makeBlock(now, es[:k], o)
 			es = es[k:]
@@ -77,17 +84,23 @@ func (c *core) seal(now int64) {
 }
 
 // frontierOrder returns the after list of a block made now: the frontier,
-// in canonical order.
-func (c *core) frontierOrder() *order {
-	if len(c.frontier) == 0 {
-		if c.noOrder == nil {
-			c.noOrder = &order{afterID: afterIDOf(refList{})}
-		}
-		return c.noOrder
-	}
-	o := &order{deps: make([]depRef, 0, len(c.frontier))}
+// in canonical order. For a block of frame alone (nil: a block of several
+// frames), it leaves out alone's namespace when alone extends its chain
+// through the frame the frontier names there: every node applies the
+// namespace in chain order, so naming it adds nothing.
+func (c *core) frontierOrder(alone *entry) *order {
+	var o *order
 	for _, dep := range c.frontier {
+		if alone != nil && dep == alone.ns && dep.frontierSeq <= alone.p.prev {
+			continue
+		}
+		if o == nil {
+			o = &order{deps: make([]depRef, 0, len(c.frontier))}
+		}
 		o.deps = append(o.deps, depRef{dep, dep.frontierSeq})
+	}
+	if o == nil {
+		return c.emptyOrder()
 	}
 	slices.SortFunc(o.deps, func(a, b depRef) int {
 		return compareRefs(a.ns.key.org, a.ns.key.ns, b.ns.key.org, b.ns.key.ns)
@@ -99,12 +112,19 @@ func (c *core) frontierOrder() *order {
 
 // makeBlock proposes own frames es as one block with after list o.
 func (c *core) makeBlock(now int64, es []*entry, o *order) {
-	keep := make([]*entry, 0, len(es))
+	keep := c.keep[:0]
 	ids := c.idScratch[:0]
 	for _, e := range es {
 		e.p.ord = o
-		e.p.raw = appendSlot(make([]byte, 0, slotLen(&e.p.frame, e.p.prev)), &e.p.frame, e.p.prev)
-		e.id = frameIDOf(e.p.raw, &o.afterID, &e.p.proposer)
+		if c.solo {
+			// Never sent: only its ID is needed (a durable record
+			// encodes the frame from its fields).
+			c.soloRaw = appendSlot(c.soloRaw[:0], &e.p.frame, e.p.prev)
+			e.id = frameIDOf(c.soloRaw, &o.afterID, &e.p.proposer)
+		} else {
+			e.p.raw = appendSlot(make([]byte, 0, slotLen(&e.p.frame, e.p.prev)), &e.p.frame, e.p.prev)
+			e.id = frameIDOf(e.p.raw, &o.afterID, &e.p.proposer)
+		}
 		e.returned = c.returned
 		if held := c.entries[e.id]; held != nil {
 			c.heldAgain(now, e, held)
@@ -117,20 +137,24 @@ func (c *core) makeBlock(now int64, es []*entry, o *order) {
 	if len(keep) == 0 {
 		return
 	}
-	b := &block{id: blockIDOf(ids), frames: keep, live: len(keep)}
-	for i, e := range keep {
+	b := newBlock(blockIDOf(ids), len(keep))
+	copy(b.frames, keep)
+	clear(keep)
+	c.keep = keep[:0]
+	b.live = len(b.frames)
+	for i, e := range b.frames {
 		e.blk, e.idx = b, i
 	}
 	if !c.solo {
 		c.blocks[b.id] = b
 	}
 	c.startEngine(b)
-	for _, e := range keep {
+	for _, e := range b.frames {
 		c.persistFrame(durOwn, e)
 		c.add(now, e)
 	}
 	c.sendBlock(b, -1)
-	for _, e := range keep {
+	for _, e := range b.frames {
 		c.castVote(now, e)
 	}
 }
@@ -203,14 +227,30 @@ func (c *core) recordEngineVote(b *block, voter int) bool {
 	return b.ep.eng.IsAccepted(b.id)
 }
 
+// newBlock returns a block of count frames, none held yet.
+func newBlock(id [idLen]byte, count int) *block {
+	b := &block{id: id}
+	if count == 1 {
+		b.frames = b.alone[:]
+	} else {
+		b.frames = make([]*entry, count)
+	}
+	return b
+}
+
+// emptyOrder returns the shared empty after list.
+func (c *core) emptyOrder() *order {
+	if c.noOrder == nil {
+		c.noOrder = &order{afterID: noAfterID}
+	}
+	return c.noOrder
+}
+
 // newOrder returns a held after list: a copy of after (whose ID is
 // afterID), resolved to the namespaces this node knows.
 func (c *core) newOrder(after refList, afterID [idLen]byte) *order {
 	if after.n == 0 {
-		if c.noOrder == nil {
-			c.noOrder = &order{afterID: afterID}
-		}
-		return c.noOrder
+		return c.emptyOrder()
 	}
 	o := &order{after: refList{b: bytes.Clone(after.b), n: after.n}, afterID: afterID, unknown: after.n}
 	c.resolveDeps(o)
@@ -241,7 +281,7 @@ func (c *core) onBlock(now int64, rec *record, from int) {
 	b := c.blocks[rec.id]
 	fresh := b == nil
 	if fresh {
-		b = &block{id: rec.id, frames: make([]*entry, br.count)}
+		b = newBlock(rec.id, br.count)
 	}
 	var o *order
 	added := c.added[:0]
@@ -323,7 +363,8 @@ func (c *core) takeAlone(now int64, e *entry) {
 
 // aloneBlock makes the block of e alone e's home block.
 func (c *core) aloneBlock(e *entry) *block {
-	b := &block{id: singleBlockID(&e.id), frames: []*entry{e}, live: 1}
+	b := newBlock(singleBlockID(&e.id), 1)
+	b.frames[0], b.live = e, 1
 	e.blk, e.idx = b, 0
 	if !c.solo {
 		if old := c.blocks[b.id]; old != nil {

@@ -122,6 +122,7 @@ type entry struct {
 type block struct {
 	id       [idLen]byte
 	frames   []*entry
+	alone    [1]*entry // frames' array for a block of one frame
 	live     int // frames not nil
 	ep       *epoch
 	engVoted voterSet

@@ -114,7 +114,8 @@ func NewLocal() *LocalReplicator {
 }
 
 // SetMaxFrameBytes sets the largest frame Propose accepts, measured as the
-// size of the frame's JSON encoding (what QuasarReplicator would send). A
+// frame's raw size: the bytes of its OrgID, Namespace, Op, Key and Value,
+// as QuasarConfig.MaxFrameBytes counts them. A
 // larger frame is rejected with DecisionReject and an error matching both
 // ErrRejected and ErrTooLarge; no handler is called. n <= 0 removes the
 // limit, which is the default.

@@ -134,7 +134,7 @@ type applyMarker struct{}
 
 var _ Replicator = (*QuasarReplicator)(nil)
 
-// maxFrameHard bounds a frame's JSON size when MaxFrameBytes is negative:
+// maxFrameHard bounds a frame's raw size when MaxFrameBytes is negative:
 // the wire format's record length holds no more.
 const maxFrameHard = 1 << 34
 
@@ -332,8 +332,8 @@ func (r *QuasarReplicator) Close() error {
 // node's next frame there. A frame with an explicit Seq that does not
 // exceed the namespace's latest accepted Seq is rejected at once (the slot
 // is taken), and so is a frame whose OrgID, Namespace, Op or Key is not
-// valid UTF-8 (its block ID, a hash of its JSON, where invalid bytes become
-// U+FFFD, would not tell it from others). A frame identical to one this
+// valid UTF-8 (an application that keeps frames as JSON, where invalid
+// bytes become U+FFFD, could not tell it from others). A frame identical to one this
 // node proposed earlier that is still undecided (a retry after a timeout)
 // waits for that proposal, unless another Propose of this node returned
 // Accept since it was made: that proposal is not ordered after it (S5), so

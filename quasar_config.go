@@ -54,7 +54,9 @@ type QuasarConfig struct {
 	// a majority (<= n/2) or above n are refused: two disjoint quorums
 	// could then accept conflicting frames.
 	Quorum int
-	// MaxFrameBytes limits a frame's JSON-encoded size. A larger frame is
+	// MaxFrameBytes limits a frame's raw size: the bytes of its OrgID,
+	// Namespace, Op, Key and Value (what the wire format carries, without
+	// its few length prefixes). A larger frame is
 	// rejected by Propose before anything is sent, and dropped when
 	// received. 0 means DefaultMaxFrameBytes (1 MiB); negative means no
 	// limit but the wire format's own, 16 GiB.
@@ -72,7 +74,8 @@ type QuasarConfig struct {
 	// AntiEntropyInterval is how often a node advertises the heads of its
 	// namespaces, so that peers that missed frames ask for them. Default 1s.
 	AntiEntropyInterval time.Duration
-	// MaxApplyBacklog bounds, in bytes of their JSON encoding, the accepted
+	// MaxApplyBacklog bounds, in bytes of their raw size (see
+	// MaxFrameBytes), the accepted
 	// frames that wait on this node for its handlers. A node whose handlers
 	// fall behind cannot slow down a quorum of others, so instead of
 	// queueing without bound it stops taking in proposals and certificates

@@ -69,7 +69,8 @@ import (
 //
 //	afterID = SHA-256(afterIDDomain ‖ after)
 //	frameID = SHA-256(frameIDDomain ‖ afterID ‖ proposer ‖ slot)
-//	blockID = SHA-256(blockIDDomain ‖ frameID × count)
+//	blockID = SHA-256(blockIDDomain ‖ frameID × count)   (count ≥ 2)
+//	blockID = frameID                                    (count = 1)
 //
 // A frame ID thus covers the frame, the chain position it extends, its
 // after list and its proposer, whatever block carries it: the same frame
@@ -80,7 +81,8 @@ import (
 // foreign ID. A certificate's frame travels as a proposal (the frame's
 // slot, after list and proposer); a node that holds a frame without the
 // block it came in (a certificate, a restart) names it in a block of that
-// one frame, whose ID is SHA-256(blockIDDomain ‖ frameID).
+// one frame, whose ID is the frame's. The domains keep a block of several
+// frames from sharing an ID with any frame.
 //
 // A block and a proposal are canonical: every uvarint in them takes the
 // fewest bytes, and the after list names namespaces in strictly increasing
@@ -221,9 +223,15 @@ func hashOf(domain string, a, b, c []byte) (id [idLen]byte) {
 	return id
 }
 
+// noAfterID is the ID of the empty after list.
+var noAfterID = hashOf(afterIDDomain, []byte{0}, nil, nil)
+
 // afterIDOf returns the ID of an after list: SHA-256(afterIDDomain ‖ n ‖
 // entries).
 func afterIDOf(l refList) [idLen]byte {
+	if l.n == 0 {
+		return noAfterID
+	}
 	var n [binary.MaxVarintLen64]byte
 	k := binary.PutUvarint(n[:], uint64(l.n))
 	return hashOf(afterIDDomain, n[:k], l.b, nil)
@@ -246,18 +254,20 @@ func proposalID(p *proposal) [idLen]byte {
 	return frameIDOf(p.raw, &aid, &p.proposer)
 }
 
-// blockIDOf returns the ID of the block of the frames ids, in order.
+// blockIDOf returns the ID of the block of the frames ids, in order: the
+// frame's own ID for a block of one frame.
 func blockIDOf(ids [][idLen]byte) [idLen]byte {
-	if len(ids) == 0 {
+	switch len(ids) {
+	case 0:
 		return hashOf(blockIDDomain, nil, nil, nil)
+	case 1:
+		return ids[0]
 	}
 	return hashOf(blockIDDomain, unsafe.Slice(&ids[0][0], len(ids)*idLen), nil, nil)
 }
 
-// singleBlockID returns the ID of the block of frame id alone.
-func singleBlockID(id *[idLen]byte) [idLen]byte {
-	return hashOf(blockIDDomain, id[:], nil, nil)
-}
+// singleBlockID returns the ID of the block of frame id alone: id itself.
+func singleBlockID(id *[idLen]byte) [idLen]byte { return *id }
 
 // slotLen is len(appendSlot(nil, f, prev)).
 func slotLen(f *Frame, prev uint64) int {
