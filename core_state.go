@@ -123,7 +123,7 @@ type block struct {
 	id       [idLen]byte
 	frames   []*entry
 	alone    [1]*entry // frames' array for a block of one frame
-	live     int // frames not nil
+	live     int       // frames not nil
 	ep       *epoch
 	engVoted voterSet
 	open     int   // undecided frames whose home block this is
