@@ -148,6 +148,8 @@ func (c *core) makeBlock(now int64, es []*entry, o *order) {
 	if !c.solo {
 		c.blocks[b.id] = b
 	}
+	c.m.blocksProposed.Add(1)
+	c.m.framesProposed.Add(uint64(len(b.frames)))
 	c.startEngine(b)
 	for _, e := range b.frames {
 		c.persistFrame(durOwn, e)

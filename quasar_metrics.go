@@ -21,15 +21,21 @@ type QuasarMetrics struct {
 	// counts handler failures among them.
 	FramesApplied uint64 `json:"frames_applied"`
 	ApplyErrors   uint64 `json:"apply_errors"`
+	// BlocksProposed counts the blocks this node proposed, and
+	// FramesProposed the frames in them: their ratio is the mean block
+	// size.
+	BlocksProposed uint64 `json:"blocks_proposed"`
+	FramesProposed uint64 `json:"frames_proposed"`
 
-	// VotesReceived counts checked votes from validators. Votes dropped,
-	// by reason: voter not a validator, vote type not commit/cancel, voter
-	// is not the authenticated sender, repeated vote of one voter for one
-	// frame. VotesUnknownBlock counts votes for a block not held when they
-	// arrived (held aside, counted if the block arrives; a block names a
-	// frame at one chain position, so a vote for the same frame proposed
-	// at another position is for another block); VotesDropped counts
-	// those never claimed.
+	// VotesReceived counts checked vote records from validators (each
+	// carries its voter's votes on the frames of one block). Votes dropped,
+	// by reason: voter not a validator, vote type not commit/cancel (or a
+	// record whose frame count is not its block's), voter is not the
+	// authenticated sender, repeated vote of one voter for one frame.
+	// VotesUnknownBlock counts votes for a block not held when they arrived
+	// (held aside, counted if the block arrives), and votes on frames of a
+	// held block that this node did not take in; VotesDropped counts vote
+	// records held aside and never claimed.
 	VotesReceived     uint64 `json:"votes_received"`
 	VotesUnknownVoter uint64 `json:"votes_unknown_voter"`
 	VotesBadType      uint64 `json:"votes_bad_type"`
@@ -114,6 +120,7 @@ type QuasarMetrics struct {
 type metrics struct {
 	accepted, rejected, timeouts                   atomic.Uint64
 	framesAccepted, framesRejected, applied        atomic.Uint64
+	blocksProposed, framesProposed                 atomic.Uint64
 	applyErrors                                    atomic.Uint64
 	votesReceived, votesUnknownVoter, votesBadType atomic.Uint64
 	votesWrongSender, votesDuplicate               atomic.Uint64
@@ -136,6 +143,7 @@ func (m *metrics) snapshot() QuasarMetrics {
 		Accepted: m.accepted.Load(), Rejected: m.rejected.Load(), Timeouts: m.timeouts.Load(),
 		FramesAccepted: m.framesAccepted.Load(), FramesRejected: m.framesRejected.Load(),
 		FramesApplied: m.applied.Load(), ApplyErrors: m.applyErrors.Load(),
+		BlocksProposed: m.blocksProposed.Load(), FramesProposed: m.framesProposed.Load(),
 		VotesReceived: m.votesReceived.Load(), VotesUnknownVoter: m.votesUnknownVoter.Load(),
 		VotesBadType: m.votesBadType.Load(), VotesWrongSender: m.votesWrongSender.Load(),
 		VotesDuplicate: m.votesDuplicate.Load(), VotesUnknownBlock: m.votesUnknownBlock.Load(),

@@ -24,8 +24,10 @@ type quasarCluster struct {
 	closers []func() error      // the transports or hub, closed after the nodes
 	durable bool                // every node has a DataDir
 
-	sent0  uint64 // messages sent by all nodes when the timed loop started
-	syncs0 uint64 // log syncs of all nodes when the timed loop started
+	sent0   uint64 // messages sent by all nodes when the timed loop started
+	syncs0  uint64 // log syncs of all nodes when the timed loop started
+	blocks0 uint64 // blocks proposed by all nodes when the timed loop started
+	frames0 uint64 // frames proposed in them
 
 	closeOnce sync.Once
 	closeErr  error
@@ -209,29 +211,36 @@ func (c *quasarCluster) applied() []int64 {
 	return n
 }
 
-// counters returns the messages sent and the log syncs of all nodes so far.
-func (c *quasarCluster) counters() (sent, syncs uint64) {
+// counters returns the messages sent, the log syncs, the blocks proposed
+// and the frames in them, of all nodes so far.
+func (c *quasarCluster) counters() (sent, syncs, blocks, frames uint64) {
 	for _, r := range c.nodes {
 		m := r.Metrics()
 		sent += m.MessagesSent
 		syncs += m.LogSyncs
+		blocks += m.BlocksProposed
+		frames += m.FramesProposed
 	}
-	return sent, syncs
+	return sent, syncs, blocks, frames
 }
 
-func (c *quasarCluster) started() { c.sent0, c.syncs0 = c.counters() }
+func (c *quasarCluster) started() { c.sent0, c.syncs0, c.blocks0, c.frames0 = c.counters() }
 
 // report adds frames/s (accepted frames per second of the timed loop),
 // msgs/frame (transport messages sent by all nodes per frame: proposals,
 // votes and repairs, several of which share a message under load) and, for
 // a durable cluster, syncs/op (log syncs of all nodes per frame: one fsync
-// each, except when a sync compacts the log; a burst of changes shares one).
+// each, except when a sync compacts the log; a burst of changes shares one),
+// and frames/block (the mean number of frames per block proposed).
 func (c *quasarCluster) report(b *testing.B, ops int) {
 	if s := b.Elapsed().Seconds(); s > 0 {
 		b.ReportMetric(float64(ops)/s, "frames/s")
 	}
-	sent, syncs := c.counters()
+	sent, syncs, blocks, frames := c.counters()
 	b.ReportMetric(float64(sent-c.sent0)/float64(ops), "msgs/frame")
+	if blocks > c.blocks0 {
+		b.ReportMetric(float64(frames-c.frames0)/float64(blocks-c.blocks0), "frames/block")
+	}
 	if c.durable {
 		b.ReportMetric(float64(syncs-c.syncs0)/float64(ops), "syncs/op")
 	}
