@@ -563,19 +563,26 @@ func quasarReceiveSeeds() []quasarReceiveSeed {
 	f2 := f
 	f2.Seq = 2
 	p2 := proposal{frame: f2, prev: 1, after: refs(nsRef{"org", "elsewhere", 4}), proposer: n1}
-	vote := func(block [idLen]byte, voter nodeID, typ byte) record {
+	vote1 := func(block [idLen]byte, voter nodeID, typ byte) record {
 		return record{typ: recVote, vote: oneVote(block, voter, typ)}
+	}
+	q1, q2 := p, p
+	q1.frame.Namespace, q2.frame.Namespace = "ns1", "ns2"
+	blk3 := blockRecord(p, q1, q2)
+	id3 := blockIDOf([][idLen]byte{frameID(&p), frameID(&q1), frameID(&q2)})
+	vote3 := func(voter nodeID, bits byte) record {
+		return record{typ: recVote, vote: vote{block: id3, voter: voter, count: 3, bits: []byte{bits}}}
 	}
 	seeds := []quasarReceiveSeed{
 		{"proposal", true, 1, encodeMessage([]record{blockRecord(p)})},
-		{"proposal and vote", true, 1, encodeMessage([]record{blockRecord(p), vote(id, n1, voteCommit)})},
-		{"proposal and votes of two", true, -1, encodeMessage([]record{blockRecord(p), vote(id, n1, voteCommit), vote(id, n2, voteCommit)})},
-		{"vote from another sender", true, 2, encodeMessage([]record{blockRecord(p), vote(id, n1, voteCommit)})},
-		{"competing proposals", true, -1, encodeMessage([]record{blockRecord(p), blockRecord(pg), vote(gid, n2, voteCommit), vote(id, n1, voteCancel)})},
+		{"proposal and vote", true, 1, encodeMessage([]record{blockRecord(p), vote1(id, n1, voteCommit)})},
+		{"proposal and votes of two", true, -1, encodeMessage([]record{blockRecord(p), vote1(id, n1, voteCommit), vote1(id, n2, voteCommit)})},
+		{"vote from another sender", true, 2, encodeMessage([]record{blockRecord(p), vote1(id, n1, voteCommit)})},
+		{"competing proposals", true, -1, encodeMessage([]record{blockRecord(p), blockRecord(pg), vote1(gid, n2, voteCommit), vote1(id, n1, voteCancel)})},
 		{"certificate", true, 1, encodeMessage([]record{{typ: recCertificate, prop: p, voters: nodes(n1, n2)}})},
 		{"certificate chain", true, 1, encodeMessage([]record{{typ: recCertificate, prop: p, voters: nodes(n1, n2)}, {typ: recCertificate, prop: p2, voters: nodes(n0, n1)}})},
 		{"certificate too few voters", true, 1, encodeMessage([]record{{typ: recCertificate, prop: p, voters: nodes(n1)}})},
-		{"votes for an unknown block", true, -1, encodeMessage([]record{vote(gid, n1, voteCommit), vote(gid, n2, voteCancel)})},
+		{"votes for an unknown block", true, -1, encodeMessage([]record{vote1(gid, n1, voteCommit), vote1(gid, n2, voteCancel)})},
 		{"fetch", true, 2, encodeMessage([]record{{typ: recFetch, block: id, who: n2, to: n0}})},
 		{"sync", true, 2, encodeMessage([]record{{typ: recSync, ref: nsRef{"org", "ns", 0}, who: n2, to: n0}})},
 		{"behind", true, 1, encodeMessage([]record{{typ: recBehind, ref: nsRef{"org", "ns", 0}, who: n0, to: n1}})},
@@ -584,6 +591,7 @@ func quasarReceiveSeeds() []quasarReceiveSeed {
 		{"read ack", true, 2, encodeMessage([]record{{typ: recReadAck, ref: nsRef{"org", "ns", 0}, nonce: 1, who: n0, to: n2,
 			head: 1, voted: votedRef{ok: true, id: id, seq: 2, prev: 1}}})},
 		{"single node proposal", false, -1, encodeMessage([]record{blockRecord(p)})},
+		{"block of three and votes", true, 1, encodeMessage([]record{blk3, vote3(n1, voteCommit|voteCommit<<2|voteCommit<<4), vote3(n2, voteCancel|voteCommit<<2)})},
 	}
 	for _, tc := range wireMalformed() {
 		seeds = append(seeds, quasarReceiveSeed{"malformed " + tc.name, true, 1, tc.msg})
@@ -736,4 +744,118 @@ func TestQuasar_ReceiveDoesNotAmplify(t *testing.T) {
 	require.ErrorIs(t, r.receive(1, msg), ErrMalformed)
 	runtime.ReadMemStats(&after2)
 	require.Less(t, after2.TotalAlloc-before.TotalAlloc, uint64(len(msg))/64, "refusing a message")
+}
+
+// FuzzDecodeBlock: a block record's body decodes only if it is canonical:
+// what decodes re-encodes to the very same bytes, and its frames' IDs are
+// those of the frames re-encoded on their own.
+func FuzzDecodeBlock(f *testing.F) {
+	for _, s := range wireSamples() {
+		if s.rec.typ == recBlock {
+			f.Add(appendBlockBody(nil, &s.rec.blk))
+		}
+	}
+	for _, tc := range wireMalformed() {
+		f.Add(tc.msg)
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		d := decoder{b: body}
+		var br blockRec
+		d.block(&br, 0)
+		d.done("block")
+		if d.err != nil {
+			require.ErrorIs(t, d.err, ErrMalformed)
+			return
+		}
+		require.Equal(t, body, appendBlockBody(nil, &br), "a block that decodes is canonical")
+		recs := []record{{typ: recBlock, blk: br}}
+		prepareRecords(recs, nil)
+		require.Len(t, recs[0].ids, br.count)
+		var ps []proposal
+		for i, p := range br.slots() {
+			ps = append(ps, *p)
+			require.Equal(t, frameID(p), recs[0].ids[i])
+		}
+		require.Len(t, ps, br.count)
+		again := blockRecord(ps...)
+		require.Equal(t, body, appendBlockBody(nil, &again.blk))
+		require.Equal(t, blockIDOf(recs[0].ids), recs[0].id)
+	})
+}
+
+// FuzzDecodeVote: a vote record's body decodes only with a frame count in
+// range and zero padding, and re-encodes to the same bytes (its signature
+// aside).
+func FuzzDecodeVote(f *testing.F) {
+	for _, s := range wireSamples() {
+		if s.rec.typ == recVote {
+			v := s.rec.vote
+			f.Add(appendVoteRecord(nil, &v.block, &v.voter, v.count, v.bits)[6:])
+		}
+	}
+	f.Add(make([]byte, idLen+nodeIDLen+2))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		d := decoder{b: body}
+		var v vote
+		d.vote(&v)
+		if d.err != nil {
+			require.ErrorIs(t, d.err, ErrMalformed)
+			return
+		}
+		require.GreaterOrEqual(t, v.count, 1)
+		require.LessOrEqual(t, v.count, maxBlockFrames)
+		re := appendVoteRecord(nil, &v.block, &v.voter, v.count, v.bits)[6:]
+		require.Equal(t, body[:len(body)-len(v.sig)], re)
+		for i := range v.count {
+			require.LessOrEqual(t, v.at(i), byte(3))
+		}
+	})
+}
+
+// TestWriteFuzzCorpus writes the seed corpora under testdata/fuzz from the
+// seeds above, when REPLICATION_WRITE_CORPUS is set (after a change of the
+// wire format): go test -run TestWriteFuzzCorpus with it set.
+func TestWriteFuzzCorpus(t *testing.T) {
+	if os.Getenv("REPLICATION_WRITE_CORPUS") == "" {
+		t.Skip("set REPLICATION_WRITE_CORPUS to write testdata/fuzz")
+	}
+	write := func(target, name string, lines ...string) {
+		dir := filepath.Join("testdata", "fuzz", target)
+		require.NoError(t, os.MkdirAll(dir, 0o755))
+		name = strings.Map(func(r rune) rune {
+			if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
+				return r
+			}
+			return '_'
+		}, strings.ToLower(name))
+		content := "go test fuzz v1\n" + strings.Join(lines, "\n") + "\n"
+		require.NoError(t, os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644))
+	}
+	bytesLine := func(b []byte) string { return fmt.Sprintf("[]byte(%q)", b) }
+	for _, target := range []string{"FuzzDecodeMessage", "FuzzQuasarReceive", "FuzzDecodeBlock", "FuzzDecodeVote"} {
+		require.NoError(t, os.RemoveAll(filepath.Join("testdata", "fuzz", target)))
+	}
+	for _, s := range wireSamples() {
+		write("FuzzDecodeMessage", s.name, bytesLine(encodeMessage([]record{s.rec})))
+		switch s.rec.typ {
+		case recBlock:
+			write("FuzzDecodeBlock", s.name, bytesLine(appendBlockBody(nil, &s.rec.blk)))
+		case recVote:
+			v := s.rec.vote
+			write("FuzzDecodeVote", s.name, bytesLine(appendVoteRecord(nil, &v.block, &v.voter, v.count, v.bits)[6:]))
+		}
+	}
+	for _, tc := range wireMalformed() {
+		write("FuzzDecodeMessage", tc.name, bytesLine(tc.msg))
+		if len(tc.msg) > 7 && (tc.msg[5] == recBlock || tc.msg[5] == recVote) {
+			target := map[byte]string{recBlock: "FuzzDecodeBlock", recVote: "FuzzDecodeVote"}[tc.msg[5]]
+			d := decoder{b: tc.msg[6:]}
+			if body := d.take(d.uvarint("length"), "body"); d.err == nil {
+				write(target, tc.name, bytesLine(body))
+			}
+		}
+	}
+	for _, seed := range quasarReceiveSeeds() {
+		write("FuzzQuasarReceive", seed.name, fmt.Sprintf("bool(%v)", seed.three), fmt.Sprintf("int8(%d)", seed.sender), bytesLine(seed.msg))
+	}
 }
