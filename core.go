@@ -16,7 +16,10 @@ import (
 //
 // Inputs, each a method:
 //
-//	propose(now, call)      a Propose call of this node
+//	propose(now, call)      a Propose call of this node (its frame waits
+//	                        for the next seal)
+//	seal(now)               the caller is about to send: this node's frames
+//	                        proposed since the last seal leave as blocks
 //	step(now, from, recs)   a received message, decoded (from: the sender's
 //	                        validator index when the transport knows it, else -1)
 //	tick(now)               the periodic tick, with the current time
@@ -54,8 +57,9 @@ import (
 // node's own proposals and the order they promise), core_vote.go (the
 // voting rule, counting and deciding), core_chain.go (the chain of each
 // namespace and the apply queue), core_repair.go (repair, anti-entropy and
-// retention), core_read.go (the read barrier), core_outbox.go (outgoing
-// messages).
+// retention), core_block.go (blocks: packing this node's frames, taking in
+// peers' blocks, votes per block, the engine), core_read.go (the read
+// barrier), core_outbox.go (outgoing messages).
 type core struct {
 	cfg  coreConfig
 	m    *metrics
@@ -324,8 +328,8 @@ func (c *core) live(d *depRef) *nsState {
 
 // step handles the records of one received message. from is the sender's
 // validator index when the transport authenticated it, else -1. The
-// records' id fields must hold the block IDs of their frames (see
-// prepareRecords).
+// records' id and ids fields must hold the IDs of their blocks and frames
+// (see prepareRecords).
 func (c *core) step(now int64, from int, recs []record) {
 	c.now = now
 	for i := range recs {

@@ -15,18 +15,22 @@ import (
 // (nsState.voted), and only at its own head: any other frame there gets a
 // cancel vote, a frame beyond its head waits (deferred) until this node
 // caught up, and a frame below its head gets no vote. Its vote on a frame
-// never changes, also after it forgot the frame (remember). A vote names a
-// block, and a block names its position: a vote counts only there.
+// never changes, also after it forgot the frame (remember). A vote counts
+// for a frame by its ID, which names its position: a vote counts only
+// there.
 //
 // Deciding (S1, S2). Only checked votes count: from validators, one per
 // validator per frame, from the sender itself when the transport knows the
 // sender, for a frame this node holds at the vote's position (votes for a
-// frame not held yet wait aside, see orphan). Commit votes go to the
-// consensus engine (consensus.NewPQ, Alpha = q), which accepts the block
-// at q of them; cancel votes are counted here, and a frame is rejected
-// once more than n-q validators cancelled it. Both cannot happen: they
-// need more than n votes. A certificate (an accepted frame with q commit
-// voters, relayed for repair) counts as those voters' commit votes.
+// block not held yet wait aside, see orphan). Each validator's first commit
+// vote on a block goes to the consensus engine (consensus.NewPQ, Alpha =
+// q), which accepts the block at q of them; a frame of the block is
+// accepted once the engine accepted it and q validators committed the
+// frame itself (core_block.go). Cancel votes are counted here, per frame,
+// and a frame is rejected once more than n-q validators cancelled it. Both
+// cannot happen: they need more than n votes. A certificate (an accepted
+// frame with q commit voters, relayed for repair) counts as those voters'
+// commit votes.
 
 // add registers a new undecided frame. Its home block (e.blk) is in the
 // engine already (startEngine).

@@ -67,6 +67,7 @@ func runSequential(b *testing.B, newCluster newClusterFunc) {
 	b.ReportAllocs()
 	b.SetBytes(valueSize)
 	c.started()
+	cpu0 := processCPU()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		if err := c.submit(0); err != nil {
@@ -74,6 +75,7 @@ func runSequential(b *testing.B, newCluster newClusterFunc) {
 		}
 	}
 	b.StopTimer()
+	reportCPU(b, cpu0)
 	c.report(b, b.N)
 	requireApplied(b, c, base, b.N)
 }
@@ -96,6 +98,7 @@ func runParallel(b *testing.B, newCluster newClusterFunc) {
 	b.SetBytes(valueSize)
 	b.SetParallelism(p)
 	c.started()
+	cpu0 := processCPU()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		w := int(next.Add(1) - 1)
@@ -114,8 +117,18 @@ func runParallel(b *testing.B, newCluster newClusterFunc) {
 	if b.Failed() {
 		return
 	}
+	reportCPU(b, cpu0)
 	c.report(b, b.N)
 	requireApplied(b, c, base, b.N)
+}
+
+// reportCPU adds cpu-µs/op: the CPU time of the whole cluster (all its
+// nodes, transports and the proposers, in this process) per operation of
+// the timed loop.
+func reportCPU(b *testing.B, cpu0 time.Duration) {
+	if cpu0 > 0 && b.N > 0 {
+		b.ReportMetric(float64(processCPU()-cpu0)/float64(time.Microsecond)/float64(b.N), "cpu-µs/op")
+	}
 }
 
 // warmUp submits one operation per proposer, untimed, so that connections,
