@@ -260,7 +260,7 @@ func (c *core) closeEngine(e *entry) {
 func (c *core) own(p *proposal, ns *nsState, o *order) {
 	raw := bytes.Clone(p.raw)
 	d := decoder{b: raw}
-	d.slot(p, 0) // decodes again what was decoded once: it cannot fail
+	d.checkedSlot(p) // decodes again what was decoded and checked once
 	f := &p.frame
 	f.OrgID, f.Namespace = ns.key.org, ns.key.ns
 	switch f.Op {

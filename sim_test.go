@@ -204,6 +204,9 @@ type simulator struct {
 	trace  *simTrace
 
 	delivered, lost, dropped, duplicated int
+	// blockOutcomes: per own block, the Propose calls its frames returned
+	// Accept and Reject to (for the summary: blocks of mixed outcomes).
+	blockOutcomes map[*block]*[2]int
 	restores, racerSlot, reads           int
 }
 
@@ -229,7 +232,7 @@ func (t *simTrace) add(format string, args ...any) {
 // newSimulator sets up seed's run. trace, if not nil, records events.
 func newSimulator(seed uint64, trace *simTrace) *simulator {
 	o := simOptsFor(seed)
-	s := &simulator{seed: seed, o: o, rng: rand.New(rand.NewPCG(seed, 0xfa17)), trace: trace}
+	s := &simulator{seed: seed, o: o, rng: rand.New(rand.NewPCG(seed, 0xfa17)), trace: trace, blockOutcomes: map[*block]*[2]int{}}
 	for i := range o.n {
 		s.ids = append(s.ids, fmt.Sprintf("node-%d", i))
 	}
@@ -547,9 +550,28 @@ func (s *simulator) summary() string {
 		refeds += n.disk.refeds
 		reads += n.disk.diskReads
 	}
-	return fmt.Sprintf("seed %d (%s): %d steps, %s virtual; %d proposals: %d accepted, %d rejected, %d timed out; %d reads after a barrier; %d frames applied per node, %d namespaces restored; network: %d delivered, %d lost, %d dropped, %d duplicated; %d restarts from a log, %d frames fed again after them, %d syncs answered from an archive",
+	blocks, frames, mixed, largest := s.blockStats()
+	return fmt.Sprintf("seed %d (%s): %d steps, %s virtual; %d proposals: %d accepted, %d rejected, %d timed out; %d reads after a barrier; %d frames applied per node, %d namespaces restored; network: %d delivered, %d lost, %d dropped, %d duplicated; %d restarts from a log, %d frames fed again after them, %d syncs answered from an archive; %d blocks of %d frames (up to %d), %d with frames both accepted and rejected",
 		s.seed, s.o, s.steps, time.Duration(s.now-int64(time.Second)).Round(time.Millisecond), proposed, accepted, rejected, timedOut, s.reads, applied, restores,
-		s.delivered, s.lost, s.dropped, s.duplicated, boots, refeds, reads)
+		s.delivered, s.lost, s.dropped, s.duplicated, boots, refeds, reads, blocks, frames, largest, mixed)
+}
+
+// blockStats returns the blocks the validators proposed and the frames in
+// them (all runs of a node's core, since it last restarted), how many
+// blocks had frames both accepted and rejected (by Propose outcome), and
+// the largest block.
+func (s *simulator) blockStats() (blocks, frames uint64, mixed, largest int) {
+	for _, n := range s.nodes {
+		blocks += n.m.blocksProposed.Load()
+		frames += n.m.framesProposed.Load()
+	}
+	for b, o := range s.blockOutcomes {
+		largest = max(largest, len(b.frames))
+		if o[0] > 0 && o[1] > 0 {
+			mixed++
+		}
+	}
+	return blocks, frames, mixed, largest
 }
 
 // describeRecords summarizes the records of a message for a trace.

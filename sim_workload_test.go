@@ -102,6 +102,18 @@ func (s *simulator) decided(n *simNode, cl *call) {
 		return
 	}
 	delete(n.calls, cl)
+	if e := cl.e; e != nil && e.blk != nil && cl.decision != DecisionTimeout {
+		o := s.blockOutcomes[e.blk]
+		if o == nil {
+			o = &[2]int{}
+			s.blockOutcomes[e.blk] = o
+		}
+		if cl.decision == DecisionAccept {
+			o[0]++
+		} else {
+			o[1]++
+		}
+	}
 	var err error
 	switch cl.decision {
 	case DecisionReject, DecisionTimeout:

@@ -384,7 +384,7 @@ func (b *blockRec) slots() iter.Seq2[int, *proposal] {
 		var p proposal
 		for i := range b.count {
 			p = proposal{after: b.after, proposer: b.proposer}
-			d.slot(&p, 0)
+			d.checkedSlot(&p) // the decoder checked every slot
 			if d.err != nil || !yield(i, &p) {
 				return
 			}
@@ -697,6 +697,26 @@ func (d *decoder) slot(p *proposal, maxFrame int) {
 	case !f.validUTF8():
 		d.fail("frame string not UTF-8")
 	default:
+		p.raw = start[: len(start)-len(d.b) : len(start)-len(d.b)]
+	}
+}
+
+// checkedSlot reads a slot that decoded once already (its bytes were
+// checked: canonical, UTF-8, within limits) into p, without checking it
+// again.
+func (d *decoder) checkedSlot(p *proposal) {
+	start := d.b
+	f := &p.frame
+	f.Seq = d.uvarint("seq")
+	f.OrgID = d.str("org")
+	f.Namespace = d.str("ns")
+	f.Op = d.str("op")
+	f.Key = d.str("key")
+	if v := d.take(d.uvarint("val"), "val"); len(v) > 0 {
+		f.Value = v
+	}
+	p.prev = d.uvarint("prev")
+	if d.err == nil {
 		p.raw = start[: len(start)-len(d.b) : len(start)-len(d.b)]
 	}
 }
