@@ -141,6 +141,7 @@ type core struct {
 	added      []*entry       // scratch for onBlock
 	keep       []*entry       // scratch for makeBlock
 	soloRaw    []byte         // scratch for a single validator's frame encodings
+	soloBlock  block          // a single validator's block of one frame (makeBlock)
 	one        [1]*entry      // scratch for a block of one frame
 	restoring  bool           // restore runs: nothing is recorded
 

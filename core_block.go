@@ -137,7 +137,17 @@ func (c *core) makeBlock(now int64, es []*entry, o *order) {
 	if len(keep) == 0 {
 		return
 	}
-	b := newBlock(blockIDOf(ids), len(keep))
+	var b *block
+	if c.solo && len(keep) == 1 {
+		// A single validator decides its frame here, before this returns
+		// (its own vote is a quorum), and never looks at the block again
+		// but to close its engine claim: one block serves every frame.
+		b = &c.soloBlock
+		*b = block{id: ids[0]}
+		b.frames = b.alone[:]
+	} else {
+		b = newBlock(blockIDOf(ids), len(keep))
+	}
 	copy(b.frames, keep)
 	clear(keep)
 	c.keep = keep[:0]
