@@ -66,6 +66,8 @@ func TestSim(t *testing.T) {
 		return k, k <= uint64(n)
 	})
 	t.Logf("%d seeds in %s: %d proposals, %d steps", res.seeds, time.Since(start).Round(time.Millisecond), res.proposals, res.steps)
+	t.Logf("blocks: %d of %d frames; largest %d frames (seed %d); %d with frames both accepted and rejected (most: %d, seed %d)",
+		res.blocks, res.frames, res.largest, res.largestSeed, res.mixed, res.mostMixed, res.mixedSeed)
 	res.report(t)
 }
 
@@ -101,6 +103,12 @@ type simResults struct {
 	mu                      sync.Mutex
 	seeds, proposals, steps int
 	failed                  []string
+	// Blocks: proposed, their frames, those with frames both accepted and
+	// rejected, and the seeds with the largest block and the most such.
+	blocks, frames       uint64
+	mixed                int
+	largest, largestSeed uint64
+	mostMixed, mixedSeed uint64
 }
 
 // runSims runs the seeds next yields, on one goroutine per CPU (each run
@@ -121,7 +129,17 @@ func runSims(next func() (uint64, bool)) *simResults {
 				sim := newSimulator(seed, trace)
 				fail := sim.run()
 				proposed, _, _, _, _, _ := sim.chk.stats()
+				blocks, frames, mixed, largest := sim.blockStats()
 				res.mu.Lock()
+				res.blocks += blocks
+				res.frames += frames
+				res.mixed += mixed
+				if uint64(largest) > res.largest {
+					res.largest, res.largestSeed = uint64(largest), seed
+				}
+				if uint64(mixed) > res.mostMixed {
+					res.mostMixed, res.mixedSeed = uint64(mixed), seed
+				}
 				res.seeds++
 				res.proposals += proposed
 				res.steps += sim.steps

@@ -76,7 +76,8 @@ func simOptsFor(seed uint64) simOpts {
 	o.sealWait = []int64{0, 2, 20}[rng.IntN(3)] * ms
 	o.writers = 2
 	if rng.IntN(4) == 0 {
-		o.writers = 12 // large blocks
+		o.writers = 40 // large blocks, across many namespaces
+		o.proposals += 400
 	}
 	// Not drawn from rng, so that the other settings of a seed stay what
 	// they were before durability was simulated.
