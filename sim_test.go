@@ -207,8 +207,8 @@ type simulator struct {
 	delivered, lost, dropped, duplicated int
 	// blockOutcomes: per own block, the Propose calls its frames returned
 	// Accept and Reject to (for the summary: blocks of mixed outcomes).
-	blockOutcomes map[*block]*[2]int
-	restores, racerSlot, reads           int
+	blockOutcomes              map[*block]*[2]int
+	restores, racerSlot, reads int
 }
 
 // simTrace keeps the last events of a run for a failure report, or every
