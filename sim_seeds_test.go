@@ -96,6 +96,10 @@ var simRegressionSeeds = []uint64{
 	// before the crash (fixed: a position freed by a rejection is recorded,
 	// and a compaction writes the position's vote last).
 	6581105158712905263,
+	// Blocks: 80 blocks whose frames were decided both ways (frames of
+	// shared namespaces rejected beside accepted ones of their block).
+	// Among the CI seeds, seed 8 proposes the largest block (43 frames).
+	1280,
 }
 
 // simResults sums the runs of several seeds.

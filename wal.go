@@ -202,8 +202,7 @@ func decodeWAL(b []byte) (recs []walRecord, valid int, err error) {
 	}
 	if string(b[:len(walMagic)]) != walMagic {
 		if string(b[:len(walMagicV1)]) == walMagicV1 {
-			return nil, 0, &walCorruptError{offset: 0, reason: "written by an earlier version of this package (log format 1; this version reads format 2): " +
-				"restart the validator on an empty directory under a new NodeID, or keep running the earlier version"}
+			return nil, 0, &walCorruptError{offset: 0, reason: "written by an earlier version of this package (log format 1); this version reads format 2 and cannot convert it"}
 		}
 		return nil, 0, &walCorruptError{offset: 0, reason: "bad magic"}
 	}
