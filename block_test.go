@@ -2,6 +2,7 @@ package replication
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -186,4 +187,55 @@ func TestBlock_LateVotesNameTheSameBlock(t *testing.T) {
 	require.Equal(t, id, votes[0].vote.block)
 	require.Equal(t, []byte{voteCommit, 0}, votesOf(&votes[0].vote), "the deferred frame's vote alone")
 	require.True(t, c.entries[frameID(&ahead)].phase.accepted())
+}
+
+// chainIndex behaves as a map from position to frame, whatever the order
+// of sets and deletes (it is tuned for increasing sets and oldest-first
+// deletes, and must stay right otherwise).
+func TestChainIndex_MatchesAMap(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	var c chainIndex
+	ref := map[uint64]*entry{}
+	next := uint64(0)
+	for step := range 200_000 {
+		switch k := rng.IntN(10); {
+		case k < 5: // the common case: a new position above the others
+			next += 1 + uint64(rng.IntN(3))
+			e := &entry{}
+			c.set(next, e)
+			ref[next] = e
+		case k < 6: // anywhere
+			p := uint64(rng.IntN(int(next) + 1))
+			e := &entry{}
+			c.set(p, e)
+			ref[p] = e
+		case k < 9: // drop the oldest
+			var oldest uint64
+			found := false
+			for p := range c.all() {
+				oldest, found = p, true
+				break
+			}
+			if found {
+				c.del(oldest)
+				delete(ref, oldest)
+			}
+		default: // drop anywhere
+			p := uint64(rng.IntN(int(next) + 1))
+			c.del(p)
+			delete(ref, p)
+		}
+		if step%997 == 0 || step == 199_999 {
+			require.Equal(t, len(ref), c.len())
+			prev, first := uint64(0), true
+			for p, e := range c.all() {
+				require.True(t, first || p > prev, "positions in order")
+				require.Same(t, ref[p], e)
+				prev, first = p, false
+			}
+			for p := range uint64(next + 2) {
+				require.Same(t, ref[p], c.get(p), "position %d", p)
+			}
+		}
+	}
 }

@@ -346,9 +346,6 @@ func (c *core) restore(now int64, recs []walRecord) error {
 		if ns.head > 0 {
 			c.list(ns)
 		}
-		if ns.chain == nil {
-			ns.chain = make(map[uint64]*entry)
-		}
 		spaces[i] = ns
 	}
 	// Frames already applied are brought back only as many as the memory
@@ -370,7 +367,7 @@ func (c *core) restore(now int64, recs []walRecord) error {
 	for i := range accepted {
 		p := &accepted[i].p
 		ns := c.spaces[spaceKey{p.frame.OrgID, p.frame.Namespace}]
-		if !keep[i] || ns.chain[p.prev] != nil {
+		if !keep[i] || ns.chain.get(p.prev) != nil {
 			continue // applied and out of the window, or recorded twice
 		}
 		e := &entry{id: proposalID(p), key: ns.key, ns: ns, p: *p, phase: phaseAccepted}
@@ -383,7 +380,7 @@ func (c *core) restore(now int64, recs []walRecord) error {
 			}
 		}
 		c.restoreEntry(now, e)
-		ns.chain[p.prev] = e
+		ns.chain.set(p.prev, e)
 		if p.frame.Seq <= ns.applied {
 			e.phase = phaseApplied
 			c.done(now, e)
@@ -395,7 +392,7 @@ func (c *core) restore(now int64, recs []walRecord) error {
 		if ns.head > 0 {
 			c.list(ns)
 		}
-		if e := ns.chain[ns.head]; e != nil && e.phase == phaseAccepted {
+		if e := ns.chain.get(ns.head); e != nil && e.phase == phaseAccepted {
 			c.link(now, ns, e)
 		}
 		if floor := order[i].floor; ns.head < floor {
@@ -446,7 +443,7 @@ func (c *core) restore(now int64, recs []walRecord) error {
 			continue
 		}
 		id := proposalID(p)
-		if c.entries[id] != nil || ns.chain[p.prev] != nil {
+		if c.entries[id] != nil || ns.chain.get(p.prev) != nil {
 			continue // accepted
 		}
 		e := &entry{id: id, key: ns.key, ns: ns, p: *p, own: true}
@@ -466,7 +463,7 @@ func (c *core) restore(now int64, recs []walRecord) error {
 	}
 	if c.solo {
 		for _, ns := range spaces {
-			ns.chain = nil // a single validator retains nothing
+			ns.chain.reset() // a single validator retains nothing
 		}
 	}
 	for _, e := range mine {

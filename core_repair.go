@@ -289,8 +289,8 @@ func (c *core) drop(e *entry) {
 	delete(c.entries, e.id)
 	c.release(e)
 	c.remember(e)
-	if e.ns.chain[e.p.prev] == e {
-		delete(e.ns.chain, e.p.prev)
+	if e.ns.chain.get(e.p.prev) == e {
+		e.ns.chain.del(e.p.prev)
 	}
 }
 

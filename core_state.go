@@ -1,6 +1,11 @@
 package replication
 
-import "fmt"
+import (
+	"cmp"
+	"fmt"
+	"iter"
+	"slices"
+)
 
 // This file holds the types of the protocol core's state: the frames a node
 // holds (entry) and their lifecycle (phase), what it knows of each
@@ -219,7 +224,7 @@ type nsState struct {
 	frontierAt  int
 	// chain holds the accepted frames this node retains, by the Seq they
 	// extend (their position): how links are followed and syncs served.
-	chain map[uint64]*entry
+	chain chainIndex
 	// open: the namespace's undecided frames, so that the frames competing
 	// for a position are rejected as soon as another frame is accepted
 	// there.
@@ -238,7 +243,7 @@ func (ns *nsState) empty() bool {
 	return ns.head == 0 && ns.maxSeen == 0 && ns.applied == 0 && ns.dispatched == 0 &&
 		!ns.behind && ns.voted == nil && ns.mine == nil && len(ns.turns) == 0 &&
 		len(ns.deferred) == 0 && len(ns.pending) == 0 && len(ns.afterWaiters) == 0 &&
-		len(ns.chain) == 0 && len(ns.open) == 0 && ns.frontierAt == 0 && !ns.listed
+		ns.chain.len() == 0 && len(ns.open) == 0 && ns.frontierAt == 0 && !ns.listed
 }
 
 // close removes e from the open list.
@@ -254,8 +259,94 @@ func (ns *nsState) close(e *entry) {
 	}
 }
 
-func (ns *nsState) at(prev uint64) *entry {
-	return ns.chain[prev] // nil map reads are fine
+func (ns *nsState) at(prev uint64) *entry { return ns.chain.get(prev) }
+
+// chainIndex maps chain positions (prev) to the accepted frames a node
+// retains there. Positions are added mostly in increasing order and
+// dropped mostly oldest first, so it is a sorted slice searched by
+// position, not a map: a map with that churn fills with deleted slots
+// that every lookup probes past.
+type chainIndex struct {
+	slots []chainSlot // sorted by prev; slots[:head] are dropped
+	head  int
+}
+
+type chainSlot struct {
+	prev uint64
+	e    *entry
+}
+
+// find returns where prev is, or would be inserted, in slots[head:].
+func (c *chainIndex) find(prev uint64) (int, bool) {
+	i, ok := slices.BinarySearchFunc(c.slots[c.head:], prev, func(s chainSlot, p uint64) int { return cmp.Compare(s.prev, p) })
+	return c.head + i, ok
+}
+
+func (c *chainIndex) len() int { return len(c.slots) - c.head }
+
+// get returns the frame at position prev, or nil.
+func (c *chainIndex) get(prev uint64) *entry {
+	if n := len(c.slots); n > c.head && c.slots[n-1].prev == prev {
+		return c.slots[n-1].e // the newest: the common case
+	}
+	if i, ok := c.find(prev); ok {
+		return c.slots[i].e
+	}
+	return nil
+}
+
+// set puts e at position prev.
+func (c *chainIndex) set(prev uint64, e *entry) {
+	if n := len(c.slots); n == c.head || c.slots[n-1].prev < prev {
+		c.slots = append(c.slots, chainSlot{prev, e})
+		return
+	}
+	i, ok := c.find(prev)
+	if ok {
+		c.slots[i].e = e
+		return
+	}
+	c.slots = slices.Insert(c.slots, i, chainSlot{prev, e})
+}
+
+// del removes position prev.
+func (c *chainIndex) del(prev uint64) {
+	i, ok := c.find(prev)
+	if !ok {
+		return
+	}
+	if i > c.head {
+		c.slots = slices.Delete(c.slots, i, i+1)
+		return
+	}
+	c.slots[i] = chainSlot{}
+	c.head++
+	switch n := len(c.slots) - c.head; {
+	case n == 0:
+		c.slots, c.head = c.slots[:0], 0
+	case c.head >= 32 && c.head >= n:
+		// Move the live slots down, and let a slice that shrank a lot go.
+		k := copy(c.slots, c.slots[c.head:])
+		clear(c.slots[k:])
+		c.slots, c.head = c.slots[:k], 0
+		if cap(c.slots) > 64 && k < cap(c.slots)/4 {
+			c.slots = slices.Clone(c.slots)
+		}
+	}
+}
+
+// reset drops every position.
+func (c *chainIndex) reset() { *c = chainIndex{} }
+
+// all yields the positions and their frames in order.
+func (c *chainIndex) all() iter.Seq2[uint64, *entry] {
+	return func(yield func(uint64, *entry) bool) {
+		for _, s := range c.slots[c.head:] {
+			if !yield(s.prev, s.e) {
+				return
+			}
+		}
+	}
 }
 
 // call is a Propose call the core tracks. The driver makes it and keeps

@@ -182,10 +182,7 @@ func (c *core) accept(now int64, e *entry) {
 	default:
 		c.wait(now, e)
 		if !c.solo {
-			if ns.chain == nil {
-				ns.chain = make(map[uint64]*entry)
-			}
-			ns.chain[e.p.prev] = e
+			ns.chain.set(e.p.prev, e)
 		}
 		if e.p.prev == ns.head {
 			c.link(now, ns, e)

@@ -39,7 +39,7 @@ func (c *core) debugDump() string {
 				fmt.Fprintf(&b, "     and %d namespaces not known here\n", e.p.ord.unknown)
 			}
 		}
-		for prev, e := range ns.chain {
+		for prev, e := range ns.chain.all() {
 			if e.p.prev >= ns.head && e.phase == phaseAccepted {
 				fmt.Fprintf(&b, "   unlinked accepted at prev=%d seq=%d\n", prev, e.p.frame.Seq)
 			}
