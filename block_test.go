@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -164,9 +165,8 @@ func TestBlock_LateVotesNameTheSameBlock(t *testing.T) {
 	n1, n2 := c.cfg.ids[1], c.cfg.ids[2]
 	ahead := proposal{frame: Frame{OrgID: "org", Namespace: "s", Seq: 2, Op: "put", Key: "k", Value: []byte("ahead")}, prev: 1, proposer: n1}
 	now := proposal{frame: Frame{OrgID: "org", Namespace: "t", Seq: 1, Op: "put", Key: "k", Value: []byte("now")}, proposer: n1}
-	blk := blockRecord(ahead, now)
-	prepareRecords([]record{blk}, nil)
-	id := blockIDOf([][idLen]byte{frameID(&ahead), frameID(&now)})
+	blk := blockRecord(now, ahead) // in increasing order: seq 1 before seq 2
+	id := blockIDOf([][idLen]byte{frameID(&now), frameID(&ahead)})
 	// node-2's votes on both frames arrive before the block: held aside.
 	stepAs(c, 2, record{typ: recVote, vote: vote{block: id, voter: n2, count: 2, bits: []byte{voteCommit | voteCommit<<2}}})
 	require.EqualValues(t, 1, c.m.votesUnknownBlock.Load())
@@ -175,7 +175,7 @@ func TestBlock_LateVotesNameTheSameBlock(t *testing.T) {
 	votes := ofType(sent(t, c), recVote)
 	require.Len(t, votes, 1)
 	require.Equal(t, id, votes[0].vote.block)
-	require.Equal(t, []byte{0, voteCommit}, votesOf(&votes[0].vote), "no vote yet on the frame beyond the head")
+	require.Equal(t, []byte{voteCommit, 0}, votesOf(&votes[0].vote), "no vote yet on the frame beyond the head")
 	require.True(t, c.entries[frameID(&now)].phase.accepted(), "node-2's held vote and node-0's make a quorum")
 
 	// The frame at seq 1 of s arrives as a certificate: node-0 reaches
@@ -185,7 +185,7 @@ func TestBlock_LateVotesNameTheSameBlock(t *testing.T) {
 	votes = ofType(sent(t, c), recVote)
 	require.Len(t, votes, 1)
 	require.Equal(t, id, votes[0].vote.block)
-	require.Equal(t, []byte{voteCommit, 0}, votesOf(&votes[0].vote), "the deferred frame's vote alone")
+	require.Equal(t, []byte{0, voteCommit}, votesOf(&votes[0].vote), "the deferred frame's vote alone")
 	require.True(t, c.entries[frameID(&ahead)].phase.accepted())
 }
 
@@ -238,4 +238,27 @@ func TestChainIndex_MatchesAMap(t *testing.T) {
 			}
 		}
 	}
+}
+
+// A block names each frame once: its slots are in strictly increasing
+// bytewise order. A block carrying one frame twice (or out of order) is
+// malformed and refused whole; were it taken in, one frame ID would get
+// two entries.
+func TestBlock_FrameTwiceIsMalformed(t *testing.T) {
+	h := newPositionHarness(t, QuasarConfig{WitnessAfter: time.Hour})
+	x, y := slotFrame(1, "x"), slotFrame(2, "y")
+	px := proposal{frame: x, proposer: h.n1}
+	py := proposal{frame: y, prev: 1, proposer: h.n1}
+	for name, rec := range map[string]record{
+		"twice":        blockRecord(px, px),
+		"out of order": blockRecord(py, px),
+	} {
+		err := h.r.receive(1, encodeMessage([]record{rec}))
+		require.ErrorIs(t, err, ErrMalformed, name)
+	}
+	m := h.r.Metrics()
+	require.EqualValues(t, 2, m.Malformed)
+	require.Zero(t, m.Pending, "nothing taken in")
+	require.NoError(t, h.r.receive(1, encodeMessage([]record{blockRecord(px, py)})), "in order")
+	require.Eventually(t, func() bool { return h.r.Metrics().Pending == 2 }, contractWait, time.Millisecond)
 }

@@ -113,7 +113,6 @@ func (c *core) frontierOrder(alone *entry) *order {
 // makeBlock proposes own frames es as one block with after list o.
 func (c *core) makeBlock(now int64, es []*entry, o *order) {
 	keep := c.keep[:0]
-	ids := c.idScratch[:0]
 	for _, e := range es {
 		e.p.ord = o
 		if c.solo {
@@ -131,12 +130,27 @@ func (c *core) makeBlock(now int64, es []*entry, o *order) {
 			continue
 		}
 		keep = append(keep, e)
-		ids = append(ids, e.id)
 	}
-	c.idScratch = ids[:0]
 	if len(keep) == 0 {
 		return
 	}
+	// A block's slots are in increasing bytewise order (wire.go): it then
+	// carries each frame once, which every receiver can check.
+	if len(keep) > 1 {
+		slices.SortFunc(keep, func(a, b *entry) int { return bytes.Compare(a.p.raw, b.p.raw) })
+		keep = slices.CompactFunc(keep, func(a, b *entry) bool {
+			if a.id != b.id {
+				return false
+			}
+			c.heldAgain(now, b, a) // the same frame twice (ResetNamespace released a namespace meanwhile)
+			return true
+		})
+	}
+	ids := c.idScratch[:0]
+	for _, e := range keep {
+		ids = append(ids, e.id)
+	}
+	c.idScratch = ids[:0]
 	var b *block
 	if c.solo && len(keep) == 1 {
 		// A single validator decides its frame here, before this returns

@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
@@ -85,9 +86,11 @@ import (
 // frames from sharing an ID with any frame.
 //
 // A block and a proposal are canonical: every uvarint in them takes the
-// fewest bytes, and the after list names namespaces in strictly increasing
-// order (by org, then ns, bytewise), so each at most once; one that is not
-// is malformed. So is a slot whose seq is not above its prev.
+// fewest bytes, the after list names namespaces in strictly increasing
+// order (by org, then ns, bytewise), so each at most once, and a block's
+// slots are in strictly increasing bytewise order, so it carries each frame
+// at most once; one that is not is malformed. So is a slot whose seq is not
+// above its prev.
 //
 // # Repair and reads
 //
@@ -742,8 +745,13 @@ func (d *decoder) block(b *blockRec, maxFrame int) {
 	}
 	start := d.b
 	var p proposal
+	var last []byte
 	for i := uint64(0); i < n && d.err == nil; i++ {
 		d.slot(&p, maxFrame)
+		if d.err == nil && i > 0 && bytes.Compare(last, p.raw) >= 0 {
+			d.fail("block slots not in increasing order")
+		}
+		last = p.raw
 	}
 	if d.err == nil {
 		b.count = int(n)

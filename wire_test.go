@@ -123,7 +123,7 @@ func wireSamples() []wireSample {
 	return []wireSample{
 		{"block", blockRecord(p)},
 		{"block minimal", blockRecord(bare)},
-		{"block of three", blockRecord(p, p2, p3)},
+		{"block of three", blockRecord(p3, p, p2)}, // slots in increasing order
 		{"vote commit", record{typ: recVote, vote: oneVote(id, validatorNodeID("node-1"), voteCommit)}},
 		{"vote cancel", record{typ: recVote, vote: oneVote(id, validatorNodeID("node-2"), voteCancel)}},
 		{"votes on a block of five", record{typ: recVote, vote: vote{block: id, voter: validatorNodeID("node-0"), count: 5,
@@ -286,7 +286,9 @@ func wireMalformed() []struct {
 			after: refList{b: appendRef(appendRef(nil, nsRef{"org", "b", 1}), nsRef{"org", "a", 1}), n: 2}}))},
 		{"block after list naming a namespace twice", withRecord(recBlock, blockBody(proposal{frame: Frame{Seq: 2}, prev: 1,
 			after: refList{b: appendRef(appendRef(nil, nsRef{"org", "a", 1}), nsRef{"org", "a", 2}), n: 2}}))},
-		{"block slot not UTF-8", withRecord(recBlock, blockBody(proposal{frame: Frame{Seq: 2}}, proposal{frame: Frame{Seq: 1, Op: "\xff"}}))},
+		{"block frame twice", withRecord(recBlock, blockBody(proposal{frame: Frame{Seq: 2}}, proposal{frame: Frame{Seq: 2}}))},
+		{"block slots out of order", withRecord(recBlock, blockBody(proposal{frame: Frame{Seq: 3}}, proposal{frame: Frame{Seq: 2}}))},
+		{"block slot not UTF-8", withRecord(recBlock, blockBody(proposal{frame: Frame{Seq: 1}}, proposal{frame: Frame{Seq: 2, Op: "\xff"}}))},
 		{"proposal seq not in its shortest form", withRecord(recCertificate, append(appendBytes(nil, append([]byte{0x87, 0x00}, prop[1:]...)), 0))},
 		{"proposal without proposer", withRecord(recCertificate, append(appendBytes(nil, prop[:len(prop)-1]), 0))},
 		{"certificate huge proposal length", withRecord(recCertificate, huge)},
