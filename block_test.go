@@ -262,3 +262,24 @@ func TestBlock_FrameTwiceIsMalformed(t *testing.T) {
 	require.NoError(t, h.r.receive(1, encodeMessage([]record{blockRecord(px, py)})), "in order")
 	require.Eventually(t, func() bool { return h.r.Metrics().Pending == 2 }, contractWait, time.Millisecond)
 }
+
+// A frame held here is linked into a bounded number of other blocks: a
+// peer that makes up blocks out of frames this node holds gets no memory
+// for them beyond that.
+func TestBlock_OtherBlocksOfAFrameAreBounded(t *testing.T) {
+	c := newTestCore(t, 3, 0)
+	n1 := c.cfg.ids[1]
+	var ps []proposal
+	for i := range 8 {
+		ps = append(ps, proposal{frame: Frame{OrgID: "org", Namespace: fmt.Sprintf("ns-%d", i), Seq: 1, Op: "put", Key: "k"}, proposer: n1})
+	}
+	stepAs(c, 1, blockRecord(ps...))
+	first := c.entries[frameID(&ps[0])]
+	require.NotNil(t, first)
+	for i := 1; i < len(ps); i++ {
+		stepAs(c, 1, blockRecord(ps[0], ps[i])) // ns-0 sorts first
+	}
+	stepAs(c, 1, blockRecord(ps[0]))
+	require.Len(t, first.more, maxMoreBlocks)
+	require.LessOrEqual(t, len(c.blocks), 1+len(ps)-1+1, "blocks held")
+}

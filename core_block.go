@@ -253,6 +253,12 @@ func (c *core) recordEngineVote(b *block, voter int) bool {
 	return b.ep.eng.IsAccepted(b.id)
 }
 
+// maxMoreBlocks bounds the blocks besides its home block that a held frame
+// is linked into (entry.more): a frame travels in the block it was proposed
+// in, and, after a certificate or a restart, in a block of its own; a peer
+// that makes up more blocks of frames held here gets no memory for them.
+const maxMoreBlocks = 4
+
 // newBlock returns a block of count frames, none held yet.
 func newBlock(id [idLen]byte, count int) *block {
 	b := &block{id: id}
@@ -316,6 +322,9 @@ func (c *core) onBlock(now int64, rec *record, from int) {
 			continue
 		}
 		if e := c.entries[rec.ids[i]]; e != nil {
+			if len(e.more) >= maxMoreBlocks {
+				continue // honest peers send a frame in a block or two: this block names it for nothing
+			}
 			b.frames[i] = e
 			b.live++
 			e.more = append(e.more, blockRef{b, i})
