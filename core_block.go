@@ -402,11 +402,6 @@ func (c *core) aloneBlock(e *entry) *block {
 	b.frames[0], b.live = e, 1
 	e.blk, e.idx = b, 0
 	if !c.solo {
-		if old := c.blocks[b.id]; old != nil {
-			// Held already with no frame: cannot happen (a block holding
-			// nothing is dropped), but never leave a stale one behind.
-			c.unblock(old)
-		}
 		c.blocks[b.id] = b
 	}
 	return b
@@ -554,7 +549,7 @@ func (c *core) serveBlock(now int64, b *block, to int) {
 			}
 		}
 	}
-	for _, e := range slices.Clone(b.frames) {
+	for _, e := range b.frames {
 		if e != nil {
 			c.serve(now, e, to)
 		}

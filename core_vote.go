@@ -257,7 +257,7 @@ func (c *core) closeEngine(e *entry) {
 func (c *core) own(p *proposal, ns *nsState, o *order) {
 	raw := bytes.Clone(p.raw)
 	d := decoder{b: raw}
-	d.checkedSlot(p) // decodes again what was decoded and checked once
+	d.slotFields(p) // decodes again what was decoded and checked once
 	f := &p.frame
 	f.OrgID, f.Namespace = ns.key.org, ns.key.ns
 	switch f.Op {

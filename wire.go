@@ -387,7 +387,7 @@ func (b *blockRec) slots() iter.Seq2[int, *proposal] {
 		var p proposal
 		for i := range b.count {
 			p = proposal{after: b.after, proposer: b.proposer}
-			d.checkedSlot(&p) // the decoder checked every slot
+			d.slotFields(&p) // the decoder checked every slot
 			if d.err != nil || !yield(i, &p) {
 				return
 			}
@@ -678,6 +678,28 @@ func (d *decoder) done(what string) {
 // slot reads a canonical slot (frame ‖ prev) into p, and sets p.raw to its
 // bytes. maxFrame bounds the frame's raw size (0: none).
 func (d *decoder) slot(p *proposal, maxFrame int) {
+	if !d.slotFields(p) {
+		return
+	}
+	switch f := &p.frame; {
+	case f.Seq == 0 || f.Seq <= p.prev:
+		d.fail("seq not above prev")
+	case maxFrame > 0 && f.size() > maxFrame:
+		d.fail("frame above limit")
+	case !f.validUTF8():
+		d.fail("frame string not UTF-8")
+	}
+	if d.err != nil {
+		p.raw = nil
+	}
+}
+
+// slotFields reads a slot's fields, each in its canonical form, into p and
+// sets p.raw to its bytes, without checking what the fields say (Seq
+// against prev, the size limit, UTF-8): for a slot that decoded once
+// already, it is all the decoding there is. It reports whether the bytes
+// were read.
+func (d *decoder) slotFields(p *proposal) bool {
 	start := d.b
 	f := &p.frame
 	f.Seq = d.minUvarint("seq")
@@ -690,38 +712,10 @@ func (d *decoder) slot(p *proposal, maxFrame int) {
 	}
 	p.prev = d.minUvarint("prev")
 	if d.err != nil {
-		return
+		return false
 	}
-	switch {
-	case f.Seq == 0 || f.Seq <= p.prev:
-		d.fail("seq not above prev")
-	case maxFrame > 0 && f.size() > maxFrame:
-		d.fail("frame above limit")
-	case !f.validUTF8():
-		d.fail("frame string not UTF-8")
-	default:
-		p.raw = start[: len(start)-len(d.b) : len(start)-len(d.b)]
-	}
-}
-
-// checkedSlot reads a slot that decoded once already (its bytes were
-// checked: canonical, UTF-8, within limits) into p, without checking it
-// again.
-func (d *decoder) checkedSlot(p *proposal) {
-	start := d.b
-	f := &p.frame
-	f.Seq = d.uvarint("seq")
-	f.OrgID = d.str("org")
-	f.Namespace = d.str("ns")
-	f.Op = d.str("op")
-	f.Key = d.str("key")
-	if v := d.take(d.uvarint("val"), "val"); len(v) > 0 {
-		f.Value = v
-	}
-	p.prev = d.uvarint("prev")
-	if d.err == nil {
-		p.raw = start[: len(start)-len(d.b) : len(start)-len(d.b)]
-	}
+	p.raw = start[: len(start)-len(d.b) : len(start)-len(d.b)]
+	return true
 }
 
 // proposal reads a canonical proposal (slot ‖ after ‖ proposer).

@@ -604,10 +604,15 @@ func quasarReceiveSeeds() []quasarReceiveSeed {
 // TestWire_WriteFuzzCorpus regenerates the committed seed corpora under
 // testdata/fuzz (the same seeds as the f.Add calls, as files, so that they
 // are visible and survive a change to the code that builds them). It runs
-// only with REPLICATION_WRITE_FUZZ_CORPUS=1.
+// only with REPLICATION_WRITE_FUZZ_CORPUS=1. The targets it writes hold its
+// seeds alone: after a change of the wire format, stale ones go.
 func TestWire_WriteFuzzCorpus(t *testing.T) {
 	if os.Getenv("REPLICATION_WRITE_FUZZ_CORPUS") == "" {
 		t.Skip("set REPLICATION_WRITE_FUZZ_CORPUS=1 to regenerate testdata/fuzz seeds")
+	}
+	targets := []string{"FuzzDecodeMessage", "FuzzQuasarReceive", "FuzzDecodeBlock", "FuzzDecodeVote"}
+	for _, target := range targets {
+		require.NoError(t, os.RemoveAll(filepath.Join("testdata", "fuzz", target)))
 	}
 	write := func(target, name string, lines ...string) {
 		dir := filepath.Join("testdata", "fuzz", target)
@@ -615,14 +620,31 @@ func TestWire_WriteFuzzCorpus(t *testing.T) {
 		body := "go test fuzz v1\n" + strings.Join(lines, "\n") + "\n"
 		require.NoError(t, os.WriteFile(filepath.Join(dir, corpusName(name)), []byte(body), 0o644))
 	}
+	bytesLine := func(b []byte) string { return fmt.Sprintf("[]byte(%q)", b) }
 	for _, s := range wireSamples() {
-		write("FuzzDecodeMessage", "valid "+s.name, fmt.Sprintf("[]byte(%q)", encodeMessage([]record{s.rec})))
+		write("FuzzDecodeMessage", "valid "+s.name, bytesLine(encodeMessage([]record{s.rec})))
+		switch s.rec.typ {
+		case recBlock:
+			write("FuzzDecodeBlock", "valid "+s.name, bytesLine(appendBlockBody(nil, &s.rec.blk)))
+		case recVote:
+			v := s.rec.vote
+			write("FuzzDecodeVote", "valid "+s.name, bytesLine(appendVoteRecord(nil, &v.block, &v.voter, v.count, v.bits)[6:]))
+		}
 	}
 	for _, tc := range wireMalformed() {
-		write("FuzzDecodeMessage", tc.name, fmt.Sprintf("[]byte(%q)", tc.msg))
+		write("FuzzDecodeMessage", tc.name, bytesLine(tc.msg))
+		// The body of a message's first record (after newMessage's 5-byte
+		// header), when it is a block or a vote: a seed of its decoder.
+		if len(tc.msg) > 7 && (tc.msg[5] == recBlock || tc.msg[5] == recVote) {
+			target := map[byte]string{recBlock: "FuzzDecodeBlock", recVote: "FuzzDecodeVote"}[tc.msg[5]]
+			d := decoder{b: tc.msg[6:]}
+			if body := d.take(d.uvarint("length"), "body"); d.err == nil {
+				write(target, tc.name, bytesLine(body))
+			}
+		}
 	}
 	for _, s := range quasarReceiveSeeds() {
-		write("FuzzQuasarReceive", s.name, fmt.Sprintf("bool(%t)", s.three), fmt.Sprintf("int8(%d)", s.sender), fmt.Sprintf("[]byte(%q)", s.msg))
+		write("FuzzQuasarReceive", s.name, fmt.Sprintf("bool(%t)", s.three), fmt.Sprintf("int8(%d)", s.sender), bytesLine(s.msg))
 	}
 }
 
@@ -812,52 +834,4 @@ func FuzzDecodeVote(f *testing.F) {
 			require.LessOrEqual(t, v.at(i), byte(3))
 		}
 	})
-}
-
-// TestWriteFuzzCorpus writes the seed corpora under testdata/fuzz from the
-// seeds above, when REPLICATION_WRITE_CORPUS is set (after a change of the
-// wire format): go test -run TestWriteFuzzCorpus with it set.
-func TestWriteFuzzCorpus(t *testing.T) {
-	if os.Getenv("REPLICATION_WRITE_CORPUS") == "" {
-		t.Skip("set REPLICATION_WRITE_CORPUS to write testdata/fuzz")
-	}
-	write := func(target, name string, lines ...string) {
-		dir := filepath.Join("testdata", "fuzz", target)
-		require.NoError(t, os.MkdirAll(dir, 0o755))
-		name = strings.Map(func(r rune) rune {
-			if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
-				return r
-			}
-			return '_'
-		}, strings.ToLower(name))
-		content := "go test fuzz v1\n" + strings.Join(lines, "\n") + "\n"
-		require.NoError(t, os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644))
-	}
-	bytesLine := func(b []byte) string { return fmt.Sprintf("[]byte(%q)", b) }
-	for _, target := range []string{"FuzzDecodeMessage", "FuzzQuasarReceive", "FuzzDecodeBlock", "FuzzDecodeVote"} {
-		require.NoError(t, os.RemoveAll(filepath.Join("testdata", "fuzz", target)))
-	}
-	for _, s := range wireSamples() {
-		write("FuzzDecodeMessage", s.name, bytesLine(encodeMessage([]record{s.rec})))
-		switch s.rec.typ {
-		case recBlock:
-			write("FuzzDecodeBlock", s.name, bytesLine(appendBlockBody(nil, &s.rec.blk)))
-		case recVote:
-			v := s.rec.vote
-			write("FuzzDecodeVote", s.name, bytesLine(appendVoteRecord(nil, &v.block, &v.voter, v.count, v.bits)[6:]))
-		}
-	}
-	for _, tc := range wireMalformed() {
-		write("FuzzDecodeMessage", tc.name, bytesLine(tc.msg))
-		if len(tc.msg) > 7 && (tc.msg[5] == recBlock || tc.msg[5] == recVote) {
-			target := map[byte]string{recBlock: "FuzzDecodeBlock", recVote: "FuzzDecodeVote"}[tc.msg[5]]
-			d := decoder{b: tc.msg[6:]}
-			if body := d.take(d.uvarint("length"), "body"); d.err == nil {
-				write(target, tc.name, bytesLine(body))
-			}
-		}
-	}
-	for _, seed := range quasarReceiveSeeds() {
-		write("FuzzQuasarReceive", seed.name, fmt.Sprintf("bool(%v)", seed.three), fmt.Sprintf("int8(%d)", seed.sender), bytesLine(seed.msg))
-	}
 }

@@ -122,6 +122,15 @@ func runParallel(b *testing.B, newCluster newClusterFunc) {
 	requireApplied(b, c, base, b.N)
 }
 
+// loadCounts returns the current values of per-node counters.
+func loadCounts(counts []atomic.Int64) []int64 {
+	n := make([]int64, len(counts))
+	for i := range counts {
+		n[i] = counts[i].Load()
+	}
+	return n
+}
+
 // reportCPU adds cpu-µs/op: the CPU time of the whole cluster (all its
 // nodes, transports and the proposers, in this process) per operation of
 // the timed loop.

@@ -230,13 +230,7 @@ func (c *dragonboatCluster) submit(int) error {
 	return err
 }
 
-func (c *dragonboatCluster) applied() []int64 {
-	n := make([]int64, len(c.counts))
-	for i := range c.counts {
-		n[i] = c.counts[i].Load()
-	}
-	return n
-}
+func (c *dragonboatCluster) applied() []int64 { return loadCounts(c.counts) }
 
 func (c *dragonboatCluster) started() {}
 

@@ -203,13 +203,7 @@ func (c *quasarCluster) submit(w int) error {
 	return err
 }
 
-func (c *quasarCluster) applied() []int64 {
-	n := make([]int64, len(c.counts))
-	for i := range c.counts {
-		n[i] = c.counts[i].Load()
-	}
-	return n
-}
+func (c *quasarCluster) applied() []int64 { return loadCounts(c.counts) }
 
 // counters returns the messages sent, the log syncs, the blocks proposed
 // and the frames in them, of all nodes so far.
