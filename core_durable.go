@@ -370,8 +370,9 @@ func (c *core) restore(now int64, recs []walRecord) error {
 		if !keep[i] || ns.chain.get(p.prev) != nil {
 			continue // applied and out of the window, or recorded twice
 		}
-		e := &entry{id: proposalID(p), key: ns.key, ns: ns, p: *p, phase: phaseAccepted}
-		c.own(&e.p, ns, c.newOrder(p.after, afterIDOf(p.after)))
+		id, o := c.restoredID(p)
+		e := &entry{id: id, key: ns.key, ns: ns, p: *p, phase: phaseAccepted}
+		c.own(&e.p, ns, o)
 		voters := accepted[i].voters
 		for k := range voters.len() {
 			if v, ok := c.cfg.byNodeID[voters.at(k)]; ok && !e.commits.has(v) {
@@ -442,12 +443,15 @@ func (c *core) restore(now int64, recs []walRecord) error {
 		if p == nil || p.prev < ns.head {
 			continue
 		}
-		id := proposalID(p)
-		if c.entries[id] != nil || ns.chain.get(p.prev) != nil {
+		if ns.chain.get(p.prev) != nil {
+			continue // accepted
+		}
+		id, o := c.restoredID(p)
+		if c.entries[id] != nil {
 			continue // accepted
 		}
 		e := &entry{id: id, key: ns.key, ns: ns, p: *p, own: true}
-		c.own(&e.p, ns, c.newOrder(p.after, afterIDOf(p.after)))
+		c.own(&e.p, ns, o)
 		c.takeAlone(now, e)
 		ns.mine = e
 		mine = append(mine, e)
@@ -471,6 +475,13 @@ func (c *core) restore(now int64, recs []walRecord) error {
 	}
 	c.settleBarriers()
 	return nil
+}
+
+// restoredID returns the frame ID of a proposal decoded from the log, and
+// its after list held (one hash of the list serves both).
+func (c *core) restoredID(p *proposal) ([idLen]byte, *order) {
+	aid := afterIDOf(p.after)
+	return frameIDOf(p.raw, &aid, &p.proposer), c.newOrder(p.after, aid)
 }
 
 // restoreEntry sets what add sets on a frame taken in, for a frame that
