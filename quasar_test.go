@@ -155,6 +155,9 @@ func TestQuasar_LimitCountsRawBytes(t *testing.T) {
 	c := newTestCluster(t, 3, clusterOpts{})
 	big := Frame{OrgID: "o", Namespace: "big", Op: "put", Key: "k", Value: make([]byte, 800_000)}
 	c.requireAccept(0, big)
+	// Node 2 proposes next in the same namespace: it must know the first
+	// frame was accepted, or its frame would compete for the same position.
+	c.waitAllApplied(1, 10*time.Second)
 	over := Frame{OrgID: "o", Namespace: "big", Op: "put", Key: "k", Value: make([]byte, DefaultMaxFrameBytes-len("obigputk")+1)}
 	d, err := c.propose(1, over)
 	require.Equal(t, DecisionReject, d)
