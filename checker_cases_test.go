@@ -108,7 +108,7 @@ func TestChecker_DetectsViolations(t *testing.T) {
 			f := frame(1, "a", "x")
 			op := c.begin(0, f)
 			msg := appendCertificateRecord(newMessage(nil), &proposal{frame: f},
-				nodes(validatorNodeID(ids[0]), validatorNodeID(ids[1])))
+				nodes(validatorNodeID(ids[0]), validatorNodeID(ids[1])), nil)
 			for to := range ids {
 				c.onDeliver(ids[(to+1)%3], ids[to], quasarKind, finishMessage(slices.Clone(msg), 1))
 				c.applied(to, f)
@@ -150,7 +150,7 @@ func TestChecker_DetectsViolations(t *testing.T) {
 		}, "S2:"},
 		{"S2 certificate below quorum", func(c *checker) {
 			f := frame(1, "a", "x")
-			msg := appendCertificateRecord(newMessage(nil), &proposal{frame: f}, nodes(validatorNodeID(ids[0])))
+			msg := appendCertificateRecord(newMessage(nil), &proposal{frame: f}, nodes(validatorNodeID(ids[0])), nil)
 			c.onDeliver(ids[0], ids[1], quasarKind, finishMessage(msg, 1))
 		}, "S2: node-0 sent node-1 a certificate"},
 		{"S2 votes for another block do not count", func(c *checker) {

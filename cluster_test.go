@@ -23,6 +23,7 @@ type clusterOpts struct {
 	maxBacklog   int
 	onBehind     func(node int, err error)
 	durable      bool // each node keeps a DataDir (restart brings it back)
+	signed       bool // validators have signing keys (testKey)
 }
 
 // testCluster is n Quasar validators on one MemoryHub, each applying frames
@@ -33,6 +34,7 @@ type testCluster struct {
 	hub   *MemoryHub
 	ids   []string
 	nodes []*testNode
+	keys  map[string]PublicKey // with signed
 }
 
 type testNode struct {
@@ -146,6 +148,12 @@ func newTestCluster(t *testing.T, n int, o clusterOpts) *testCluster {
 	for i := 0; i < n; i++ {
 		c.ids = append(c.ids, fmt.Sprintf("node-%d", i))
 	}
+	if o.signed {
+		c.keys = make(map[string]PublicKey, n)
+		for _, id := range c.ids {
+			c.keys[id] = testKey(t, id).Public()
+		}
+	}
 	for _, id := range c.ids {
 		node := &testNode{id: id, tr: c.hub.Connect(id), kv: newKVReplica()}
 		if o.durable {
@@ -170,6 +178,10 @@ func (c *testCluster) start(i int) (*QuasarReplicator, error) {
 	if o.onBehind != nil {
 		onBehind = func(err error) { o.onBehind(i, err) }
 	}
+	var key *SigningKey
+	if o.signed {
+		key = testKey(c.t, node.id)
+	}
 	r, err := NewQuasar(context.Background(), QuasarConfig{
 		NodeID:              node.id,
 		Validators:          c.ids,
@@ -183,6 +195,8 @@ func (c *testCluster) start(i int) (*QuasarReplicator, error) {
 		MaxApplyBacklog:     o.maxBacklog,
 		OnBehind:            onBehind,
 		DataDir:             node.dir,
+		SigningKey:          key,
+		ValidatorKeys:       c.keys,
 	})
 	if err != nil {
 		return nil, err

@@ -133,6 +133,13 @@ type core struct {
 	votesOut []voteOut
 	noOrder  *order
 
+	// att: this validator's vote batches (nil without signing keys); atts:
+	// the attestations received. partsChanged: a part or an own
+	// attestation arrived since takeReady (Proof calls look again).
+	att          *attester
+	atts         *attCache
+	partsChanged bool
+
 	lastDigest int64
 	vote       consensus.Vote // scratch for RecordVote (the engine copies it)
 	pscratch   []byte         // scratch for encoding durable records
@@ -172,6 +179,9 @@ type coreConfig struct {
 	// (ready.reads).
 	durable bool
 	archive bool
+	// keys: the validators' public keys, by index, in a cluster with
+	// signing keys (attest.go); nil otherwise.
+	keys []PublicKey
 }
 
 func (c *coreConfig) n() int { return len(c.ids) }
@@ -259,6 +269,10 @@ func newCore(cfg coreConfig, m *metrics) (*core, error) {
 		forgotCap: 4 * cfg.retainFrames,
 	}
 	c.out.init(cfg.n(), cfg.unicast, m)
+	if cfg.keys != nil {
+		c.att = &attester{}
+		c.atts = &attCache{byHash: make(map[[hashLen]byte]*attestation), chain: make(map[chainPos][hashLen]byte)}
+	}
 	if err := c.newEpoch(); err != nil {
 		return nil, err
 	}
@@ -353,6 +367,12 @@ func (c *core) handle(now int64, rec *record, from int) {
 		c.onBlock(now, rec, from)
 	case recCertificate:
 		c.onCertificate(now, rec, from)
+	case recAttestation:
+		c.onAttestation(rec.att)
+	case recPartRequest:
+		c.onPartRequest(now, rec)
+	case recPart:
+		c.onPart(now, rec, from)
 	case recVote:
 		c.onVote(now, &rec.vote, from)
 	case recFetch:

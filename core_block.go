@@ -368,9 +368,21 @@ func (c *core) onBlock(now int64, rec *record, from int) {
 }
 
 // onCertificate handles a received certificate. rec.id holds its frame's
-// ID (prepareRecords).
+// ID (prepareRecords). With signing keys, it counts only if every part it
+// carries checks, for q distinct voters at least.
 func (c *core) onCertificate(now int64, rec *record, from int) {
 	e := c.entries[rec.id]
+	var parts []votePart
+	if c.atts != nil {
+		if e != nil && e.phase.accepted() {
+			return // nothing to count: not worth the signatures
+		}
+		var ok bool
+		if parts, ok = c.checkCertificate(rec); !ok {
+			c.m.certificatesBad.Add(1)
+			return
+		}
+	}
 	if e == nil {
 		if !c.canTake() {
 			return
@@ -382,8 +394,37 @@ func (c *core) onCertificate(now int64, rec *record, from int) {
 		ns.maxSeen = max(ns.maxSeen, e.p.frame.Seq)
 		c.takeAlone(now, e)
 	}
+	for _, p := range parts {
+		c.addPart(e, p)
+	}
 	c.applyCertificate(now, e, rec.voters)
 	c.offered(now, e, true, from)
+}
+
+// checkCertificate checks a certificate's parts: one per voter, each
+// checking, for q distinct validators at least.
+func (c *core) checkCertificate(rec *record) ([]votePart, bool) {
+	n := rec.voters.len()
+	if n < c.cfg.q || n > c.cfg.n() || rec.parts.n != n {
+		return nil, false
+	}
+	parts := make([]votePart, 0, n)
+	var seen voterSet
+	var pr partRec
+	for k := range n {
+		i, ok := c.cfg.byNodeID[rec.voters.at(k)]
+		if !ok || seen.has(i) || !rec.parts.next(&pr) {
+			return nil, false
+		}
+		seen.add(i)
+		p, ok := c.checkPart(&rec.id, rec.prop.frame.Seq, rec.prop.prev, i, &pr)
+		if !ok {
+			c.m.partsBad.Add(1)
+			return nil, false
+		}
+		parts = append(parts, p)
+	}
+	return parts, true
 }
 
 // takeAlone takes in frame e, held without the block it was proposed in

@@ -109,7 +109,7 @@ func (c *core) answerDisk(now int64, r diskRead, payloads [][]byte) {
 			break
 		}
 		if slot, ok := c.out.begin(r.to); ok {
-			c.out.bufs[slot] = appendCertificateRecord(c.out.bufs[slot], &a.p, a.voters)
+			c.out.bufs[slot] = appendCertificateRecord(c.out.bufs[slot], &a.p, a.voters, nil)
 			c.out.end(slot)
 		}
 		sent++

@@ -32,7 +32,10 @@ type outbox struct {
 	limit  int      // maxOutboxBytes (tests lower it)
 	spare  [][]byte // sent messages' buffers, for reuse
 	mark   int      // length of the open message before the record being written
-	m      *metrics
+	// atts: the attestations written to each open message (by slot), so
+	// that the certificates of a message carry each one once.
+	atts [][][hashLen]byte
+	m    *metrics
 }
 
 func (o *outbox) init(n int, unicast bool, m *metrics) {
@@ -46,6 +49,7 @@ func (o *outbox) init(n int, unicast bool, m *metrics) {
 	}
 	o.bufs = make([][]byte, slots)
 	o.counts = make([]int, slots)
+	o.atts = make([][][hashLen]byte, slots)
 }
 
 // begin starts a record to validator to (-1: every validator) and returns
@@ -69,6 +73,7 @@ func (o *outbox) begin(to int) (slot int, ok bool) {
 			b, o.spare = o.spare[k-1], o.spare[:k-1]
 		}
 		o.bufs[slot] = newMessage(b)
+		o.atts[slot] = o.atts[slot][:0]
 		o.bytes += len(o.bufs[slot])
 		o.order = append(o.order, slot)
 	}
@@ -77,9 +82,12 @@ func (o *outbox) begin(to int) (slot int, ok bool) {
 }
 
 // end finishes the record begun with begin.
-func (o *outbox) end(slot int) {
+func (o *outbox) end(slot int) { o.endN(slot, 1) }
+
+// endN finishes the k records written since begin.
+func (o *outbox) endN(slot, k int) {
 	o.bytes += len(o.bufs[slot]) - o.mark
-	o.counts[slot]++
+	o.counts[slot] += k
 	if len(o.bufs[slot]) >= maxBatchBytes {
 		o.full = append(o.full, o.cut(slot))
 	}
@@ -155,20 +163,79 @@ func (c *core) sendVoteRecord(id *[idLen]byte, count int, bits []byte, to int) {
 }
 
 // sendCertificate sends accepted e with the validators whose commit votes
-// this node counted for it.
-func (c *core) sendCertificate(e *entry, to int) {
+// this node counted for it. In a cluster with signing keys it sends those
+// it holds parts for, with the parts, once it holds q of them; until then
+// it asks for them and sends nothing (the peer asks again).
+func (c *core) sendCertificate(now int64, e *entry, to int) {
+	var parts []votePart
+	if c.atts != nil {
+		if parts = c.parts(e); len(parts) < c.cfg.q {
+			c.askParts(now, e)
+			return
+		}
+	}
 	slot, ok := c.out.begin(to)
 	if !ok {
 		return
 	}
 	voters := make(nodeList, 0, int(e.nCommit)*nodeIDLen)
-	for i := range c.cfg.n() {
-		if e.commits.has(i) {
-			voters = append(voters, c.cfg.ids[i][:]...)
+	k := 1
+	if parts != nil {
+		for i := range parts {
+			voters = append(voters, c.cfg.ids[parts[i].voter][:]...)
+			if c.out.writeAttestation(slot, parts[i].att) {
+				k++
+			}
+		}
+	} else {
+		for i := range c.cfg.n() {
+			if e.commits.has(i) {
+				voters = append(voters, c.cfg.ids[i][:]...)
+			}
 		}
 	}
-	c.out.bufs[slot] = appendCertificateRecord(c.out.bufs[slot], &e.p, voters)
-	c.out.end(slot)
+	c.out.bufs[slot] = appendCertificateRecord(c.out.bufs[slot], &e.p, voters, parts)
+	c.out.endN(slot, k)
+}
+
+// writeAttestation writes attestation a to the open message of slot,
+// unless it holds it already, and reports whether it wrote it.
+func (o *outbox) writeAttestation(slot int, a *attestation) bool {
+	for _, h := range o.atts[slot] {
+		if h == a.hash {
+			return false
+		}
+	}
+	o.atts[slot] = append(o.atts[slot], a.hash)
+	o.bufs[slot] = appendAttestationRecord(o.bufs[slot], a)
+	return true
+}
+
+// sendPart sends this validator's part on e, with its attestation, to
+// validator to.
+func (c *core) sendPart(e *entry, to int) {
+	p, ok := c.ownPart(e)
+	if !ok {
+		return
+	}
+	slot, ok := c.out.begin(to)
+	if !ok {
+		return
+	}
+	k := 1
+	if c.out.writeAttestation(slot, p.att) {
+		k++
+	}
+	c.out.bufs[slot] = appendPartRecord(c.out.bufs[slot], &e.id, &c.cfg.ids[c.cfg.self], &p)
+	c.out.endN(slot, k)
+}
+
+// sendPartRequest asks validator to for its part on frame id.
+func (c *core) sendPartRequest(id *[idLen]byte, to int) {
+	if slot, ok := c.out.begin(to); ok {
+		c.out.bufs[slot] = appendFetchRecord(c.out.bufs[slot], recPartRequest, id, &c.cfg.ids[c.cfg.self], &c.cfg.ids[to])
+		c.out.end(slot)
+	}
 }
 
 // sendFetch asks validator to for block id on behalf of this node.
@@ -177,7 +244,7 @@ func (c *core) sendFetch(id *[idLen]byte, to int) {
 		return
 	}
 	if slot, ok := c.out.begin(to); ok {
-		c.out.bufs[slot] = appendFetchRecord(c.out.bufs[slot], id, &c.cfg.ids[c.cfg.self], &c.cfg.ids[to])
+		c.out.bufs[slot] = appendFetchRecord(c.out.bufs[slot], recFetch, id, &c.cfg.ids[c.cfg.self], &c.cfg.ids[to])
 		c.out.end(slot)
 	}
 }

@@ -45,7 +45,7 @@ func (c *core) serve(now int64, e *entry, to int) {
 	c.m.served.Add(1)
 	switch {
 	case e.phase.accepted():
-		c.sendCertificate(e, to)
+		c.sendCertificate(now, e, to)
 	case e.phase == phaseUndecided:
 		c.sendFrameBlock(now, e, to)
 	default:
@@ -115,8 +115,10 @@ func (c *core) onSync(now int64, rec *record, from int) {
 	}
 	e := ns.at(rec.ref.seq)
 	if e == nil || !e.phase.accepted() {
-		if c.cfg.archive {
-			// Not retained in memory: the archive may hold it.
+		if c.cfg.archive && c.atts == nil {
+			// Not retained in memory: the archive may hold it. (It keeps
+			// frames, not their signed votes: with signing keys, a
+			// certificate from it would count nowhere.)
 			if len(c.rd.reads) < maxDiskReads {
 				c.rd.reads = append(c.rd.reads, diskRead{key: ns.key, from: rec.ref.seq, to: req})
 			}
@@ -126,7 +128,7 @@ func (c *core) onSync(now int64, rec *record, from int) {
 		return
 	}
 	for i := 0; e != nil && e.phase.accepted() && i < syncBatch; i++ {
-		c.sendCertificate(e, req)
+		c.sendCertificate(now, e, req)
 		e = ns.at(e.p.frame.Seq)
 	}
 }

@@ -98,6 +98,15 @@ type entry struct {
 	more []blockRef
 	call *call // the Propose call of this node waiting for it, if any
 
+	// With signing keys (attest.go): att is the batch attesting this
+	// validator's vote on the frame, leaf its index there; parts the
+	// checked parts of other validators' commit votes held for it;
+	// askedParts when this node last asked for them.
+	att        *attBatch
+	leaf       uint32
+	parts      []votePart
+	askedParts int64
+
 	born     int64 // when this node took it in
 	next     int64 // undecided: when it is next repaired (order of core.undecided)
 	doneAt   int64 // when it entered core.waiting or core.retained

@@ -53,6 +53,7 @@ func (c *core) add(now int64, e *entry) {
 			if current {
 				ns.voted = e
 			}
+			c.attestVote(now, e)
 			c.countVote(now, e, c.cfg.self, v.typ)
 		}
 	}
@@ -125,6 +126,7 @@ func (c *core) castVote(now int64, e *entry) {
 	}
 	e.myVote = typ
 	e.voted = now
+	c.attestVote(now, e)
 	c.persistVote(e, typ)
 	c.queueVote(e, -1)
 	c.countVote(now, e, c.cfg.self, typ)

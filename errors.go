@@ -46,6 +46,14 @@ var (
 	// ErrMalformed marks a message that failed to decode. Decoders return
 	// it; the driver and transports count and drop such messages.
 	ErrMalformed = errors.New("replication: malformed message")
+
+	// ErrNoProof is returned by Proof when it cannot make a proof: no
+	// signing keys, or the frame is not accepted on this node or no
+	// longer retained.
+	ErrNoProof = errors.New("replication: no proof")
+
+	// ErrInvalidProof wraps every error of VerifyProof.
+	ErrInvalidProof = errors.New("replication: invalid proof")
 )
 
 // refusal is an error that matches ErrRejected (errors.Is) without a

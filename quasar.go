@@ -114,6 +114,7 @@ type QuasarReplicator struct {
 	applyCtx     context.Context // handlers' ctx: cancelled by Close, marks re-entrant Propose
 	kick         chan struct{}   // cap 1: wakes applyLoop
 	sendKick     chan struct{}   // cap 1: wakes sendLoop
+	signKick     chan struct{}   // cap 1: wakes signLoop (with a SigningKey)
 
 	// mu guards c, flushing, applying, applyOpen and logs.
 	mu        sync.Mutex
@@ -123,6 +124,9 @@ type QuasarReplicator struct {
 	applyOpen bool       // frames may be applied: see Subscribe
 	logs      []logEvent // written by unlock, after mu is released
 	applyIdle sync.Cond  // on mu: signalled when applying turns false
+	// partsCh is closed (and replaced) when a vote part or an own
+	// attestation arrives: Proof calls wait on it. With a SigningKey.
+	partsCh chan struct{}
 
 	// The data directory (durable.go): see walState for what guards it.
 	walState
@@ -192,6 +196,9 @@ func NewQuasar(ctx context.Context, cfg QuasarConfig) (*QuasarReplicator, error)
 		if v == cfg.NodeID {
 			cc.self = i
 		}
+		if cfg.ValidatorKeys != nil && len(cfg.Validators) > 1 {
+			cc.keys = append(cc.keys, cfg.ValidatorKeys[v])
+		}
 	}
 	c, err := newCore(cc, &r.m)
 	if err != nil {
@@ -232,6 +239,7 @@ func NewQuasar(ctx context.Context, cfg QuasarConfig) (*QuasarReplicator, error)
 		r.wg.Add(1)
 		go r.diskLoop()
 	}
+	r.startSigner()
 	return r, nil
 }
 

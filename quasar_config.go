@@ -138,6 +138,18 @@ type QuasarConfig struct {
 	// of memory per archived frame.
 	DiskRetainFrames int
 	DiskRetainFor    time.Duration
+
+	// SigningKey and ValidatorKeys make votes transferable: with them, each
+	// validator signs attestations of the votes it casts (in batches, off
+	// the hot path), certificates relayed for repair and catch-up count
+	// only if their voters' signatures check, and Proof returns a proof of
+	// acceptance that VerifyProof checks offline. Both or neither must be
+	// set, on every validator of the cluster. ValidatorKeys holds the
+	// public key of every validator (and of no one else); this node's
+	// entry must be SigningKey.Public(). See the package documentation,
+	// "Signed votes".
+	SigningKey    *SigningKey
+	ValidatorKeys map[string]PublicKey
 }
 
 // withDefaults returns a copy of c with every zero field defaulted.
@@ -214,6 +226,37 @@ func (c QuasarConfig) validate() error {
 	}
 	if !self {
 		return bad("NodeID %q is not among Validators %q", c.NodeID, c.Validators)
+	}
+	return c.validateKeys(seen)
+}
+
+// validateKeys checks SigningKey and ValidatorKeys against the validators
+// (validators: the set of their IDs).
+func (c QuasarConfig) validateKeys(validators map[string]bool) error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: "+format, append([]any{ErrInvalidConfig}, args...)...)
+	}
+	switch {
+	case c.SigningKey == nil && c.ValidatorKeys == nil:
+		return nil
+	case c.SigningKey == nil:
+		return bad("ValidatorKeys without a SigningKey")
+	case c.ValidatorKeys == nil:
+		return bad("SigningKey without ValidatorKeys")
+	}
+	for _, v := range c.Validators {
+		k, ok := c.ValidatorKeys[v]
+		if !ok || k.IsZero() {
+			return bad("ValidatorKeys has no key for validator %q", v)
+		}
+	}
+	for v := range c.ValidatorKeys {
+		if !validators[v] {
+			return bad("ValidatorKeys names %q, which is not a validator", v)
+		}
+	}
+	if !c.ValidatorKeys[c.NodeID].Equal(c.SigningKey.Public()) {
+		return bad("SigningKey's public key %s is not ValidatorKeys[%q] %s", c.SigningKey.Public(), c.NodeID, c.ValidatorKeys[c.NodeID])
 	}
 	return nil
 }

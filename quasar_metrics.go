@@ -106,6 +106,18 @@ type QuasarMetrics struct {
 	DiskReadsDropped uint64 `json:"disk_reads_dropped"`
 	ArchiveErrors    uint64 `json:"archive_errors"`
 
+	// Signing keys (QuasarConfig.SigningKey): attestations this node
+	// signed; received attestations that do not decode, name no
+	// validator or do not verify; parts (one voter's signed vote, in a
+	// certificate or answering a request) that do not check (a certificate
+	// with one counts in CertificatesBad too); and pairs of valid
+	// attestations one validator signed for one position of its chain,
+	// evidence that it equivocated (see Evidence).
+	Attestations    uint64 `json:"attestations"`
+	AttestationsBad uint64 `json:"attestations_bad"`
+	PartsBad        uint64 `json:"parts_bad"`
+	Equivocations   uint64 `json:"equivocations"`
+
 	// Gauges: undecided frames held, accepted frames waiting to be
 	// applied, the bytes of those of them queued for the handlers that no
 	// Propose call of this node waits for (what MaxApplyBacklog bounds),
@@ -136,6 +148,8 @@ type metrics struct {
 	conflicts, engines                             atomic.Uint64
 	logSyncs, logCompactions, logBytes             atomic.Uint64
 	diskReads, diskReadsDropped, archiveErrors     atomic.Uint64
+	attestations, attestationsBad                  atomic.Uint64
+	partsBad, equivocations                        atomic.Uint64
 }
 
 func (m *metrics) snapshot() QuasarMetrics {
@@ -160,5 +174,7 @@ func (m *metrics) snapshot() QuasarMetrics {
 		Superseded: m.superseded.Load(), SkippedByReset: m.skipped.Load(), Replayed: m.replayed.Load(),
 		LogSyncs: m.logSyncs.Load(), LogCompactions: m.logCompactions.Load(), LogBytes: m.logBytes.Load(),
 		DiskReads: m.diskReads.Load(), DiskReadsDropped: m.diskReadsDropped.Load(), ArchiveErrors: m.archiveErrors.Load(),
+		Attestations: m.attestations.Load(), AttestationsBad: m.attestationsBad.Load(),
+		PartsBad: m.partsBad.Load(), Equivocations: m.equivocations.Load(),
 	}
 }

@@ -131,6 +131,7 @@ func (r *QuasarReplicator) absorbLocked(self *call) {
 	if len(rd.logs) > 0 {
 		r.logs = append(r.logs, rd.logs...)
 	}
+	r.absorbAttestLocked()
 }
 
 // unlock releases mu, then writes the log lines the core produced: a

@@ -138,6 +138,7 @@ func (s *simulator) reboot(n *simNode) {
 	}
 	n.c = c
 	n.applying = false
+	s.newSigner(n)
 	d.boots++
 	s.trace.add("%s %s restarts from its log (%d records)", s.clock(), s.ids[n.i], len(recs))
 	s.settle(n)

@@ -68,6 +68,14 @@ func TestSim(t *testing.T) {
 	t.Logf("%d seeds in %s: %d proposals, %d steps", res.seeds, time.Since(start).Round(time.Millisecond), res.proposals, res.steps)
 	t.Logf("blocks: %d of %d frames; largest %d frames (seed %d); %d with frames both accepted and rejected (most: %d, seed %d)",
 		res.blocks, res.frames, res.largest, res.largestSeed, res.mixed, res.mostMixed, res.mixedSeed)
+	if res.signed > 0 {
+		st := res.sign
+		t.Logf("signed: %d seeds; %d attestations signed; %d signed certificates counted; a Byzantine validator sent %d forgeries: the honest validators dropped %d certificates, %d parts and %d attestations, and found %d equivocations",
+			res.signed, st.attestations, st.certificates, st.forgeries, st.certificatesBad, st.partsBad, st.attestationsBad, st.equivocations)
+		require.Positive(t, st.certificates, "honest validators caught up with signed certificates")
+		require.Positive(t, st.certificatesBad, "forged certificates reached honest validators")
+		require.Positive(t, st.equivocations, "equivocations reached honest validators")
+	}
 	res.report(t)
 }
 
@@ -113,6 +121,10 @@ type simResults struct {
 	mixed                int
 	largest, largestSeed uint64
 	mostMixed, mixedSeed uint64
+	// Signed runs: seeds, forgeries the Byzantine validator sent, and what
+	// the honest validators made of them (signStats).
+	signed uint64
+	sign   signStats
 }
 
 // runSims runs the seeds next yields, on one goroutine per CPU (each run
@@ -143,6 +155,10 @@ func runSims(next func() (uint64, bool)) *simResults {
 				}
 				if uint64(mixed) > res.mostMixed {
 					res.mostMixed, res.mixedSeed = uint64(mixed), seed
+				}
+				if sim.byz != nil {
+					res.signed++
+					res.sign.add(sim.signStats())
 				}
 				res.seeds++
 				res.proposals += proposed

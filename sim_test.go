@@ -46,12 +46,16 @@ type simOpts struct {
 	// blocks, across namespaces.
 	sealWait int64
 	writers  int
+	// signed: validators have signing keys (attest.go), and the last one
+	// is Byzantine besides: it also sends forged certificates,
+	// attestations and replayed messages (sim_byzantine_test.go).
+	signed bool
 }
 
 func (o simOpts) String() string {
-	return fmt.Sprintf("%d validators, WitnessAfter %s, ProposeWait %s, RetainFrames %d, RetainFor %s, MaxApplyBacklog %d, %d proposals paced up to %s, unicast %v, sender-aware %v, durable %v, blocks sealed within %s, %d writers per node",
+	return fmt.Sprintf("%d validators, WitnessAfter %s, ProposeWait %s, RetainFrames %d, RetainFor %s, MaxApplyBacklog %d, %d proposals paced up to %s, unicast %v, sender-aware %v, durable %v, blocks sealed within %s, %d writers per node, signed with a Byzantine validator %v",
 		o.n, time.Duration(o.witness), time.Duration(o.proposeWait), o.retainFrames, time.Duration(o.retainFor), o.maxBacklog,
-		o.proposals, time.Duration(o.pacing), o.unicast, o.senderAware, o.durable, time.Duration(o.sealWait), o.writers)
+		o.proposals, time.Duration(o.pacing), o.unicast, o.senderAware, o.durable, time.Duration(o.sealWait), o.writers, o.signed)
 }
 
 // simOptsFor draws the settings of seed's run.
@@ -82,6 +86,7 @@ func simOptsFor(seed uint64) simOpts {
 	// Not drawn from rng, so that the other settings of a seed stay what
 	// they were before durability was simulated.
 	o.durable = (seed/3)%2 == 1
+	o.signed = seed%8 == 5
 	return o
 }
 
@@ -98,6 +103,8 @@ const (
 	evResume          // a crashed node resumes
 	evHealed          // after healing: check convergence
 	evSeal            // node seals its open frames into a block
+	evSign            // node's signer signs its vote batches that are due
+	evForge           // the Byzantine validator sends forgeries
 )
 
 type simEvent struct {
@@ -111,6 +118,7 @@ type simEvent struct {
 	call   *call
 	bar    *barrier
 	behind *BehindError
+	forged bool // a forgery of the Byzantine validator: the checker ignores it
 }
 
 type eventQueue []*simEvent
@@ -146,6 +154,8 @@ type simNode struct {
 	deaf     bool // receives nothing, but what it sends arrives
 	applying bool // an evApply is scheduled
 	sealing  bool // an evSeal is scheduled
+	signing  bool // an evSign is scheduled
+	signer   *signer
 	calls    map[*call]*simClient
 	reads    map[*barrier]*simClient
 	cfg      coreConfig
@@ -209,6 +219,7 @@ type simulator struct {
 	// Accept and Reject to (for the summary: blocks of mixed outcomes).
 	blockOutcomes              map[*block]*[2]int
 	restores, racerSlot, reads int
+	byz                        *simByzantine // signed runs
 }
 
 // simTrace keeps the last events of a run for a failure report, or every
@@ -257,6 +268,9 @@ func newSimulator(seed uint64, trace *simTrace) *simulator {
 	for i, id := range s.ids {
 		cc.ids = append(cc.ids, validatorNodeID(id))
 		cc.byNodeID[validatorNodeID(id)] = i
+		if o.signed {
+			cc.keys = append(cc.keys, simKey(id).Public())
+		}
 	}
 	s.now = int64(time.Second) // the clock starts above zero, as the driver's does
 	for i := range o.n {
@@ -269,6 +283,7 @@ func newSimulator(seed uint64, trace *simTrace) *simulator {
 		}
 		n.c = c
 		s.nodes = append(s.nodes, n)
+		s.newSigner(n)
 		s.at(s.now+s.rng.Int64N(o.witness/2), &simEvent{kind: evTick, node: i})
 	}
 	// The workload: two proposers per node in namespaces of their own,
@@ -287,6 +302,10 @@ func newSimulator(seed uint64, trace *simTrace) *simulator {
 		s.startClient(&simClient{node: i, ns: fmt.Sprintf("shared-%d", (i+1)%nShared), name: fmt.Sprintf("n%d.r", i), read: true})
 	}
 	s.at(s.now, &simEvent{kind: evRace})
+	if o.signed {
+		s.byz = &simByzantine{node: o.n - 1}
+		s.at(s.now+int64(50*time.Millisecond), &simEvent{kind: evForge})
+	}
 	s.at(s.now+s.rng.Int64N(int64(300*time.Millisecond)), &simEvent{kind: evFault})
 	return s
 }
@@ -379,6 +398,10 @@ func (s *simulator) step(ev *simEvent) {
 		n.sealing = false
 		n.c.seal(s.now)
 		s.settle(n)
+	case evSign:
+		s.sign(s.nodes[ev.node], ev)
+	case evForge:
+		s.forge()
 	}
 }
 
@@ -411,6 +434,7 @@ func (s *simulator) settle(n *simNode) {
 	for _, l := range rd.logs {
 		s.trace.add("%s %s log %s %s %v", s.clock(), s.ids[n.i], l.level, l.msg, l.args)
 	}
+	s.scheduleSign(n)
 	for {
 		msg, ok := n.c.out.pop()
 		if !ok {
@@ -435,7 +459,10 @@ func (s *simulator) scheduleApply(n *simNode) {
 }
 
 // send puts a message of node from on the network.
-func (s *simulator) send(from int, msg outMsg) {
+func (s *simulator) send(from int, msg outMsg) { s.sendAs(from, msg, false) }
+
+// sendAs is send, for a forgery if forged.
+func (s *simulator) sendAs(from int, msg outMsg, forged bool) {
 	for to := range s.o.n {
 		if to == from || (msg.to >= 0 && msg.to != to) {
 			continue
@@ -458,7 +485,7 @@ func (s *simulator) send(from int, msg outMsg) {
 			if s.delay[1] > s.delay[0] {
 				d += s.rng.Int64N(s.delay[1] - s.delay[0] + 1)
 			}
-			s.at(s.now+d, &simEvent{kind: evDeliver, node: to, from: from, msg: msg.b})
+			s.at(s.now+d, &simEvent{kind: evDeliver, node: to, from: from, msg: msg.b, forged: forged})
 		}
 	}
 }
@@ -475,7 +502,12 @@ func (s *simulator) deliver(ev *simEvent) {
 		return
 	}
 	s.delivered++
-	s.chk.onDeliver(s.ids[ev.from], s.ids[ev.node], quasarKind, ev.msg)
+	if !ev.forged {
+		s.chk.onDeliver(s.ids[ev.from], s.ids[ev.node], quasarKind, ev.msg)
+	}
+	if s.byz != nil && ev.node == s.byz.node {
+		s.byz.overhear(ev)
+	}
 	m, err := readMessage(ev.msg, DefaultMaxFrameBytes)
 	var recs []record
 	for err == nil && m.more() {

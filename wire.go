@@ -14,10 +14,10 @@ import (
 // Wire format of the Quasar driver.
 //
 // Every message the driver sends (Transport.Broadcast, or Unicaster.SendTo)
-// has the kind quasarKind ("quasar/4") and carries a batch of records, so
+// has the kind quasarKind ("quasar/5") and carries a batch of records, so
 // that under load one transport message carries many blocks and votes:
 //
-//	message     = version:u8 (=4) ‖ count:uvarint ‖ record × count
+//	message     = version:u8 (=5) ‖ count:uvarint ‖ record × count
 //	record      = type:u8 ‖ length:uvarint ‖ body[length]
 //
 //	str         = length:uvarint ‖ bytes
@@ -26,10 +26,11 @@ import (
 //	slot        = frame ‖ prev:uvarint
 //	block       = proposer:20 ‖ after ‖ count:uvarint ‖ slot × count
 //	proposal    = slot ‖ after ‖ proposer:20                   (one frame, as a certificate carries it)
+//	part        = attestation:32 ‖ leaf:uvarint ‖ n:u8 ‖ hash:32 × n   (one signed vote, see attest.go)
 //
 //	type 1 block        body = block
 //	type 2 vote         body = blockID:32 ‖ voter:20 ‖ count:uvarint ‖ votes[⌈count/4⌉] ‖ signature (rest of body, may be empty)
-//	type 3 certificate  body = proposalLen:uvarint ‖ proposal ‖ n:uvarint ‖ voter:20 × n
+//	type 3 certificate  body = proposalLen:uvarint ‖ proposal ‖ n:uvarint ‖ voter:20 × n ‖ k:uvarint ‖ part × k   (k = 0 or n)
 //	type 4 fetch        body = id:32 ‖ requester:20 ‖ asked:20
 //	type 5 sync         body = org:str ‖ ns:str ‖ from:uvarint ‖ requester:20 ‖ asked:20
 //	type 6 digest       body = n:uvarint ‖ (org:str ‖ ns:str ‖ head:uvarint) × n
@@ -37,6 +38,9 @@ import (
 //	type 8 read         body = org:str ‖ ns:str ‖ nonce:uvarint ‖ requester:20
 //	type 9 read ack     body = org:str ‖ ns:str ‖ nonce:uvarint ‖ requester:20 ‖ replier:20 ‖ head:uvarint ‖
 //	                           n:uvarint ‖ (frameID:32 ‖ seq:uvarint ‖ prev:uvarint) × n   (n ≤ 1)
+//	type 10 attestation body = voter:20 ‖ epoch:u64 ‖ index:u64 ‖ prev:32 ‖ count:u32 ‖ root:32 ‖ ed25519:64 ‖ mldsa65:3309
+//	type 11 part request body = frameID:32 ‖ requester:20 ‖ asked:20
+//	type 12 part        body = frameID:32 ‖ voter:20 ‖ part
 //
 // # Blocks
 //
@@ -96,6 +100,12 @@ import (
 //
 // A certificate is an accepted frame with the validators whose commit votes
 // decided it: it is how a node catches up on frames whose votes it missed.
+// In a cluster with signing keys, it also carries one part per voter (the
+// voter's signed attestation of its vote, see attest.go), and counts only
+// if q of them check; the attestations the parts name travel as
+// attestation records before the certificate, once per message. part
+// request asks one validator for its part on a frame, which it answers
+// with its attestation and a part record.
 // fetch asks one validator (asked) for a block or a frame by ID; sync asks
 // one validator for the accepted frames of a namespace after Seq from; only
 // the validator asked answers either, and only to the requester. digest
@@ -123,8 +133,8 @@ import (
 // hold much more than its own size, whatever counts it claims.
 
 const (
-	quasarKind  = "quasar/4"
-	wireVersion = 4 // 4: blocks of frames, one vote record per block; binary frame IDs
+	quasarKind  = "quasar/5"
+	wireVersion = 5 // 4: blocks of frames, one vote record per block; binary frame IDs. 5: signed vote parts
 
 	// The domains that prefix what an ID hashes.
 	afterIDDomain = "replication/quasar after v4\x00"
@@ -140,6 +150,9 @@ const (
 	recBehind      = 7
 	recRead        = 8
 	recReadAck     = 9
+	recAttestation = 10
+	recPartRequest = 11
+	recPart        = 12
 
 	voteCommit = 1 // consensus.VoteCommit
 	voteCancel = 2 // consensus.VoteCancel
@@ -401,10 +414,12 @@ type record struct {
 	blk    blockRec    // block
 	prop   proposal    // certificate
 	vote   vote        // vote
-	block  [idLen]byte // fetch: the block or frame asked for
+	block  [idLen]byte // fetch, part request, part: the block or frame
 	voters nodeList    // certificate
+	parts  partList    // certificate (one per voter, or none), part (one)
+	att    []byte      // attestation
 	ref    nsRef       // sync, behind (seq = from)
-	who    nodeID      // fetch, sync, behind, read, read ack: requester
+	who    nodeID      // fetch, part request, sync, behind, read, read ack: requester; part: voter
 	to     nodeID      // fetch, sync, behind: the validator asked; read ack: the replier
 	nonce  uint64      // read, read ack
 	head   uint64      // read ack
@@ -500,18 +515,47 @@ func appendVoteRecord(b []byte, block *[idLen]byte, voter *nodeID, count int, bi
 	return endRecord(b, s)
 }
 
-func appendCertificateRecord(b []byte, p *proposal, voters nodeList) []byte {
+// appendCertificateRecord appends a certificate of p: its voters and, in a
+// cluster with signing keys, one part per voter.
+func appendCertificateRecord(b []byte, p *proposal, voters nodeList, parts []votePart) []byte {
 	b, s := beginRecord(b, recCertificate)
 	b = append(b, 0x80, 0x80, 0x80, 0x80, 0x00) // the proposal's length, patched as a record's
 	inner := len(b)
 	b = endRecord(appendProposal(b, p), inner)
 	b = binary.AppendUvarint(b, uint64(voters.len()))
 	b = append(b, voters...)
+	b = binary.AppendUvarint(b, uint64(len(parts)))
+	for i := range parts {
+		b = appendPart(b, &parts[i])
+	}
 	return endRecord(b, s)
 }
 
-func appendFetchRecord(b []byte, block *[idLen]byte, who, to *nodeID) []byte {
-	b = append(b, recFetch, idLen+2*nodeIDLen)
+// appendPart appends a part: attestation hash ‖ leaf ‖ path.
+func appendPart(b []byte, p *votePart) []byte {
+	b = append(b, p.att.hash[:]...)
+	b = binary.AppendUvarint(b, uint64(p.leaf))
+	b = append(b, byte(len(p.path)/hashLen))
+	return append(b, p.path...)
+}
+
+// appendPartRecord appends voter's part on frame id.
+func appendPartRecord(b []byte, id *[idLen]byte, voter *nodeID, p *votePart) []byte {
+	b, s := beginRecord(b, recPart)
+	b = append(b, id[:]...)
+	b = append(b, voter[:]...)
+	b = appendPart(b, p)
+	return endRecord(b, s)
+}
+
+func appendAttestationRecord(b []byte, a *attestation) []byte {
+	b, s := beginRecord(b, recAttestation)
+	b = append(b, a.raw...)
+	return endRecord(b, s)
+}
+
+func appendFetchRecord(b []byte, typ byte, block *[idLen]byte, who, to *nodeID) []byte {
+	b = append(b, typ, idLen+2*nodeIDLen)
 	b = append(b, block[:]...)
 	b = append(b, who[:]...)
 	return append(b, to[:]...)
@@ -773,6 +817,55 @@ func (d *decoder) vote(v *vote) {
 	d.b = nil
 }
 
+// partList is a list of n parts as encoded, checked by the decoder and
+// aliasing the message.
+type partList struct {
+	b []byte
+	n int
+}
+
+// partRec is a decoded part; path aliases the message.
+type partRec struct {
+	att  [hashLen]byte
+	leaf uint64
+	path []byte
+}
+
+// next reads the next part of l into p, and reports whether there was one.
+func (l *partList) next(p *partRec) bool {
+	if l.n == 0 {
+		return false
+	}
+	d := decoder{b: l.b}
+	d.part(p)
+	l.b, l.n = d.b, l.n-1
+	return d.err == nil
+}
+
+// part reads one part into p.
+func (d *decoder) part(p *partRec) {
+	copy(p.att[:], d.take(hashLen, "part attestation"))
+	p.leaf = d.minUvarint("part leaf")
+	n := d.byte1("part path length")
+	if d.err == nil && (n > maxPathLen || p.leaf >= attestLeaves) {
+		d.fail("part path")
+	}
+	p.path = d.take(uint64(n)*hashLen, "part path")
+}
+
+// parts reads n parts.
+func (d *decoder) parts(n int) partList {
+	start := d.b
+	var p partRec
+	for i := 0; i < n && d.err == nil; i++ {
+		d.part(&p)
+	}
+	if d.err != nil {
+		return partList{}
+	}
+	return partList{b: start[: len(start)-len(d.b) : len(start)-len(d.b)], n: n}
+}
+
 // afterList reads a canonical after list: entries in strictly increasing
 // (org, ns) order, every length and Seq in its shortest form.
 func (d *decoder) afterList() refList {
@@ -843,7 +936,19 @@ func (d *decoder) record(r *record, maxFrame int) {
 		if n > 0 {
 			r.voters = nodeList(body.take(n*nodeIDLen, "certificate voters"))
 		}
-	case recFetch:
+		if k := body.uvarint("certificate parts"); body.err == nil && k != 0 {
+			if k != n {
+				body.fail("certificate part count")
+			}
+			r.parts = body.parts(int(k))
+		}
+	case recAttestation:
+		r.att = body.take(attLen, "attestation")
+	case recPart:
+		copy(r.block[:], body.take(idLen, "part frame"))
+		r.who = body.node("part voter")
+		r.parts = body.parts(1)
+	case recFetch, recPartRequest:
 		copy(r.block[:], body.take(idLen, "fetch block"))
 		r.who = body.node("fetch requester")
 		r.to = body.node("fetch asked")

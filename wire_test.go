@@ -3,6 +3,7 @@ package replication
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
 	"math"
@@ -139,7 +140,51 @@ func wireSamples() []wireSample {
 		{"read ack", record{typ: recReadAck, ref: nsRef{"org", "ns", 0}, nonce: 7, who: validatorNodeID("node-1"), to: validatorNodeID("node-2"),
 			head: 9, voted: votedRef{ok: true, id: id, seq: 11, prev: 9}}},
 		{"read ack without vote", record{typ: recReadAck, ref: nsRef{"org", "ns", 0}, nonce: 1 << 40, who: validatorNodeID("node-0"), to: validatorNodeID("node-2"), head: 3}},
+		{"certificate with parts", record{typ: recCertificate, prop: p, voters: nodes(validatorNodeID("node-0"), validatorNodeID("node-1")),
+			parts: sampleParts(samplePart(3, 2), samplePart(0, 0))}},
+		{"attestation", record{typ: recAttestation, att: sampleAttestation().raw}},
+		{"part request", record{typ: recPartRequest, block: id, who: validatorNodeID("node-1"), to: validatorNodeID("node-0")}},
+		{"part", record{typ: recPart, block: id, who: validatorNodeID("node-2"), parts: sampleParts(samplePart(1023, 10))}},
 	}
+}
+
+// samplePart is a part of leaf with a path of n made-up hashes.
+func samplePart(leaf uint32, n int) votePart {
+	p := votePart{att: &attestation{hash: sha256.Sum256([]byte{byte(leaf)})}, leaf: leaf}
+	for i := range n {
+		h := sha256.Sum256([]byte{byte(i), byte(leaf)})
+		p.path = append(p.path, h[:]...)
+	}
+	return p
+}
+
+// sampleParts encodes parts as a decoded record holds them.
+func sampleParts(parts ...votePart) partList {
+	var b []byte
+	for i := range parts {
+		b = appendPart(b, &parts[i])
+	}
+	return partList{b: b, n: len(parts)}
+}
+
+// sampleAttestation is a made-up attestation (its signature does not
+// verify).
+func sampleAttestation() *attestation {
+	root := sha256.Sum256([]byte("root"))
+	raw := appendAttHeader(nil, &[nodeIDLen]byte{1, 2, 3}, 7, 9, &[hashLen]byte{4}, 1000, &root)
+	raw = append(raw, make([]byte, hybridSigSize)...)
+	a, _ := parseAttestation(raw)
+	return a
+}
+
+// voteParts decodes l for the encoders.
+func voteParts(l partList) []votePart {
+	var out []votePart
+	var pr partRec
+	for l.next(&pr) {
+		out = append(out, votePart{att: &attestation{hash: pr.att}, leaf: uint32(pr.leaf), path: pr.path})
+	}
+	return out
 }
 
 // appendRecord encodes r with the encoder of its type.
@@ -151,9 +196,15 @@ func appendRecord(b []byte, r *record) []byte {
 	case recVote:
 		return appendVoteRecord(b, &r.vote.block, &r.vote.voter, r.vote.count, r.vote.bits)
 	case recCertificate:
-		return appendCertificateRecord(b, &r.prop, r.voters)
-	case recFetch:
-		return appendFetchRecord(b, &r.block, &r.who, &r.to)
+		return appendCertificateRecord(b, &r.prop, r.voters, voteParts(r.parts))
+	case recFetch, recPartRequest:
+		return appendFetchRecord(b, r.typ, &r.block, &r.who, &r.to)
+	case recAttestation:
+		a, _ := parseAttestation(r.att)
+		return appendAttestationRecord(b, a)
+	case recPart:
+		p := voteParts(r.parts)[0]
+		return appendPartRecord(b, &r.block, &r.who, &p)
 	case recSync, recBehind:
 		return appendSyncRecord(b, r.typ, r.ref.org, r.ref.ns, r.ref.seq, &r.who, &r.to)
 	case recDigest:

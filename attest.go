@@ -1,0 +1,493 @@
+package replication
+
+import (
+	"encoding/binary"
+	"log/slog"
+	"time"
+)
+
+// Attestations: signed summaries of the votes a validator cast.
+//
+// A vote travels unsigned: a validator counts a vote only from the voter
+// itself, over an authenticated transport, so signing every vote would add
+// 60 µs or more per frame for nothing. What signatures are for is the
+// votes a node relays: a certificate (an accepted frame and the commit
+// votes that decided it, sent for repair and catch-up) and a proof (the
+// same, for anyone, offline). Without signatures a validator with valid
+// transport credentials could claim that others voted commit.
+//
+// So each validator with a SigningKey attests, in batches, to the votes it
+// cast. Every vote it casts becomes a leaf (leafLen bytes: vote type ‖
+// frame ID ‖ Seq ‖ prev, big-endian) of the current batch, in the order
+// cast. A batch is cut at attestLeaves votes, or attestWait after its first
+// vote; nothing is cut while no vote is cast. The signer (one goroutine of
+// the driver, off the protocol lock) builds the batch's Merkle tree
+// (merkle.go: RFC 6962, leaf and node hashes domain-separated) and signs
+// the attestation header
+//
+//	voter:20 ‖ epoch:u64 ‖ index:u64 ‖ prev:32 ‖ count:u32 ‖ root:32
+//
+// with both halves of its hybrid key (Ed25519 and ML-DSA-65, bound to
+// this use by signContext). index numbers the validator's attestations
+// from 0 within an epoch (a random number drawn when the replicator
+// starts: a restart starts a new chain), and prev is the hash of the
+// previous attestation of the chain (zero for the first), so that the
+// attestations of an epoch form a hash chain. An attestation's hash is
+// SHA-256(attDomain ‖ header). An honest validator signs one attestation
+// per (epoch, index); two different ones are evidence of equivocation
+// that anyone holding the public keys can check (Evidence).
+//
+// A vote part proves one vote: an attestation (by hash on the wire, in
+// full in a proof), the leaf's index, and its Merkle audit path. A node
+// checks a part lazily, when a certificate, a part answer or Proof needs
+// it: the attestation's signatures once per attestation (cached), the
+// path per part. A part counts only for a commit vote, by the validator
+// that signed the attestation, on the frame whose ID, Seq and prev the
+// receiver derived itself.
+//
+// State. The core (under the protocol lock) holds the open batch and the
+// batches waiting for the signer; an entry points to the batch holding
+// this validator's vote on it (entry.att, entry.leaf), so a batch lives as
+// long as the frames it attests are retained. The signer's chain (epoch,
+// index, prev) belongs to the signer's goroutine alone.
+
+const (
+	// attestLeaves and attestWait bound a batch: it is cut at this many
+	// votes, or this long after its first one.
+	attestLeaves = 1024
+	attestWait   = 10 * time.Millisecond
+
+	leafLen      = 1 + idLen + 8 + 8
+	attHeaderLen = nodeIDLen + 8 + 8 + hashLen + 4 + hashLen
+	attLen       = attHeaderLen + hybridSigSize
+
+	// maxPathLen bounds a decoded audit path: a batch holds at most
+	// attestLeaves leaves, so a path has at most 10 hashes.
+	maxPathLen = 10
+
+	// maxAttestations bounds the received attestations held (about 3.5
+	// KiB each), oldest dropped first; maxEvidence the evidence kept; and
+	// maxPartWaits the part requests a batch holds until it is signed.
+	maxAttestations = 1024
+	maxEvidence     = 64
+	maxPartWaits    = 256
+)
+
+const attDomain = "replication/quasar attestation v1\x00"
+
+// appendLeaf appends the leaf of a vote: typ ‖ frame ID ‖ seq ‖ prev.
+func appendLeaf(b []byte, typ byte, id *[idLen]byte, seq, prev uint64) []byte {
+	b = append(b, typ)
+	b = append(b, id[:]...)
+	b = binary.BigEndian.AppendUint64(b, seq)
+	return binary.BigEndian.AppendUint64(b, prev)
+}
+
+// voteLeafHash returns the leaf hash of a vote.
+func voteLeafHash(typ byte, id *[idLen]byte, seq, prev uint64) [hashLen]byte {
+	var buf [leafLen]byte
+	return leafHash(appendLeaf(buf[:0], typ, id, seq, prev))
+}
+
+// attestation is a decoded, signed attestation header.
+type attestation struct {
+	raw          []byte // header ‖ signature (owned)
+	hash         [hashLen]byte
+	voter        nodeID
+	epoch, index uint64
+	prev         [hashLen]byte
+	count        uint32
+	root         [hashLen]byte
+	// state: 0 not checked yet, 1 both signatures verify, -1 they do not.
+	// Set by checkAttestation (under the protocol lock) or, for an own
+	// attestation, by the signer before the core sees it.
+	state int8
+}
+
+// appendAttHeader appends an attestation header.
+func appendAttHeader(b []byte, voter *nodeID, epoch, index uint64, prev *[hashLen]byte, count uint32, root *[hashLen]byte) []byte {
+	b = append(b, voter[:]...)
+	b = binary.BigEndian.AppendUint64(b, epoch)
+	b = binary.BigEndian.AppendUint64(b, index)
+	b = append(b, prev[:]...)
+	b = binary.BigEndian.AppendUint32(b, count)
+	return append(b, root[:]...)
+}
+
+// parseAttestation decodes an attestation (header ‖ signature), copying
+// it. It checks the layout only; checkAttestation checks the signatures.
+func parseAttestation(b []byte) (*attestation, bool) {
+	if len(b) != attLen {
+		return nil, false
+	}
+	a := &attestation{raw: append([]byte(nil), b...)}
+	h := a.raw
+	copy(a.voter[:], h)
+	h = h[nodeIDLen:]
+	a.epoch = binary.BigEndian.Uint64(h)
+	a.index = binary.BigEndian.Uint64(h[8:])
+	h = h[16:]
+	copy(a.prev[:], h)
+	h = h[hashLen:]
+	a.count = binary.BigEndian.Uint32(h)
+	copy(a.root[:], h[4:])
+	if a.count == 0 || a.count > attestLeaves {
+		return nil, false
+	}
+	a.hash = attHash(a.raw[:attHeaderLen])
+	return a, true
+}
+
+// attHash is an attestation's hash: SHA-256(attDomain ‖ header).
+func attHash(header []byte) [hashLen]byte {
+	return hashOf(attDomain, header, nil, nil)
+}
+
+// verify checks a's signatures under key (not cached).
+func (a *attestation) verify(key PublicKey) bool {
+	return key.verify(a.raw[:attHeaderLen], a.raw[attHeaderLen:])
+}
+
+// proves reports whether the audit path (hashLen bytes per hash) proves
+// that leaf hash h is leaf i of a's tree.
+func (a *attestation) proves(h [hashLen]byte, i uint64, path []byte) bool {
+	if len(path)%hashLen != 0 || len(path)/hashLen > maxPathLen {
+		return false
+	}
+	var hs [maxPathLen][hashLen]byte
+	n := len(path) / hashLen
+	for k := range n {
+		copy(hs[k][:], path[k*hashLen:])
+	}
+	return merkleVerify(h, i, uint64(a.count), hs[:n], a.root)
+}
+
+// attBatch is a batch of this validator's votes.
+type attBatch struct {
+	first  int64  // when its first vote was cast
+	leaves []byte // leafLen bytes each, in the order cast
+	// Set by core.attested, once signed: the leaves' hashes and the
+	// attestation.
+	hashes [][hashLen]byte
+	att    *attestation
+	// waits: part requests that arrived before it was signed.
+	waits []partWait
+}
+
+type partWait struct {
+	e  *entry
+	to int
+}
+
+func (b *attBatch) len() int { return len(b.leaves) / leafLen }
+
+// attester is the core's side of attesting: the open batch, and the cut
+// ones waiting for the signer.
+type attester struct {
+	open *attBatch
+	cut  []*attBatch
+	// kick: the driver should wake the signer (a batch opened, or one was
+	// cut because it is full).
+	kick bool
+}
+
+// attestVote adds this validator's vote on e (e.myVote) to the open
+// batch.
+func (c *core) attestVote(now int64, e *entry) {
+	a := c.att
+	if a == nil {
+		return
+	}
+	b := a.open
+	if b == nil {
+		b = &attBatch{first: now, leaves: make([]byte, 0, 64*leafLen)}
+		a.open = b
+		a.kick = true
+	}
+	e.att, e.leaf = b, uint32(b.len())
+	b.leaves = appendLeaf(b.leaves, e.myVote, &e.id, e.p.frame.Seq, e.p.prev)
+	if b.len() >= attestLeaves {
+		a.cut = append(a.cut, b)
+		a.open = nil
+		a.kick = true
+	}
+}
+
+// takeBatches returns the batches to sign now: those cut full, and the
+// open one if attestWait passed since its first vote (or all is set).
+func (c *core) takeBatches(now int64, all bool) []*attBatch {
+	a := c.att
+	if a == nil {
+		return nil
+	}
+	if b := a.open; b != nil && (all || now-b.first >= int64(attestWait)) {
+		a.cut = append(a.cut, b)
+		a.open = nil
+	}
+	bs := a.cut
+	a.cut = nil
+	return bs
+}
+
+// nextCut reports when the open batch is due (ok false: there is none).
+func (c *core) nextCut() (at int64, ok bool) {
+	if c.att == nil || c.att.open == nil {
+		return 0, false
+	}
+	return c.att.open.first + int64(attestWait), true
+}
+
+// attested installs what the signer made of batch b, and answers the part
+// requests that waited for it.
+func (c *core) attested(b *attBatch, hashes [][hashLen]byte, att *attestation) {
+	b.hashes, b.att = hashes, att
+	c.m.attestations.Add(1)
+	for _, w := range b.waits {
+		if w.e.att == b {
+			c.sendPart(w.e, w.to)
+		}
+	}
+	b.waits = nil
+	c.partsChanged = true
+}
+
+// signer makes attestations: it owns its chain (epoch, index, prev), and
+// runs on one goroutine at a time, off the protocol lock.
+type signer struct {
+	key   *SigningKey
+	voter nodeID
+	epoch uint64
+	index uint64
+	prev  [hashLen]byte
+}
+
+// sign builds b's Merkle tree and signs its attestation, the next of the
+// chain. It reads b.leaves only (the core no longer writes them).
+func (s *signer) sign(b *attBatch) ([][hashLen]byte, *attestation) {
+	n := b.len()
+	hashes := make([][hashLen]byte, n)
+	for i := range n {
+		hashes[i] = leafHash(b.leaves[i*leafLen : (i+1)*leafLen])
+	}
+	root := merkleRoot(hashes)
+	raw := make([]byte, 0, attLen)
+	raw = appendAttHeader(raw, &s.voter, s.epoch, s.index, &s.prev, uint32(n), &root)
+	a := &attestation{voter: s.voter, epoch: s.epoch, index: s.index, prev: s.prev, count: uint32(n), root: root, state: 1}
+	a.hash = attHash(raw)
+	a.raw = s.key.sign(raw, raw)
+	s.index++
+	s.prev = a.hash
+	return hashes, a
+}
+
+// ownPart returns this validator's part for its commit vote on e, if
+// signed.
+func (c *core) ownPart(e *entry) (votePart, bool) {
+	b := e.att
+	if b == nil || b.att == nil || e.myVote != voteCommit {
+		return votePart{}, false
+	}
+	path := merklePath(nil, b.hashes, int(e.leaf))
+	p := votePart{voter: c.cfg.self, att: b.att, leaf: e.leaf, path: make([]byte, 0, len(path)*hashLen)}
+	for i := range path {
+		p.path = append(p.path, path[i][:]...)
+	}
+	return p, true
+}
+
+// votePart is a checked proof of one validator's commit vote on a frame.
+type votePart struct {
+	voter int
+	att   *attestation
+	leaf  uint32
+	path  []byte // hashLen bytes per hash
+}
+
+// attCache holds the attestations received from peers (by hash, checked
+// lazily), and, per chain position, the one found valid, to detect
+// equivocation.
+type attCache struct {
+	byHash map[[hashLen]byte]*attestation
+	fifo   [][hashLen]byte
+	chain  map[chainPos][hashLen]byte
+	// evidence: pairs of valid attestations of one validator for one chain
+	// position.
+	evidence []Evidence
+}
+
+type chainPos struct {
+	voter        nodeID
+	epoch, index uint64
+}
+
+// onAttestation keeps a received attestation (unchecked) for the parts
+// that name it.
+func (c *core) onAttestation(raw []byte) {
+	if c.atts == nil {
+		return
+	}
+	a, ok := parseAttestation(raw)
+	if !ok {
+		c.m.attestationsBad.Add(1)
+		return
+	}
+	if _, known := c.cfg.byNodeID[a.voter]; !known {
+		c.m.attestationsBad.Add(1)
+		return
+	}
+	ac := c.atts
+	if _, have := ac.byHash[a.hash]; have {
+		return
+	}
+	for len(ac.byHash) >= maxAttestations && len(ac.fifo) > 0 {
+		old := ac.byHash[ac.fifo[0]]
+		if old != nil && old.state == 1 {
+			pos := chainPos{old.voter, old.epoch, old.index}
+			if ac.chain[pos] == old.hash {
+				delete(ac.chain, pos)
+			}
+		}
+		delete(ac.byHash, ac.fifo[0])
+		ac.fifo = ac.fifo[1:]
+	}
+	ac.byHash[a.hash] = a
+	ac.fifo = append(ac.fifo, a.hash)
+}
+
+// checkAttestation reports whether a's signatures verify under its
+// voter's key, checking them once; a valid attestation that conflicts with
+// another valid one of the same chain position is kept as evidence.
+func (c *core) checkAttestation(a *attestation) bool {
+	if a.state != 0 {
+		return a.state > 0
+	}
+	i := c.cfg.byNodeID[a.voter]
+	if !a.verify(c.cfg.keys[i]) {
+		a.state = -1
+		c.m.attestationsBad.Add(1)
+		return false
+	}
+	a.state = 1
+	ac := c.atts
+	pos := chainPos{a.voter, a.epoch, a.index}
+	if other, ok := ac.chain[pos]; !ok {
+		ac.chain[pos] = a.hash
+	} else if other != a.hash {
+		c.m.equivocations.Add(1)
+		if len(ac.evidence) < maxEvidence {
+			ev := Evidence{Validator: c.cfg.names[i], Second: a.raw}
+			if o := ac.byHash[other]; o != nil {
+				ev.First = o.raw
+			}
+			ac.evidence = append(ac.evidence, ev)
+		}
+		c.logf(slog.LevelError, "validator signed two attestations for one position of its chain", "validator", c.cfg.names[i], "epoch", a.epoch, "index", a.index)
+	}
+	return true
+}
+
+// checkPart checks a received part of validator voter for a commit vote on
+// the frame with ID id, Seq seq and position prev. The attestation must
+// have arrived before (in the same message, or an earlier one).
+func (c *core) checkPart(id *[idLen]byte, seq, prev uint64, voter int, pr *partRec) (votePart, bool) {
+	a := c.atts.byHash[pr.att]
+	if a == nil || a.voter != c.cfg.ids[voter] || pr.leaf >= uint64(a.count) || !c.checkAttestation(a) {
+		return votePart{}, false
+	}
+	if !a.proves(voteLeafHash(voteCommit, id, seq, prev), pr.leaf, pr.path) {
+		return votePart{}, false
+	}
+	return votePart{voter: voter, att: a, leaf: uint32(pr.leaf), path: append([]byte(nil), pr.path...)}, true
+}
+
+// Evidence is proof that a validator equivocated: two attestations it
+// signed for one position (epoch and index) of its chain, each the full
+// signed attestation as it travelled. An honest validator never signs two.
+// Anyone holding the validator's public key can check both signatures.
+type Evidence struct {
+	Validator     string `json:"validator"`
+	First, Second []byte
+}
+
+// parts returns the checked parts held for accepted e: this validator's
+// own (if signed) and those received, at most one per validator.
+func (c *core) parts(e *entry) []votePart {
+	ps := make([]votePart, 0, c.cfg.q)
+	if p, ok := c.ownPart(e); ok {
+		ps = append(ps, p)
+	}
+	for _, p := range e.parts {
+		if p.voter != c.cfg.self {
+			ps = append(ps, p)
+		}
+	}
+	return ps
+}
+
+// addPart keeps a checked part for e, unless its voter has one already.
+func (c *core) addPart(e *entry, p votePart) {
+	if p.voter == c.cfg.self {
+		return
+	}
+	for _, q := range e.parts {
+		if q.voter == p.voter {
+			return
+		}
+	}
+	e.parts = append(e.parts, p)
+	c.partsChanged = true
+}
+
+// askParts asks the validators whose commit votes on accepted e this node
+// counted, and of which it holds no part, for their parts: at most once
+// per half WitnessAfter per frame.
+func (c *core) askParts(now int64, e *entry) {
+	if e.askedParts != 0 && now-e.askedParts < c.cfg.witness/2 {
+		return
+	}
+	e.askedParts = now
+	have := voterSet{}
+	for _, p := range e.parts {
+		have.add(p.voter)
+	}
+	for i := range c.cfg.n() {
+		if i != c.cfg.self && e.commits.has(i) && !have.has(i) {
+			c.sendPartRequest(&e.id, i)
+		}
+	}
+}
+
+func (c *core) onPartRequest(now int64, rec *record) {
+	req, ok := c.requester(rec.who, rec.to)
+	if !ok {
+		return
+	}
+	e := c.entries[rec.block]
+	if e == nil || e.myVote != voteCommit || e.att == nil {
+		return
+	}
+	if b := e.att; b.att == nil {
+		if len(b.waits) < maxPartWaits {
+			b.waits = append(b.waits, partWait{e, req})
+		}
+		return
+	}
+	c.sendPart(e, req)
+}
+
+func (c *core) onPart(now int64, rec *record, from int) {
+	e := c.entries[rec.block]
+	voter, ok := c.cfg.byNodeID[rec.who]
+	if e == nil || !ok || c.atts == nil {
+		return
+	}
+	var pr partRec
+	if !rec.parts.next(&pr) {
+		return
+	}
+	if p, ok := c.checkPart(&e.id, e.p.frame.Seq, e.p.prev, voter, &pr); ok {
+		c.addPart(e, p)
+	} else {
+		c.m.partsBad.Add(1)
+	}
+}
