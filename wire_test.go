@@ -316,6 +316,18 @@ func wireMalformed() []struct {
 		{"unknown record type", withRecord(99, []byte{1, 2, 3})},
 		{"record type zero", withRecord(0, nil)},
 		{"vote short", withRecord(recVote, make([]byte, idLen+nodeIDLen))},
+		{"attestation short", withRecord(recAttestation, make([]byte, attLen-1))},
+		{"attestation long", withRecord(recAttestation, make([]byte, attLen+1))},
+		{"part request short", withRecord(recPartRequest, make([]byte, idLen+nodeIDLen))},
+		{"part path too long", withRecord(recPart, append(make([]byte, idLen+nodeIDLen+hashLen+1), maxPathLen+1))},
+		{"part leaf beyond a batch", withRecord(recPart, append(append(make([]byte, idLen+nodeIDLen+hashLen), binary.AppendUvarint(nil, attestLeaves)...), 0))},
+		{"part path cut", withRecord(recPart, append(make([]byte, idLen+nodeIDLen+hashLen+1), 1))},
+		{"certificate parts fewer than voters", func() []byte {
+			r := wireSamples()[0].rec
+			p := firstProposal(&r)
+			part := samplePart(0, 0)
+			return finishMessage(appendCertificateRecord(newMessage(nil), &p, nodes(validatorNodeID("a"), validatorNodeID("b")), []votePart{part}), 1)
+		}()},
 		{"vote count zero", withRecord(recVote, append(make([]byte, idLen+nodeIDLen), 0))},
 		{"vote count above a block's", withRecord(recVote, append(binary.AppendUvarint(make([]byte, idLen+nodeIDLen), maxBlockFrames+1), make([]byte, 200)...))},
 		{"votes cut", withRecord(recVote, append(make([]byte, idLen+nodeIDLen), 9, 0, 0))},
