@@ -3,6 +3,7 @@ package replication
 import (
 	"encoding/binary"
 	"log/slog"
+	"sync"
 	"time"
 )
 
@@ -181,6 +182,10 @@ type partWait struct {
 
 func (b *attBatch) len() int { return len(b.leaves) / leafLen }
 
+// leafBufs recycles the leaves of signed batches: a batch holds its leaves
+// until signed, and its leaf hashes from then on.
+var leafBufs = sync.Pool{New: func() any { b := make([]byte, 0, attestLeaves*leafLen); return &b }}
+
 // attester is the core's side of attesting: the open batch, and the cut
 // ones waiting for the signer.
 type attester struct {
@@ -200,7 +205,7 @@ func (c *core) attestVote(now int64, e *entry) {
 	}
 	b := a.open
 	if b == nil {
-		b = &attBatch{first: now, leaves: make([]byte, 0, 64*leafLen)}
+		b = &attBatch{first: now, leaves: *leafBufs.Get().(*[]byte)}
 		a.open = b
 		a.kick = true
 	}
@@ -241,6 +246,9 @@ func (c *core) nextCut() (at int64, ok bool) {
 // requests that waited for it.
 func (c *core) attested(b *attBatch, hashes [][hashLen]byte, att *attestation) {
 	b.hashes, b.att = hashes, att
+	leaves := b.leaves[:0]
+	b.leaves = nil // the hashes stand for them from now on
+	leafBufs.Put(&leaves)
 	c.m.attestations.Add(1)
 	for _, w := range b.waits {
 		if w.e.att == b {

@@ -70,17 +70,32 @@ func benchProposeParallel(b *testing.B, rs []*QuasarReplicator) {
 }
 
 // benchCluster starts n validators on a MemoryHub, each with a counting
-// handler, for the multi-node benchmarks. finish checks, after the timed
-// loop, that every node applied every frame.
-func benchCluster(b *testing.B, n int) (rs []*QuasarReplicator, finish func()) {
+// handler, for the multi-node benchmarks; with signed, with signing keys.
+// finish checks, after the timed loop, that every node applied every
+// frame, and reports the CPU time of the whole process (every node) and
+// the bytes delivered between nodes, per frame, over the timed loop.
+func benchCluster(b *testing.B, n int, signed bool) (rs []*QuasarReplicator, finish func()) {
 	hub := NewMemoryHub()
 	ids := make([]string, n)
+	var keys map[string]PublicKey
+	if signed {
+		keys = map[string]PublicKey{}
+	}
 	for i := range ids {
 		ids[i] = fmt.Sprintf("node-%d", i)
+		if signed {
+			keys[ids[i]] = simKey(ids[i]).Public()
+		}
 	}
+	var wire atomic.Int64
+	hub.OnDeliver(func(_, _, _ string, payload []byte) { wire.Add(int64(len(payload))) })
 	applied := make([]atomic.Int64, n)
 	for i, id := range ids {
-		r, err := NewQuasar(context.Background(), QuasarConfig{NodeID: id, Validators: ids, Transport: hub.Connect(id)})
+		cfg := QuasarConfig{NodeID: id, Validators: ids, Transport: hub.Connect(id), ValidatorKeys: keys}
+		if signed {
+			cfg.SigningKey = simKey(id)
+		}
+		r, err := NewQuasar(context.Background(), cfg)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -93,7 +108,18 @@ func benchCluster(b *testing.B, n int) (rs []*QuasarReplicator, finish func()) {
 		}
 		hub.Close()
 	})
+	cpu0, wire0 := processCPU(), wire.Load()
 	return rs, func() {
+		b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N), "cpu-µs/op")
+		b.ReportMetric(float64(wire.Load()-wire0)/float64(b.N), "wire-B/op")
+		if signed {
+			var atts uint64
+			for _, r := range rs {
+				atts += r.Metrics().Attestations
+			}
+			// Each validator votes once per frame.
+			b.ReportMetric(float64(b.N*n)/float64(max(atts, 1)), "votes/attestation")
+		}
 		require.Eventually(b, func() bool {
 			for i := range applied {
 				if applied[i].Load() != int64(b.N) {
@@ -105,14 +131,22 @@ func benchCluster(b *testing.B, n int) (rs []*QuasarReplicator, finish func()) {
 	}
 }
 
-func BenchmarkQuasarPropose3Node(b *testing.B) {
-	rs, finish := benchCluster(b, 3)
+func BenchmarkQuasarPropose3Node(b *testing.B)       { benchSequential(b, 3, false) }
+func BenchmarkQuasarPropose3NodeSigned(b *testing.B) { benchSequential(b, 3, true) }
+
+func BenchmarkQuasarPropose3NodeParallel(b *testing.B)       { benchParallel(b, 3, false) }
+func BenchmarkQuasarPropose3NodeParallelSigned(b *testing.B) { benchParallel(b, 3, true) }
+func BenchmarkQuasarPropose7NodeParallel(b *testing.B)       { benchParallel(b, 7, false) }
+func BenchmarkQuasarPropose7NodeParallelSigned(b *testing.B) { benchParallel(b, 7, true) }
+
+func benchSequential(b *testing.B, n int, signed bool) {
+	rs, finish := benchCluster(b, n, signed)
 	benchProposeSequential(b, rs[0])
 	finish()
 }
 
-func BenchmarkQuasarPropose3NodeParallel(b *testing.B) {
-	rs, finish := benchCluster(b, 3)
+func benchParallel(b *testing.B, n int, signed bool) {
+	rs, finish := benchCluster(b, n, signed)
 	benchProposeParallel(b, rs)
 	finish()
 }

@@ -10,12 +10,14 @@ package replication
 // name the node ID in the Subject CommonName or a DNS SAN.
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"math/big"
@@ -34,9 +36,14 @@ const devCertValidity = 365 * 24 * time.Hour
 //
 //	ca.pem, ca-key.pem          the CA certificate and its key
 //	<id>.pem, <id>-key.pem      one pair per node ID
+//	<id>-signing.key            one signing key per node ID (QuasarConfig.SigningKey)
+//	validator-keys.json         every node's public key, by node ID (QuasarConfig.ValidatorKeys)
 //
-// Keys are ECDSA P-256 in PKCS#8 PEM, written with mode 0600; certificates
-// are written with mode 0644. Each node certificate has Subject CommonName
+// TLS keys are ECDSA P-256 in PKCS#8 PEM, written with mode 0600;
+// certificates are written with mode 0644. Signing keys (random, in
+// SigningKey's text form) are written with mode 0600, the public keys
+// (a JSON object of PublicKey text forms) with mode 0644; LoadSigningKey
+// and LoadValidatorKeys read them. Each node certificate has Subject CommonName
 // and a DNS SAN equal to the node ID, both the ServerAuth and ClientAuth
 // extended key usages, and a validity of one year (starting one hour in the
 // past to tolerate clock skew). Existing files are overwritten.
@@ -80,19 +87,20 @@ func GenerateDevCerts(dir string, nodeIDs []string) error {
 		return fmt.Errorf("replication: dev certs: CA certificate: %w", err)
 	}
 
-	type pemFile struct {
-		name  string
-		block *pem.Block
-		mode  os.FileMode
+	type devFile struct {
+		name string
+		data []byte
+		mode os.FileMode
 	}
 	caKeyDER, err := x509.MarshalPKCS8PrivateKey(caKey)
 	if err != nil {
 		return fmt.Errorf("replication: dev certs: CA key: %w", err)
 	}
-	files := []pemFile{
-		{"ca.pem", &pem.Block{Type: "CERTIFICATE", Bytes: caDER}, 0o644},
-		{"ca-key.pem", &pem.Block{Type: "PRIVATE KEY", Bytes: caKeyDER}, 0o600},
+	files := []devFile{
+		{"ca.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o644},
+		{"ca-key.pem", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: caKeyDER}), 0o600},
 	}
+	publics := make(map[string]PublicKey, len(nodeIDs))
 	for _, id := range nodeIDs {
 		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		if err != nil {
@@ -115,17 +123,61 @@ func GenerateDevCerts(dir string, nodeIDs []string) error {
 		if err != nil {
 			return fmt.Errorf("replication: dev certs: key for %q: %w", id, err)
 		}
+		sk, err := GenerateSigningKey()
+		if err != nil {
+			return fmt.Errorf("replication: dev certs: signing key for %q: %w", id, err)
+		}
+		skText, _ := sk.MarshalText() // a generated key always marshals
+		publics[id] = sk.Public()
 		files = append(files,
-			pemFile{id + ".pem", &pem.Block{Type: "CERTIFICATE", Bytes: der}, 0o644},
-			pemFile{id + "-key.pem", &pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}, 0o600},
+			devFile{id + ".pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644},
+			devFile{id + "-key.pem", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600},
+			devFile{id + "-signing.key", append(skText, '\n'), 0o600},
 		)
 	}
+	pubJSON, err := json.MarshalIndent(publics, "", "  ")
+	if err != nil {
+		return fmt.Errorf("replication: dev certs: public keys: %w", err)
+	}
+	files = append(files, devFile{"validator-keys.json", append(pubJSON, '\n'), 0o644})
 	for _, f := range files {
-		if err := writeFileMode(filepath.Join(dir, f.name), pem.EncodeToMemory(f.block), f.mode); err != nil {
+		if err := writeFileMode(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
 			return fmt.Errorf("replication: dev certs: %w", err)
 		}
 	}
 	return nil
+}
+
+// LoadSigningKey reads a signing key in its text form (SigningKey's
+// MarshalText, as GenerateDevCerts writes it) from file, ignoring
+// surrounding white space. Errors name the file; a malformed key's wraps
+// ErrInvalidConfig.
+func LoadSigningKey(file string) (*SigningKey, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("replication: signing key: %w", err)
+	}
+	k := new(SigningKey)
+	if err := k.UnmarshalText(bytes.TrimSpace(b)); err != nil {
+		return nil, fmt.Errorf("replication: signing key %s: %w", file, err)
+	}
+	return k, nil
+}
+
+// LoadValidatorKeys reads the validators' public keys from a JSON object
+// mapping each validator ID to its PublicKey text form (as
+// GenerateDevCerts writes validator-keys.json). Errors name the file; a
+// malformed key's wraps ErrInvalidConfig.
+func LoadValidatorKeys(file string) (map[string]PublicKey, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("replication: validator keys: %w", err)
+	}
+	var keys map[string]PublicKey
+	if err := json.Unmarshal(b, &keys); err != nil {
+		return nil, fmt.Errorf("replication: validator keys %s: %w", file, err)
+	}
+	return keys, nil
 }
 
 // validateDevCertIDs checks that every node ID is usable as a file name and

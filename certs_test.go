@@ -35,6 +35,7 @@ func TestGenerateDevCerts_Files(t *testing.T) {
 		"ca.pem": 0o644, "ca-key.pem": 0o600,
 		"a.pem": 0o644, "a-key.pem": 0o600,
 		"node-b.pem": 0o644, "node-b-key.pem": 0o600,
+		"a-signing.key": 0o600, "node-b-signing.key": 0o600, "validator-keys.json": 0o644,
 	}
 	for name, mode := range modes {
 		fi, err := os.Stat(filepath.Join(dir, name))
@@ -67,6 +68,42 @@ func TestGenerateDevCerts_Files(t *testing.T) {
 		require.NotNil(t, cfg.ClientCAs)
 		require.Nil(t, cfg.CurvePreferences, "keep Go's post-quantum default")
 	}
+
+	// The signing keys and the public keys match, and start a signed
+	// replicator.
+	keys, err := LoadValidatorKeys(filepath.Join(dir, "validator-keys.json"))
+	require.NoError(t, err)
+	require.Len(t, keys, len(ids))
+	hub := NewMemoryHub()
+	defer hub.Close()
+	for _, id := range ids {
+		sk, err := LoadSigningKey(filepath.Join(dir, id+"-signing.key"))
+		require.NoError(t, err)
+		require.True(t, sk.Public().Equal(keys[id]), id)
+		cfg := QuasarConfig{NodeID: id, Validators: ids, Transport: hub.Connect(id), SigningKey: sk, ValidatorKeys: keys}
+		require.NoError(t, cfg.Validate())
+	}
+	other, err := LoadSigningKey(filepath.Join(dir, "node-b-signing.key"))
+	require.NoError(t, err)
+	require.False(t, other.Public().Equal(keys["a"]), "keys differ per node")
+}
+
+func TestLoadKeys_Errors(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		require.NoError(t, os.WriteFile(p, []byte(body), 0o600))
+		return p
+	}
+	_, err := LoadSigningKey(filepath.Join(dir, "missing"))
+	require.ErrorIs(t, err, os.ErrNotExist)
+	_, err = LoadSigningKey(write("bad.key", "replication-sk1:short\n"))
+	require.ErrorIs(t, err, ErrInvalidConfig)
+	require.Contains(t, err.Error(), "bad.key")
+	_, err = LoadValidatorKeys(write("bad.json", `{"a": "replication-pk1:short"}`))
+	require.ErrorIs(t, err, ErrInvalidConfig)
+	_, err = LoadValidatorKeys(write("notjson.json", `[`))
+	require.Error(t, err)
 }
 
 func TestGenerateDevCerts_Overwrite(t *testing.T) {

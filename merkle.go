@@ -22,6 +22,13 @@ const hashLen = sha256.Size
 // leafHash returns the hash of a Merkle tree leaf: SHA-256 of a zero byte
 // followed by leaf.
 func leafHash(leaf []byte) [hashLen]byte {
+	if len(leaf) < leafHashBuf {
+		// A vote's leaf: hashed from a copy on the stack, without the
+		// allocation and the calls of a hash.Hash.
+		var buf [leafHashBuf]byte
+		n := copy(buf[1:], leaf)
+		return sha256.Sum256(buf[:1+n])
+	}
 	h := sha256.New()
 	h.Write([]byte{0x00})
 	h.Write(leaf)
@@ -29,6 +36,9 @@ func leafHash(leaf []byte) [hashLen]byte {
 	h.Sum(out[:0])
 	return out
 }
+
+// leafHashBuf bounds the leaves leafHash hashes from a stack copy.
+const leafHashBuf = 64
 
 // nodeHash returns the hash of an inner Merkle tree node whose children
 // hash to l and r: SHA-256 of the byte 0x01 followed by l and r.

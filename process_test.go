@@ -227,6 +227,7 @@ func (pc *procCluster) start(t *testing.T, id, dump string, extra ...string) *pr
 	n := &procNode{id: id, dump: dump, out: newProcOutput(), errb: newProcOutput(), done: make(chan struct{})}
 	args := []string{"-id", id, "-listen", pc.addrs[id], "-peers", strings.Join(peers, ","),
 		"-cert", filepath.Join(pc.certs, id+".pem"), "-key", filepath.Join(pc.certs, id+"-key.pem"), "-ca", filepath.Join(pc.certs, "ca.pem"),
+		"-signing-key", filepath.Join(pc.certs, id+"-signing.key"), "-validator-keys", filepath.Join(pc.certs, "validator-keys.json"),
 		"-dump", dump}
 	n.cmd = exec.CommandContext(pc.ctx, pc.bin, append(args, extra...)...)
 	n.cmd.Stdout, n.cmd.Stderr = n.out, n.errb
@@ -319,6 +320,11 @@ func TestTCPNode_ProcessKilledMidLoad(t *testing.T) {
 		if id == "a" {
 			requireScrape(t, nodes[id].out, done.accepted)
 		}
+		// The validators sign their votes: a proof of the node's last
+		// frame, checked with the public keys alone.
+		line, _ = n.out.waitLine(t, next, 20*time.Second, "proof from "+id,
+			func(l string) bool { return strings.HasPrefix(l, "proof of ") })
+		require.Contains(t, line, "verified with the validators' public keys", id)
 	}
 
 	// Stop the survivors together (each first waits until it applied the

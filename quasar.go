@@ -54,6 +54,18 @@ import (
 // it does not hold yet, without voting, and asks for nothing, as a
 // partitioned node would miss them; then it catches up through sync.
 //
+// # Signed votes
+//
+// With QuasarConfig.SigningKey and ValidatorKeys, each validator attests
+// to the votes it casts: in batches (1,024 votes, or 10 ms after the
+// batch's first vote), it signs the root of a Merkle tree over them with a
+// hybrid Ed25519 + ML-DSA-65 key, each attestation naming the hash of the
+// previous one. Votes themselves stay unsigned: a vote from its voter over
+// an authenticated transport counts as before. Certificates relayed for
+// repair and catch-up carry each voter's attestation and the Merkle path
+// of its vote, and count only if those check; Proof packs the same into a
+// proof of acceptance that VerifyProof checks offline. See attest.go.
+//
 // # Architecture
 //
 // The protocol is a deterministic state machine, the core (core.go): it
@@ -79,6 +91,11 @@ import (
 //     they never wait for consensus, the disk or handlers.
 //   - diskLoop (with a DataDir's archive): answers peers' syncs for frames
 //     no longer retained in memory, reading the archive without mu.
+//   - signLoop (with a SigningKey): signs this validator's vote batches,
+//     each as soon as it is full or 10 ms old, woken by signKick or its
+//     timer. It takes mu to take the batches and to install what it made
+//     of them, and hashes and signs without it; it alone owns the
+//     attestation chain (signer).
 //
 // With a DataDir (durable.go), the records of each core batch are appended
 // under mu; the goroutine that sends messages (sendLoop, whenever a sync is
@@ -92,8 +109,8 @@ import (
 // Logger runs. Whoever finds the outbox unsent takes the flushing role and
 // sends it, releasing mu around each send, so messages leave in the order
 // the core produced them. Close sets closed, cancels the handler context,
-// closes closing and waits for the three loops and for any handler still
-// running; Propose calls waiting on closing return ErrClosed.
+// closes closing and waits for the loops and for any handler still
+// running; Propose and Proof calls waiting on closing return ErrClosed.
 type QuasarReplicator struct {
 	cfg    QuasarConfig
 	log    *slog.Logger
@@ -116,7 +133,7 @@ type QuasarReplicator struct {
 	sendKick     chan struct{}   // cap 1: wakes sendLoop
 	signKick     chan struct{}   // cap 1: wakes signLoop (with a SigningKey)
 
-	// mu guards c, flushing, applying, applyOpen and logs.
+	// mu guards c, flushing, applying, applyOpen, logs and partsCh.
 	mu        sync.Mutex
 	c         *core
 	flushing  bool       // a goroutine is sending the outbox

@@ -7,7 +7,13 @@
 //
 //	tcp-node -gen-certs[=DIR] -nodes a,b,c   write dev certificates, print the commands
 //	tcp-node -id a -listen 127.0.0.1:7001 -peers b=127.0.0.1:7002,c=127.0.0.1:7003 \
-//	    -cert DIR/a.pem -key DIR/a-key.pem -ca DIR/ca.pem [-load N] [-report]
+//	    -cert DIR/a.pem -key DIR/a-key.pem -ca DIR/ca.pem \
+//	    -signing-key DIR/a-signing.key -validator-keys DIR/validator-keys.json [-load N] [-report]
+//
+// With -signing-key and -validator-keys (which -gen-certs writes too), the
+// validators sign their votes (QuasarConfig.SigningKey): with -load and
+// -report, the node then asks for a proof that its last frame was
+// accepted and checks it with the public keys alone.
 //
 // Without -load it reads commands from stdin, one per line ("put KEY VALUE",
 // "del KEY", "get KEY"), prints the decision of each, and prints every
@@ -177,6 +183,8 @@ var (
 	certFile    = flag.String("cert", "", "this node's certificate (PEM)")
 	keyFile     = flag.String("key", "", "this node's private key (PEM)")
 	caFile      = flag.String("ca", "", "the CA certificate that signs every node (PEM)")
+	signingKey  = flag.String("signing-key", "", "this validator's vote signing key (with -validator-keys)")
+	pubKeys     = flag.String("validator-keys", "", "every validator's public signing key, JSON (with -signing-key)")
 	insecure    = flag.Bool("insecure", false, "plaintext TCP, NO authentication (loopback only)")
 	load        = flag.Int("load", 0, "propose N puts into namespace <id>, then serve until signalled")
 	rate        = flag.Int("rate", 0, "with -load, at most this many proposals per second (0: no limit)")
@@ -252,9 +260,10 @@ func generate(dir string, nodes []string) error {
 				peers = append(peers, p+"="+addrs[j])
 			}
 		}
-		fmt.Printf("go run ./examples/tcp-node -id %s -listen %s -peers %s \\\n    -cert %s -key %s -ca %s\n\n",
+		fmt.Printf("go run ./examples/tcp-node -id %s -listen %s -peers %s \\\n    -cert %s -key %s -ca %s \\\n    -signing-key %s -validator-keys %s\n\n",
 			n, addrs[i], strings.Join(peers, ","), filepath.Join(abs, n+".pem"),
-			filepath.Join(abs, n+"-key.pem"), filepath.Join(abs, "ca.pem"))
+			filepath.Join(abs, n+"-key.pem"), filepath.Join(abs, "ca.pem"),
+			filepath.Join(abs, n+"-signing.key"), filepath.Join(abs, "validator-keys.json"))
 	}
 	return nil
 }
@@ -293,6 +302,9 @@ func run() error {
 	slices.Sort(validators)
 	qcfg := replication.QuasarConfig{
 		NodeID: *id, Validators: validators, Transport: tr, AntiEntropyInterval: *antiEntropy, Logger: logger,
+	}
+	if err := loadSigningKeys(&qcfg); err != nil {
+		return err
 	}
 	state := newKV()
 	if *dataDir != "" {
@@ -335,6 +347,9 @@ func run() error {
 			return err
 		}
 		lat = runLoad(ctx, r, state)
+		if *report && qcfg.SigningKey != nil && ctx.Err() == nil {
+			proveLast(ctx, r, state, qcfg.ValidatorKeys, m.Quorum)
+		}
 		if ctx.Err() == nil {
 			fmt.Println("serving peers until SIGINT or SIGTERM")
 			serveProgress(ctx, r, state)
@@ -363,6 +378,44 @@ func run() error {
 		}
 	}
 	return errors.Join(r.Close(), tr.Close())
+}
+
+// loadSigningKeys sets cfg's signing keys from -signing-key and
+// -validator-keys, which go together.
+func loadSigningKeys(cfg *replication.QuasarConfig) error {
+	if (*signingKey == "") != (*pubKeys == "") {
+		return errors.New("-signing-key and -validator-keys go together")
+	}
+	if *signingKey == "" {
+		return nil
+	}
+	var err error
+	if cfg.SigningKey, err = replication.LoadSigningKey(*signingKey); err != nil {
+		return err
+	}
+	cfg.ValidatorKeys, err = replication.LoadValidatorKeys(*pubKeys)
+	return err
+}
+
+// proveLast asks for a proof that this node's last frame was accepted,
+// and checks it as anyone holding the public keys could.
+func proveLast(ctx context.Context, r *replication.QuasarReplicator, state *kv, keys map[string]replication.PublicKey, quorum int) {
+	state.mu.Lock()
+	seq := state.seqs["load/"+*id]
+	state.mu.Unlock()
+	pctx, cancel := context.WithTimeout(ctx, *waitFor)
+	defer cancel()
+	proof, err := r.Proof(pctx, "load", *id, seq)
+	if err != nil {
+		fmt.Printf("proof of %s/%d: %v\n", *id, seq, err)
+		return
+	}
+	f, err := replication.VerifyProof(keys, quorum, proof)
+	if err != nil {
+		fmt.Printf("proof of %s/%d: does not verify: %v\n", *id, seq, err)
+		return
+	}
+	fmt.Printf("proof of %s/%d (%s=%q): %d bytes, verified with the validators' public keys\n", f.Namespace, f.Seq, f.Key, f.Value, len(proof))
 }
 
 // serveMetrics serves Prometheus metrics (the replicator's, the
