@@ -399,10 +399,9 @@ func (c *core) checkAttestation(a *attestation) bool {
 // have arrived before (in the same message, or an earlier one).
 func (c *core) checkPart(id *[idLen]byte, seq, prev uint64, voter int, pr *partRec) (votePart, bool) {
 	a := c.atts.byHash[pr.att]
-	if a == nil || a.voter != c.cfg.ids[voter] || pr.leaf >= uint64(a.count) || !c.checkAttestation(a) {
-		return votePart{}, false
-	}
-	if !a.proves(voteLeafHash(voteCommit, id, seq, prev), pr.leaf, pr.path) {
+	// The path first: it costs a few hashes, the signatures 0.1 ms.
+	if a == nil || a.voter != c.cfg.ids[voter] || pr.leaf >= uint64(a.count) ||
+		!a.proves(voteLeafHash(voteCommit, id, seq, prev), pr.leaf, pr.path) || !c.checkAttestation(a) {
 		return votePart{}, false
 	}
 	return votePart{voter: voter, att: a, leaf: uint32(pr.leaf), path: append([]byte(nil), pr.path...)}, true

@@ -212,12 +212,17 @@ func newByzantine(t *testing.T, c *testCluster) *byzantine {
 // attest signs an attestation of the given leaves at chain position
 // (epoch, index), claiming voter.
 func (b *byzantine) attest(voter nodeID, epoch, index uint64, leaves ...[]byte) ([][hashLen]byte, *attestation) {
-	batch := &attBatch{}
-	for _, l := range leaves {
-		batch.leaves = append(batch.leaves, l...)
+	return simAttest(b.key, voter, epoch, index, leaves...)
+}
+
+// ownPart is the part of leaf i of attestation a, whose leaf hashes are
+// hashes.
+func ownPart(a *attestation, hashes [][hashLen]byte, i int) votePart {
+	p := votePart{att: a, leaf: uint32(i)}
+	for _, h := range merklePath(nil, hashes, i) {
+		p.path = append(p.path, h[:]...)
 	}
-	s := &signer{key: b.key, voter: voter, epoch: epoch, index: index}
-	return s.sign(batch)
+	return p
 }
 
 // send broadcasts records (already encoded) as one message.
@@ -273,16 +278,15 @@ func TestSigned_ByzantineCertificatesNotCounted(t *testing.T) {
 	mine := votePart{att: own, leaf: 0}
 	byz.send(2, append(appendAttestationRecord(nil, own), certificate(&forged, []nodeID{ids[0], byz.id}, []votePart{mine, mine})...))
 
-	// 4. Its own valid attestation of a vote on another frame, with a
-	// made-up path, and then a second attestation for the same position
-	// of its chain: equivocation.
+	// 4. Two valid attestations of its own commit vote on the frame, for
+	// the same position of its chain (equivocation), each with a part
+	// that checks, beside a part of node-1's that does not.
 	other := appendLeaf(nil, voteCommit, &[idLen]byte{9}, 2, 1)
-	_, a1 := byz.attest(byz.id, 7, 0, other)
-	_, a2 := byz.attest(byz.id, 7, 0, other, commit)
-	for _, a := range []*attestation{a1, a2} {
-		p := votePart{att: a, leaf: 0}
-		byz.send(2, append(appendAttestationRecord(nil, a), certificate(&forged, []nodeID{byz.id, byz.id}, []votePart{p, p})...))
-		byz.send(2, append(appendAttestationRecord(nil, a), certificate(&forged, []nodeID{byz.id, ids[1]}, []votePart{p, p})...))
+	h1, a1 := byz.attest(byz.id, 7, 0, commit)
+	h2, a2 := byz.attest(byz.id, 7, 0, other, commit)
+	for _, p := range []votePart{ownPart(a1, h1, 0), ownPart(a2, h2, 1)} {
+		byz.send(2, append(appendAttestationRecord(nil, p.att), certificate(&forged, []nodeID{byz.id, byz.id}, []votePart{p, p})...))
+		byz.send(2, append(appendAttestationRecord(nil, p.att), certificate(&forged, []nodeID{byz.id, ids[1]}, []votePart{p, p})...))
 	}
 
 	// 5. Malformed attestations, and votes replayed in others' names.

@@ -69,6 +69,17 @@ func (s *simulator) sign(n *simNode, ev *simEvent) {
 	s.settle(n)
 }
 
+// simAttest signs, with key, an attestation claiming voter at chain
+// position (epoch, index) of the given leaves.
+func simAttest(key *SigningKey, voter nodeID, epoch, index uint64, leaves ...[]byte) ([][hashLen]byte, *attestation) {
+	batch := &attBatch{}
+	for _, l := range leaves {
+		batch.leaves = append(batch.leaves, l...)
+	}
+	s := &signer{key: key, voter: voter, epoch: epoch, index: index}
+	return s.sign(batch)
+}
+
 // simByzantine is what the Byzantine validator keeps besides its core.
 type simByzantine struct {
 	node  int
@@ -109,12 +120,7 @@ func (s *simulator) forge() {
 	id := proposalID(&p)
 	commit := appendLeaf(nil, voteCommit, &id, f.Seq, p.prev)
 	attest := func(voter nodeID, epoch, index uint64, leaves ...[]byte) *attestation {
-		batch := &attBatch{}
-		for _, l := range leaves {
-			batch.leaves = append(batch.leaves, l...)
-		}
-		sg := &signer{key: key, voter: voter, epoch: epoch, index: index}
-		_, a := sg.sign(batch)
+		_, a := simAttest(key, voter, epoch, index, leaves...)
 		return a
 	}
 	q := s.o.n/2 + 1
@@ -146,7 +152,7 @@ func (s *simulator) forge() {
 	case 3: // equivocation: two attestations for one chain position
 		epoch := s.rng.Uint64()
 		a1 := attest(self, epoch, 0, commit)
-		a2 := attest(self, epoch, 0, commit, commit)
+		h2, a2 := simAttest(key, self, epoch, 0, commit, commit)
 		for i := range q {
 			voters[i] = validatorNodeID(s.ids[i])
 			parts[i] = votePart{att: a1}
@@ -160,7 +166,7 @@ func (s *simulator) forge() {
 		}
 		recs = appendAttestationRecord(appendAttestationRecord(recs, a1), a2)
 		recs = appendCertificateRecord(recs, &p, l, parts)
-		parts[0].att = a2
+		parts[0] = ownPart(a2, h2, 1) // its own vote checks: the signatures are checked
 		k += 3
 	case 4: // an attestation that does not decode, and a replay
 		recs, k = appendAttestationRecord(recs, &attestation{raw: make([]byte, attLen)}), k+1
