@@ -412,8 +412,9 @@ func (c *core) checkPart(id *[idLen]byte, seq, prev uint64, voter int, pr *partR
 // signed attestation as it travelled. An honest validator never signs two.
 // Anyone holding the validator's public key can check both signatures.
 type Evidence struct {
-	Validator     string `json:"validator"`
-	First, Second []byte
+	Validator string `json:"validator"`
+	First     []byte `json:"first"`
+	Second    []byte `json:"second"`
 }
 
 // parts returns the checked parts held for accepted e: this validator's

@@ -2,6 +2,7 @@ package replication_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -96,4 +97,51 @@ func ExampleQuasarReplicator_cluster() {
 	// a proposes: accept <nil>
 	// c, alone, proposes: timeout
 	// applied everywhere
+}
+
+// Validators with signing keys: any node that accepted a frame can prove
+// it, and anyone with the validators' public keys can check the proof.
+func ExampleVerifyProof() {
+	hub := replication.NewMemoryHub()
+	defer hub.Close()
+	ids := []string{"a", "b", "c"}
+	keys := map[string]*replication.SigningKey{}
+	public := map[string]replication.PublicKey{}
+	for _, id := range ids {
+		k, err := replication.GenerateSigningKey() // in production: replication.LoadSigningKey
+		if err != nil {
+			panic(err)
+		}
+		keys[id], public[id] = k, k.Public()
+	}
+	var nodes []*replication.QuasarReplicator
+	for _, id := range ids {
+		r, err := replication.NewQuasar(context.Background(), replication.QuasarConfig{
+			NodeID: id, Validators: ids, Transport: hub.Connect(id),
+			SigningKey: keys[id], ValidatorKeys: public,
+		})
+		if err != nil {
+			panic(err)
+		}
+		defer r.Close()
+		nodes = append(nodes, r)
+	}
+	d, err := nodes[0].Propose(context.Background(), replication.Frame{OrgID: "acme", Namespace: "tasks", Op: "put", Key: "t1", Value: []byte("done")})
+	fmt.Println("a proposes:", d, err)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	proof, err := nodes[0].Proof(ctx, "acme", "tasks", 1)
+	if err != nil {
+		panic(err)
+	}
+	f, err := replication.VerifyProof(public, 2, proof)
+	fmt.Printf("verified: %s/%s seq %d %s=%s %v\n", f.OrgID, f.Namespace, f.Seq, f.Key, f.Value, err)
+	proof[len(proof)/2] ^= 1
+	_, err = replication.VerifyProof(public, 2, proof)
+	fmt.Println("one byte changed:", errors.Is(err, replication.ErrInvalidProof))
+	// Output:
+	// a proposes: accept <nil>
+	// verified: acme/tasks seq 1 t1=done <nil>
+	// one byte changed: true
 }
