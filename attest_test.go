@@ -2,7 +2,6 @@ package replication
 
 import (
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"maps"
 	"testing"
@@ -10,15 +9,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 )
-
-// testKey is validator id's signing key in tests: derived from its ID, so
-// that a restarted node has the same key.
-func testKey(t testing.TB, id string) *SigningKey {
-	seed := sha256.Sum256([]byte("test signing key " + id))
-	k, err := NewSigningKey(seed[:])
-	require.NoError(t, err)
-	return k
-}
 
 // proofOf waits for node i's proof of the frame at ns/seq.
 func (c *testCluster) proofOf(i int, ns string, seq uint64) []byte {
@@ -119,7 +109,7 @@ func TestSigned_ProofTamper(t *testing.T) {
 	require.Equal(t, 2, failed, "the proof names two voters")
 	other := map[string]PublicKey{}
 	for id := range c.keys {
-		other[id] = testKey(t, "other "+id).Public()
+		other[id] = simKey("other " + id).Public()
 	}
 	_, err = VerifyProof(other, 2, proof)
 	require.ErrorIs(t, err, ErrInvalidProof, "another cluster's keys")
@@ -170,7 +160,7 @@ func TestSigned_ConfigErrors(t *testing.T) {
 	hub := NewMemoryHub()
 	defer hub.Close()
 	tr := hub.Connect("a")
-	ka, kb := testKey(t, "a"), testKey(t, "b")
+	ka, kb := simKey("a"), simKey("b")
 	keys := map[string]PublicKey{"a": ka.Public(), "b": kb.Public()}
 	cases := []struct {
 		name string
@@ -204,7 +194,7 @@ type byzantine struct {
 }
 
 func newByzantine(t *testing.T, c *testCluster) *byzantine {
-	b := &byzantine{t: t, tr: c.hub.Connect("node-2"), key: testKey(t, "node-2"), id: validatorNodeID("node-2")}
+	b := &byzantine{t: t, tr: c.hub.Connect("node-2"), key: simKey("node-2"), id: validatorNodeID("node-2")}
 	b.tr.OnReceive(quasarKind, func([]byte) error { return nil })
 	return b
 }

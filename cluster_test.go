@@ -23,7 +23,7 @@ type clusterOpts struct {
 	maxBacklog   int
 	onBehind     func(node int, err error)
 	durable      bool // each node keeps a DataDir (restart brings it back)
-	signed       bool // validators have signing keys (testKey)
+	signed       bool // validators have signing keys (simKey)
 }
 
 // testCluster is n Quasar validators on one MemoryHub, each applying frames
@@ -151,7 +151,7 @@ func newTestCluster(t *testing.T, n int, o clusterOpts) *testCluster {
 	if o.signed {
 		c.keys = make(map[string]PublicKey, n)
 		for _, id := range c.ids {
-			c.keys[id] = testKey(t, id).Public()
+			c.keys[id] = simKey(id).Public()
 		}
 	}
 	for _, id := range c.ids {
@@ -180,7 +180,7 @@ func (c *testCluster) start(i int) (*QuasarReplicator, error) {
 	}
 	var key *SigningKey
 	if o.signed {
-		key = testKey(c.t, node.id)
+		key = simKey(node.id)
 	}
 	r, err := NewQuasar(context.Background(), QuasarConfig{
 		NodeID:              node.id,

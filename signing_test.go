@@ -371,3 +371,25 @@ func BenchmarkVerify(b *testing.B) {
 		}
 	}
 }
+
+func FuzzSigningKeyText(f *testing.F) {
+	text, err := testSigningKey(f, 7).MarshalText()
+	require.NoError(f, err)
+	f.Add(text)
+	f.Add([]byte("replication-sk1:"))
+	f.Add(text[:len(text)-1])
+	f.Add(bytes.Replace(text, []byte("sk1"), []byte("pk1"), 1))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		var k SigningKey
+		if err := k.UnmarshalText(in); err != nil {
+			require.ErrorIs(t, err, ErrInvalidConfig)
+			require.True(t, k.Public().IsZero())
+			return
+		}
+		out, err := k.MarshalText()
+		require.NoError(t, err)
+		require.Equal(t, in, out, "accepted text is not canonical")
+		msg := []byte("m")
+		require.True(t, k.Public().verify(msg, k.sign(nil, msg)))
+	})
+}
