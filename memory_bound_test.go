@@ -40,43 +40,50 @@ func TestQuasar_MemoryBounded(t *testing.T) {
 		}
 		requireFlatHeap(t, limit, propose, func() {}, 200_000, 1_000_000)
 	})
-	t.Run("validators=3", func(t *testing.T) {
-		c := newTestCluster(t, 3, clusterOpts{})
-		for _, n := range c.nodes {
-			n.r.Subscribe(func(context.Context, Frame) error { return nil })
-		}
-		// Count-only replicas: the kvReplica log would grow with the load.
-		for _, n := range c.nodes {
-			n.kv.discard()
-		}
-		propose := func(n int) {
-			var wg sync.WaitGroup
-			const writers = 24
-			for w := 0; w < writers; w++ {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					f := Frame{OrgID: "org", Namespace: fmt.Sprintf("ns-%d", w), Op: "put", Key: "k", Value: make([]byte, 256)}
-					for i := 0; i < n/writers; i++ {
-						if d, err := c.propose(w%3, f); d != DecisionAccept {
-							t.Error(d, err)
-							return
-						}
+	for _, signed := range []bool{false, true} {
+		t.Run(fmt.Sprintf("validators=3/signed=%v", signed), func(t *testing.T) { threeBounded(t, limit, signed) })
+	}
+}
+
+// threeBounded is TestQuasar_MemoryBounded for three validators, with
+// signing keys if signed (their vote batches and attestations must be
+// forgotten with the frames).
+func threeBounded(t *testing.T, limit uint64, signed bool) {
+	c := newTestCluster(t, 3, clusterOpts{signed: signed})
+	for _, n := range c.nodes {
+		n.r.Subscribe(func(context.Context, Frame) error { return nil })
+	}
+	// Count-only replicas: the kvReplica log would grow with the load.
+	for _, n := range c.nodes {
+		n.kv.discard()
+	}
+	propose := func(n int) {
+		var wg sync.WaitGroup
+		const writers = 24
+		for w := 0; w < writers; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				f := Frame{OrgID: "org", Namespace: fmt.Sprintf("ns-%d", w), Op: "put", Key: "k", Value: make([]byte, 256)}
+				for i := 0; i < n/writers; i++ {
+					if d, err := c.propose(w%3, f); d != DecisionAccept {
+						t.Error(d, err)
+						return
 					}
-				}()
-			}
-			wg.Wait()
+				}
+			}()
 		}
-		// Measure once every replica applied everything, so that messages
-		// still queued in the hub do not count as the replicator's memory.
-		settle := func() {
-			want := c.nodes[0].r.Metrics().FramesAccepted
-			for _, n := range c.nodes {
-				n.kv.waitCount(t, int(want), time.Minute)
-			}
+		wg.Wait()
+	}
+	// Measure once every replica applied everything, so that messages
+	// still queued in the hub do not count as the replicator's memory.
+	settle := func() {
+		want := c.nodes[0].r.Metrics().FramesAccepted
+		for _, n := range c.nodes {
+			n.kv.waitCount(t, int(want), time.Minute)
 		}
-		requireFlatHeap(t, limit, propose, settle, 200_000, 600_000)
-	})
+	}
+	requireFlatHeap(t, limit, propose, settle, 200_000, 600_000)
 }
 
 // requireFlatHeap runs propose(first) and then propose(total-first), and
