@@ -108,6 +108,14 @@ var simRegressionSeeds = []uint64{
 	// shared namespaces rejected beside accepted ones of their block).
 	// Among the CI seeds, seed 8 proposes the largest block (43 frames).
 	1280,
+	// Signed votes: after a validator restarted from its log, no node could
+	// gather a quorum of parts for some frames it had voted for before the
+	// crash (its batches were gone, and the others asked only the voters
+	// whose votes they had counted), so no certificate for them was ever
+	// sent and a node that missed them never converged (fixed: a restored
+	// validator attests its commit votes again, and a node asks every
+	// validator for parts).
+	990222348209286629, 2108004040035941165,
 }
 
 // simResults sums the runs of several seeds.
