@@ -196,9 +196,9 @@ type attester struct {
 	kick bool
 }
 
-// attestVote adds this validator's vote on e (e.myVote) to the open
-// batch.
-func (c *core) attestVote(now int64, e *entry) {
+// attestVote adds this validator's vote typ on e to the open batch. e
+// points to it if it is a commit vote (the only kind a part proves).
+func (c *core) attestVote(now int64, e *entry, typ byte) {
 	a := c.att
 	if a == nil {
 		return
@@ -209,8 +209,10 @@ func (c *core) attestVote(now int64, e *entry) {
 		a.open = b
 		a.kick = true
 	}
-	e.att, e.leaf = b, uint32(b.len())
-	b.leaves = appendLeaf(b.leaves, e.myVote, &e.id, e.p.frame.Seq, e.p.prev)
+	if typ == voteCommit {
+		e.att, e.leaf = b, uint32(b.len())
+	}
+	b.leaves = appendLeaf(b.leaves, typ, &e.id, e.p.frame.Seq, e.p.prev)
 	if b.len() >= attestLeaves {
 		a.cut = append(a.cut, b)
 		a.open = nil
@@ -292,7 +294,7 @@ func (s *signer) sign(b *attBatch) ([][hashLen]byte, *attestation) {
 // signed.
 func (c *core) ownPart(e *entry) (votePart, bool) {
 	b := e.att
-	if b == nil || b.att == nil || e.myVote != voteCommit {
+	if b == nil || b.att == nil {
 		return votePart{}, false
 	}
 	path := merklePath(nil, b.hashes, int(e.leaf))
@@ -446,9 +448,11 @@ func (c *core) addPart(e *entry, p votePart) {
 	c.partsChanged = true
 }
 
-// askParts asks the validators whose commit votes on accepted e this node
-// counted, and of which it holds no part, for their parts: at most once
-// per half WitnessAfter per frame.
+// askParts asks the validators of which it holds no part on accepted e
+// for their parts (those that voted commit answer): at most once per half
+// WitnessAfter per frame. It asks them all, not only those whose commit
+// votes it counted: a voter that restarted, or forgot the frame, cannot
+// answer, and others may have committed too.
 func (c *core) askParts(now int64, e *entry) {
 	if e.askedParts != 0 && now-e.askedParts < c.cfg.witness/2 {
 		return
@@ -459,7 +463,7 @@ func (c *core) askParts(now int64, e *entry) {
 		have.add(p.voter)
 	}
 	for i := range c.cfg.n() {
-		if i != c.cfg.self && e.commits.has(i) && !have.has(i) {
+		if i != c.cfg.self && !have.has(i) {
 			c.sendPartRequest(&e.id, i)
 		}
 	}
@@ -471,7 +475,7 @@ func (c *core) onPartRequest(now int64, rec *record) {
 		return
 	}
 	e := c.entries[rec.block]
-	if e == nil || e.myVote != voteCommit || e.att == nil {
+	if e == nil || e.att == nil {
 		return
 	}
 	if b := e.att; b.att == nil {

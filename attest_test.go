@@ -339,7 +339,7 @@ func BenchmarkAttestVote(b *testing.B) {
 				e.id[0], e.id[1], e.id[2] = byte(i), byte(i>>8), byte(i>>16)
 				e.p.frame.Seq = uint64(i)
 				i++
-				c.attestVote(0, e)
+				c.attestVote(0, e, voteCommit)
 				if i%batch == 0 {
 					for _, bt := range c.takeBatches(0, true) {
 						hashes, a := s.sign(bt)

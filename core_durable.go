@@ -381,6 +381,11 @@ func (c *core) restore(now int64, recs []walRecord) error {
 			}
 		}
 		c.restoreEntry(now, e)
+		if e.commits.has(c.cfg.self) {
+			// Its own commit vote counted: attested again, in this
+			// process's chain, so that it can still give its part.
+			c.attestVote(now, e, voteCommit)
+		}
 		ns.chain.set(p.prev, e)
 		if p.frame.Seq <= ns.applied {
 			e.phase = phaseApplied

@@ -53,7 +53,7 @@ func (c *core) add(now int64, e *entry) {
 			if current {
 				ns.voted = e
 			}
-			c.attestVote(now, e)
+			c.attestVote(now, e, v.typ)
 			c.countVote(now, e, c.cfg.self, v.typ)
 		}
 	}
@@ -126,7 +126,7 @@ func (c *core) castVote(now int64, e *entry) {
 	}
 	e.myVote = typ
 	e.voted = now
-	c.attestVote(now, e)
+	c.attestVote(now, e, typ)
 	c.persistVote(e, typ)
 	c.queueVote(e, -1)
 	c.countVote(now, e, c.cfg.self, typ)
