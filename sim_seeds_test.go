@@ -116,6 +116,12 @@ var simRegressionSeeds = []uint64{
 	// validator attests its commit votes again, and a node asks every
 	// validator for parts).
 	990222348209286629, 2108004040035941165,
+	// Signed votes: a validator that restarted from its log held its
+	// commit vote on a frame (remembered) but not the frame, so it could
+	// not give its part, and without it no quorum of parts existed: the
+	// frame's certificate was never sent (fixed: a part is given for a
+	// remembered commit vote too, attested then if need be).
+	803069,
 }
 
 // simResults sums the runs of several seeds.
