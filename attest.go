@@ -176,8 +176,9 @@ type attBatch struct {
 }
 
 type partWait struct {
-	e  *entry
-	to int
+	id   [idLen]byte
+	leaf uint32
+	to   int
 }
 
 func (b *attBatch) len() int { return len(b.leaves) / leafLen }
@@ -199,25 +200,33 @@ type attester struct {
 // attestVote adds this validator's vote typ on e to the open batch. e
 // points to it if it is a commit vote (the only kind a part proves).
 func (c *core) attestVote(now int64, e *entry, typ byte) {
-	a := c.att
-	if a == nil {
+	if c.att == nil {
 		return
 	}
+	b, i := c.attestLeaf(now, typ, &e.id, e.p.frame.Seq, e.p.prev)
+	if typ == voteCommit {
+		e.att, e.leaf = b, i
+	}
+}
+
+// attestLeaf adds the leaf of a vote typ on frame id (Seq seq, position
+// prev) to the open batch, and returns the batch and the leaf's index.
+func (c *core) attestLeaf(now int64, typ byte, id *[idLen]byte, seq, prev uint64) (*attBatch, uint32) {
+	a := c.att
 	b := a.open
 	if b == nil {
 		b = &attBatch{first: now, leaves: *leafBufs.Get().(*[]byte)}
 		a.open = b
 		a.kick = true
 	}
-	if typ == voteCommit {
-		e.att, e.leaf = b, uint32(b.len())
-	}
-	b.leaves = appendLeaf(b.leaves, typ, &e.id, e.p.frame.Seq, e.p.prev)
+	i := uint32(b.len())
+	b.leaves = appendLeaf(b.leaves, typ, id, seq, prev)
 	if b.len() >= attestLeaves {
 		a.cut = append(a.cut, b)
 		a.open = nil
 		a.kick = true
 	}
+	return b, i
 }
 
 // takeBatches returns the batches to sign now: those cut full, and the
@@ -252,10 +261,9 @@ func (c *core) attested(b *attBatch, hashes [][hashLen]byte, att *attestation) {
 	b.leaves = nil // the hashes stand for them from now on
 	leafBufs.Put(&leaves)
 	c.m.attestations.Add(1)
-	for _, w := range b.waits {
-		if w.e.att == b {
-			c.sendPart(w.e, w.to)
-		}
+	for i := range b.waits {
+		w := &b.waits[i]
+		c.sendPart(&w.id, b, w.leaf, w.to)
 	}
 	b.waits = nil
 	c.partsChanged = true
@@ -297,12 +305,17 @@ func (c *core) ownPart(e *entry) (votePart, bool) {
 	if b == nil || b.att == nil {
 		return votePart{}, false
 	}
-	path := merklePath(nil, b.hashes, int(e.leaf))
-	p := votePart{voter: c.cfg.self, att: b.att, leaf: e.leaf, path: make([]byte, 0, len(path)*hashLen)}
+	return c.partOf(b, e.leaf), true
+}
+
+// partOf returns this validator's part for leaf of signed batch b.
+func (c *core) partOf(b *attBatch, leaf uint32) votePart {
+	path := merklePath(nil, b.hashes, int(leaf))
+	p := votePart{voter: c.cfg.self, att: b.att, leaf: leaf, path: make([]byte, 0, len(path)*hashLen)}
 	for i := range path {
 		p.path = append(p.path, path[i][:]...)
 	}
-	return p, true
+	return p
 }
 
 // votePart is a checked proof of one validator's commit vote on a frame.
@@ -469,22 +482,40 @@ func (c *core) askParts(now int64, e *entry) {
 	}
 }
 
+// onPartRequest answers a request for this validator's part on a frame
+// it committed to: held, or forgotten (a vote remembered, see remember, or
+// restored from the log) — a frame need not be held to attest the vote on
+// it, only its ID, Seq and position. A vote not in a batch yet (restored
+// after a restart) is attested now; a batch not signed yet answers once
+// signed.
 func (c *core) onPartRequest(now int64, rec *record) {
 	req, ok := c.requester(rec.who, rec.to)
-	if !ok {
+	if !ok || c.att == nil {
 		return
 	}
-	e := c.entries[rec.block]
-	if e == nil || e.att == nil {
-		return
-	}
-	if b := e.att; b.att == nil {
-		if len(b.waits) < maxPartWaits {
-			b.waits = append(b.waits, partWait{e, req})
+	id := rec.block
+	var (
+		b    *attBatch
+		leaf uint32
+	)
+	if e := c.entries[id]; e != nil {
+		b, leaf = e.att, e.leaf
+	} else if v, ok := c.forgot[id]; ok && v.typ == voteCommit {
+		if v.att == nil {
+			v.att, v.leaf = c.attestLeaf(now, voteCommit, &id, v.seq, v.prev)
+			c.forgot[id] = v
 		}
-		return
+		b, leaf = v.att, v.leaf
 	}
-	c.sendPart(e, req)
+	switch {
+	case b == nil:
+	case b.att == nil:
+		if len(b.waits) < maxPartWaits {
+			b.waits = append(b.waits, partWait{id: id, leaf: leaf, to: req})
+		}
+	default:
+		c.sendPart(&id, b, leaf, req)
+	}
 }
 
 func (c *core) onPart(now int64, rec *record, from int) {

@@ -211,22 +211,19 @@ func (o *outbox) writeAttestation(slot int, a *attestation) bool {
 	return true
 }
 
-// sendPart sends this validator's part on e, with its attestation, to
-// validator to.
-func (c *core) sendPart(e *entry, to int) {
-	p, ok := c.ownPart(e)
-	if !ok {
-		return
-	}
+// sendPart sends this validator's part on frame id, leaf of signed batch
+// b, with its attestation, to validator to.
+func (c *core) sendPart(id *[idLen]byte, b *attBatch, leaf uint32, to int) {
 	slot, ok := c.out.begin(to)
 	if !ok {
 		return
 	}
+	p := c.partOf(b, leaf)
 	k := 1
 	if c.out.writeAttestation(slot, p.att) {
 		k++
 	}
-	c.out.bufs[slot] = appendPartRecord(c.out.bufs[slot], &e.id, &c.cfg.ids[c.cfg.self], &p)
+	c.out.bufs[slot] = appendPartRecord(c.out.bufs[slot], id, &c.cfg.ids[c.cfg.self], &p)
 	c.out.endN(slot, k)
 }
 

@@ -53,7 +53,11 @@ func (c *core) add(now int64, e *entry) {
 			if current {
 				ns.voted = e
 			}
-			c.attestVote(now, e, v.typ)
+			if v.att != nil {
+				e.att, e.leaf = v.att, v.leaf // attested when first held
+			} else {
+				c.attestVote(now, e, v.typ)
+			}
 			c.countVote(now, e, c.cfg.self, v.typ)
 		}
 	}
@@ -468,7 +472,7 @@ func (c *core) remember(e *entry) {
 		delete(c.forgot, old.id)
 	}
 	c.forgotGen++
-	c.forgot[e.id] = forgotVote{typ: e.myVote, gen: c.forgotGen, ns: e.ns, prev: e.p.prev, seq: e.p.frame.Seq}
+	c.forgot[e.id] = forgotVote{typ: e.myVote, gen: c.forgotGen, ns: e.ns, prev: e.p.prev, seq: e.p.frame.Seq, att: e.att, leaf: e.leaf}
 	c.forgotQ = append(c.forgotQ, forgotRef{id: e.id, gen: c.forgotGen})
 }
 
@@ -478,6 +482,10 @@ type forgotVote struct {
 	ns   *nsState
 	prev uint64 // the position of the block voted on
 	seq  uint64 // the Seq of the frame voted on
+	// With signing keys: the batch attesting a commit vote, and its leaf
+	// there (nil: not attested in this process yet).
+	att  *attBatch
+	leaf uint32
 }
 
 type forgotRef struct {

@@ -624,7 +624,7 @@ func describeRecords(recs []record) string {
 			}
 			parts = append(parts, fmt.Sprintf("block %x %v after %v", r.id[:4], frames, after))
 		case recCertificate:
-			parts = append(parts, fmt.Sprintf("certificate %s/%d@%d %q (%d voters)", f.Namespace, f.Seq, r.prop.prev, f.Value, r.voters.len()))
+			parts = append(parts, fmt.Sprintf("certificate %s/%d@%d %q (%d voters, %d parts)", f.Namespace, f.Seq, r.prop.prev, f.Value, r.voters.len(), r.parts.n))
 		case recVote:
 			parts = append(parts, fmt.Sprintf("vote %x %x", r.vote.block[:4], r.vote.bits))
 		case recFetch:
@@ -635,6 +635,12 @@ func describeRecords(recs []record) string {
 			parts = append(parts, fmt.Sprintf("behind %s from %d", r.ref.ns, r.ref.seq))
 		case recDigest:
 			parts = append(parts, fmt.Sprintf("digest of %d", r.digest.n))
+		case recAttestation:
+			parts = append(parts, "attestation")
+		case recPartRequest:
+			parts = append(parts, fmt.Sprintf("part request %x", r.block[:4]))
+		case recPart:
+			parts = append(parts, fmt.Sprintf("part %x", r.block[:4]))
 		}
 	}
 	return strings.Join(slices.Compact(parts), ", ")
