@@ -112,6 +112,9 @@ func TestCollector_TCP(t *testing.T) {
 	require.Eventually(t, func() bool { return a.Stats().Peers["b"].Connected }, 10*time.Second, time.Millisecond)
 	require.NoError(t, a.Broadcast(context.Background(), "k", []byte("hello")))
 	<-got
+	// The sender counts a frame once its write and flush returned, which
+	// may be after the receiver has it.
+	require.Eventually(t, func() bool { return a.Stats().Sent == 1 }, 10*time.Second, time.Millisecond)
 
 	m := promexport.New()
 	m.WatchTCP(a)
