@@ -350,3 +350,21 @@ func BenchmarkAttestVote(b *testing.B) {
 		})
 	}
 }
+
+// A validator restarted from its data directory attests again the commit
+// votes of the frames it restores (a new chain): proofs still work on it,
+// and with its part.
+func TestSigned_ProofAfterRestart(t *testing.T) {
+	c := newTestCluster(t, 3, clusterOpts{signed: true, durable: true})
+	c.requireAccept(0, put("n", "k", "v"))
+	c.waitAllApplied(1, 10*time.Second)
+	c.restart(1)
+	c.hub.Disconnect("node-2") // node-1's own part is needed for a quorum
+	proof := c.proofOf(1, "n", 1)
+	f, err := VerifyProof(c.keys, 2, proof)
+	require.NoError(t, err)
+	require.Equal(t, "v", string(f.Value))
+	proof = c.proofOf(0, "n", 1) // node-0 asks node-1 for its part
+	_, err = VerifyProof(c.keys, 2, proof)
+	require.NoError(t, err)
+}
