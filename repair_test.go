@@ -41,7 +41,9 @@ func TestQuasar_CatchUpAnsweredByOneValidator(t *testing.T) {
 		}
 	})
 	c.hub.Reconnect("node-4")
-	c.waitAllApplied(frames, 10*time.Second, 4)
+	// Every node, not only node-4: a validator whose vote was not needed
+	// may still be learning the last outcomes.
+	c.waitAllApplied(frames, 10*time.Second)
 	c.requireConverged()
 	mu.Lock()
 	defer mu.Unlock()
