@@ -425,7 +425,7 @@ func (c *core) checkPart(id *[idLen]byte, seq, prev uint64, voter int, pr *partR
 // Evidence is proof that a validator equivocated: two attestations it
 // signed for one position (epoch and index) of its chain, each the full
 // signed attestation as it travelled. An honest validator never signs two.
-// Anyone holding the validator's public key can check both signatures.
+// Anyone holding the validator's public key can check it (VerifyEvidence).
 type Evidence struct {
 	Validator string `json:"validator"`
 	First     []byte `json:"first"`

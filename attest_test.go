@@ -301,12 +301,14 @@ func TestSigned_ByzantineCertificatesNotCounted(t *testing.T) {
 		evs := r.Evidence()
 		require.Len(t, evs, 1)
 		require.Equal(t, "node-2", evs[0].Validator)
-		for _, raw := range [][]byte{evs[0].First, evs[0].Second} {
-			a, ok := parseAttestation(raw)
-			require.True(t, ok)
-			require.True(t, a.verify(c.keys["node-2"]), "evidence checks with node-2's public key")
-		}
-		require.NotEqual(t, evs[0].First, evs[0].Second)
+		require.NoError(t, VerifyEvidence(c.keys["node-2"], evs[0]), "evidence checks with node-2's public key")
+		require.ErrorIs(t, VerifyEvidence(c.keys["node-1"], evs[0]), ErrInvalidProof, "not with another's")
+		same := evs[0]
+		same.Second = same.First
+		require.ErrorIs(t, VerifyEvidence(c.keys["node-2"], same), ErrInvalidProof, "one attestation twice")
+		other := evs[0]
+		other.Validator = "node-1"
+		require.ErrorIs(t, VerifyEvidence(c.keys["node-2"], other), ErrInvalidProof, "naming another validator")
 	}
 }
 

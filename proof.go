@@ -122,3 +122,30 @@ func VerifyProof(keys map[string]PublicKey, quorum int, proof []byte) (Frame, er
 	}
 	return f, nil
 }
+
+// VerifyEvidence checks equivocation evidence (QuasarReplicator.Evidence)
+// offline with the accused validator's public key: both attestations must
+// be well formed, signed with key, name the same validator, and sit at the
+// same position (epoch and index) of its chain with different contents,
+// which an honest validator never signs. Every error wraps
+// ErrInvalidProof.
+func VerifyEvidence(key PublicKey, ev Evidence) error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: evidence: "+format, append([]any{ErrInvalidProof}, args...)...)
+	}
+	a, ok1 := parseAttestation(ev.First)
+	b, ok2 := parseAttestation(ev.Second)
+	switch {
+	case !ok1 || !ok2:
+		return bad("malformed attestation")
+	case a.voter != b.voter || a.epoch != b.epoch || a.index != b.index:
+		return bad("the attestations are not of one position of one chain")
+	case a.hash == b.hash:
+		return bad("the attestations are the same")
+	case a.voter != validatorNodeID(ev.Validator):
+		return bad("the attestations are not validator %q's", ev.Validator)
+	case !a.verify(key) || !b.verify(key):
+		return bad("a signature does not verify under the key")
+	}
+	return nil
+}

@@ -293,3 +293,28 @@ func TestSigned_ReceiveCertificate(t *testing.T) {
 		require.NoError(t, hub.Close())
 	}
 }
+
+// FuzzVerifyEvidence: no input makes VerifyEvidence panic, and nothing but
+// two attestations of one chain position signed with the key passes (the
+// fuzzer cannot sign: only the seed's pair does).
+func FuzzVerifyEvidence(f *testing.F) {
+	key := simKey("node-2")
+	id := validatorNodeID("node-2")
+	leaf := appendLeaf(nil, voteCommit, &[idLen]byte{1}, 2, 1)
+	_, a := simAttest(key, id, 7, 0, leaf)
+	_, b := simAttest(key, id, 7, 0, leaf, leaf)
+	f.Add(a.raw, b.raw)
+	f.Add(a.raw, a.raw)
+	f.Add(a.raw[:attLen-1], b.raw)
+	f.Fuzz(func(t *testing.T, first, second []byte) {
+		err := VerifyEvidence(key.Public(), Evidence{Validator: "node-2", First: first, Second: second})
+		if err != nil {
+			require.ErrorIs(t, err, ErrInvalidProof)
+			return
+		}
+		x, _ := parseAttestation(first)
+		y, _ := parseAttestation(second)
+		require.Equal(t, x.index, y.index)
+		require.NotEqual(t, x.hash, y.hash)
+	})
+}
