@@ -30,11 +30,7 @@ func appendProof(b []byte, p *proposal, parts []votePart) []byte {
 	b = append(b, prop...)
 	b = binary.AppendUvarint(b, uint64(len(parts)))
 	for i := range parts {
-		pt := &parts[i]
-		b = append(b, pt.att.raw...)
-		b = binary.AppendUvarint(b, uint64(pt.leaf))
-		b = append(b, byte(len(pt.path)/hashLen))
-		b = append(b, pt.path...)
+		b = appendLeafPath(append(b, parts[i].att.raw...), &parts[i])
 	}
 	return b
 }
@@ -86,8 +82,7 @@ func VerifyProof(keys map[string]PublicKey, quorum int, proof []byte) (Frame, er
 	seen := make(map[string]bool, k)
 	for range k {
 		a, ok := parseAttestation(d.take(attLen, "proof attestation"))
-		i := d.minUvarint("proof leaf")
-		path := d.take(uint64(d.byte1("proof path length"))*hashLen, "proof path")
+		i, path := d.leafPath("proof")
 		if d.err != nil {
 			return bad("%v", d.err)
 		}

@@ -533,7 +533,12 @@ func appendCertificateRecord(b []byte, p *proposal, voters nodeList, parts []vot
 
 // appendPart appends a part: attestation hash ‖ leaf ‖ path.
 func appendPart(b []byte, p *votePart) []byte {
-	b = append(b, p.att.hash[:]...)
+	return appendLeafPath(append(b, p.att.hash[:]...), p)
+}
+
+// appendLeafPath appends p's place in its attestation's tree: leaf ‖ n ‖
+// hash × n (see decoder.leafPath).
+func appendLeafPath(b []byte, p *votePart) []byte {
 	b = binary.AppendUvarint(b, uint64(p.leaf))
 	b = append(b, byte(len(p.path)/hashLen))
 	return append(b, p.path...)
@@ -845,12 +850,18 @@ func (l *partList) next(p *partRec) bool {
 // part reads one part into p.
 func (d *decoder) part(p *partRec) {
 	copy(p.att[:], d.take(hashLen, "part attestation"))
-	p.leaf = d.minUvarint("part leaf")
-	n := d.byte1("part path length")
-	if d.err == nil && (n > maxPathLen || p.leaf >= attestLeaves) {
-		d.fail("part path")
+	p.leaf, p.path = d.leafPath("part")
+}
+
+// leafPath reads a vote's place in its attestation's tree, as a part and
+// a proof carry it: leaf ‖ n ‖ hash × n. what names it in errors.
+func (d *decoder) leafPath(what string) (leaf uint64, path []byte) {
+	leaf = d.minUvarint(what + " leaf")
+	n := d.byte1(what + " path length")
+	if d.err == nil && (n > maxPathLen || leaf >= attestLeaves) {
+		d.fail(what + " path")
 	}
-	p.path = d.take(uint64(n)*hashLen, "part path")
+	return leaf, d.take(uint64(n)*hashLen, what+" path")
 }
 
 // parts reads n parts.
