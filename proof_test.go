@@ -3,7 +3,6 @@ package replication
 import (
 	"context"
 	"fmt"
-	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -157,32 +156,8 @@ func FuzzSignedReceive(f *testing.F) {
 	f.Add(int8(1), finishMessage(appendPartRecord(newMessage(nil), &id, &[nodeIDLen]byte{}, &fx.parts[0]), 1))
 	f.Fuzz(func(t *testing.T, sender int8, msg []byte) {
 		ids := []string{"node-0", "node-1", "node-2"}
-		hub := NewMemoryHub()
-		defer hub.Close()
-		tr := hub.Connect(ids[0])
-		hub.Connect(ids[1])
-		hub.Connect(ids[2])
-		r, err := NewQuasar(context.Background(), QuasarConfig{NodeID: ids[0], Validators: ids, Transport: tr,
-			SigningKey: simKey(ids[0]), ValidatorKeys: fx.keys})
-		require.NoError(t, err)
-		defer r.Close()
-		var mu sync.Mutex
-		var applied []Frame
-		r.Subscribe(func(_ context.Context, f Frame) error {
-			mu.Lock()
-			defer mu.Unlock()
-			applied = append(applied, f)
-			return nil
-		})
-		from := -1
-		if sender >= 0 {
-			from = int(sender) % len(ids)
-		}
-		recvErr := r.receive(from, msg)
-		r.applyAll()
+		r, _, recvErr, applied := receiveOnce(t, ids, QuasarConfig{SigningKey: simKey(ids[0]), ValidatorKeys: fx.keys}, sender, msg)
 		recs, decErr := decodeMessage(msg, DefaultMaxFrameBytes, nil)
-		mu.Lock()
-		defer mu.Unlock()
 		require.Zero(t, r.Metrics().Conflicts)
 		if decErr != nil {
 			require.ErrorIs(t, recvErr, ErrMalformed)

@@ -479,6 +479,41 @@ func FuzzProposalRoundTrip(f *testing.F) {
 	})
 }
 
+// receiveOnce starts a replicator for ids[0] of validators ids on a fresh
+// hub (cfg adds to its config), hands it msg as a transport would, from
+// validator sender modulo len(ids) (negative: a sender the transport
+// cannot tell), and applies what it queued. It returns the replicator
+// (closed when the test ends), the sender's index as given to the driver,
+// receive's error, and the frames applied.
+func receiveOnce(t *testing.T, ids []string, cfg QuasarConfig, sender int8, msg []byte) (r *QuasarReplicator, from int, err error, applied []Frame) {
+	hub := NewMemoryHub()
+	t.Cleanup(func() { hub.Close() })
+	cfg.NodeID, cfg.Validators, cfg.Transport = ids[0], ids, hub.Connect(ids[0])
+	for _, id := range ids[1:] {
+		hub.Connect(id)
+	}
+	r, err = NewQuasar(context.Background(), cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { r.Close() })
+	var mu sync.Mutex
+	r.Subscribe(func(_ context.Context, f Frame) error {
+		mu.Lock()
+		defer mu.Unlock()
+		f.Value = bytes.Clone(f.Value)
+		applied = append(applied, f)
+		return nil
+	})
+	from = -1
+	if sender >= 0 {
+		from = int(sender) % len(ids)
+	}
+	err = r.receive(from, msg)
+	r.applyAll()
+	mu.Lock()
+	defer mu.Unlock()
+	return r, from, err, slices.Clone(applied)
+}
+
 // FuzzQuasarReceive feeds arbitrary messages to a fresh QuasarReplicator
 // (one or three validators) as if a peer had sent them. The driver must
 // never panic, count garbage as malformed and leave no trace of it, never
@@ -495,38 +530,7 @@ func FuzzQuasarReceive(f *testing.F) {
 		if three {
 			ids = append(ids, "node-1", "node-2")
 		}
-		hub := NewMemoryHub()
-		defer hub.Close()
-		var tr *MemoryTransport
-		for _, id := range ids {
-			if tr == nil {
-				tr = hub.Connect(id)
-			} else {
-				hub.Connect(id)
-			}
-		}
-		r, err := NewQuasar(context.Background(), QuasarConfig{NodeID: ids[0], Validators: ids, Transport: tr})
-		require.NoError(t, err)
-		defer r.Close()
-		var (
-			mu      sync.Mutex
-			applied []Frame
-		)
-		r.Subscribe(func(_ context.Context, f Frame) error {
-			mu.Lock()
-			defer mu.Unlock()
-			f.Value = bytes.Clone(f.Value)
-			applied = append(applied, f)
-			return nil
-		})
-		from := -1
-		if sender >= 0 {
-			from = int(sender) % len(ids)
-		}
-		recvErr := r.receive(from, msg)
-		r.applyAll()
-		mu.Lock()
-		defer mu.Unlock()
+		r, from, recvErr, applied := receiveOnce(t, ids, QuasarConfig{}, sender, msg)
 		m := r.Metrics()
 		require.Zero(t, m.Conflicts, "conflicts")
 
