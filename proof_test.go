@@ -156,7 +156,7 @@ func FuzzSignedReceive(f *testing.F) {
 	f.Add(int8(1), finishMessage(appendPartRecord(newMessage(nil), &id, &[nodeIDLen]byte{}, &fx.parts[0]), 1))
 	f.Fuzz(func(t *testing.T, sender int8, msg []byte) {
 		ids := []string{"node-0", "node-1", "node-2"}
-		r, _, recvErr, applied := receiveOnce(t, ids, QuasarConfig{SigningKey: simKey(ids[0]), ValidatorKeys: fx.keys}, sender, msg)
+		r, _, applied, recvErr := receiveOnce(t, ids, QuasarConfig{SigningKey: simKey(ids[0]), ValidatorKeys: fx.keys}, sender, msg)
 		recs, decErr := decodeMessage(msg, DefaultMaxFrameBytes, nil)
 		require.Zero(t, r.Metrics().Conflicts)
 		if decErr != nil {

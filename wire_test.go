@@ -484,8 +484,8 @@ func FuzzProposalRoundTrip(f *testing.F) {
 // validator sender modulo len(ids) (negative: a sender the transport
 // cannot tell), and applies what it queued. It returns the replicator
 // (closed when the test ends), the sender's index as given to the driver,
-// receive's error, and the frames applied.
-func receiveOnce(t *testing.T, ids []string, cfg QuasarConfig, sender int8, msg []byte) (r *QuasarReplicator, from int, err error, applied []Frame) {
+// the frames applied, and receive's error.
+func receiveOnce(t *testing.T, ids []string, cfg QuasarConfig, sender int8, msg []byte) (r *QuasarReplicator, from int, applied []Frame, err error) {
 	hub := NewMemoryHub()
 	t.Cleanup(func() { hub.Close() })
 	cfg.NodeID, cfg.Validators, cfg.Transport = ids[0], ids, hub.Connect(ids[0])
@@ -511,7 +511,7 @@ func receiveOnce(t *testing.T, ids []string, cfg QuasarConfig, sender int8, msg 
 	r.applyAll()
 	mu.Lock()
 	defer mu.Unlock()
-	return r, from, err, slices.Clone(applied)
+	return r, from, slices.Clone(applied), err
 }
 
 // FuzzQuasarReceive feeds arbitrary messages to a fresh QuasarReplicator
@@ -530,7 +530,7 @@ func FuzzQuasarReceive(f *testing.F) {
 		if three {
 			ids = append(ids, "node-1", "node-2")
 		}
-		r, from, recvErr, applied := receiveOnce(t, ids, QuasarConfig{}, sender, msg)
+		r, from, applied, recvErr := receiveOnce(t, ids, QuasarConfig{}, sender, msg)
 		m := r.Metrics()
 		require.Zero(t, m.Conflicts, "conflicts")
 
