@@ -167,10 +167,10 @@ func (a *attestation) proves(h [hashLen]byte, i uint64, path []byte) bool {
 type attBatch struct {
 	first  int64  // when its first vote was cast
 	leaves []byte // leafLen bytes each, in the order cast
-	// Set by core.attested, once signed: the leaves' hashes and the
-	// attestation.
-	hashes [][hashLen]byte
-	att    *attestation
+	// Set by core.attested, once signed: the Merkle tree of the leaves
+	// (for the parts' paths) and the attestation.
+	tree merkleTree
+	att  *attestation
 	// waits: part requests that arrived before it was signed.
 	waits []partWait
 }
@@ -184,7 +184,7 @@ type partWait struct {
 func (b *attBatch) len() int { return len(b.leaves) / leafLen }
 
 // leafBufs recycles the leaves of signed batches: a batch holds its leaves
-// until signed, and its leaf hashes from then on.
+// until signed, and their Merkle tree from then on.
 var leafBufs = sync.Pool{New: func() any { b := make([]byte, 0, attestLeaves*leafLen); return &b }}
 
 // attester is the core's side of attesting: the open batch, and the cut
@@ -255,10 +255,10 @@ func (c *core) nextCut() (at int64, ok bool) {
 
 // attested installs what the signer made of batch b, and answers the part
 // requests that waited for it.
-func (c *core) attested(b *attBatch, hashes [][hashLen]byte, att *attestation) {
-	b.hashes, b.att = hashes, att
+func (c *core) attested(b *attBatch, tree merkleTree, att *attestation) {
+	b.tree, b.att = tree, att
 	leaves := b.leaves[:0]
-	b.leaves = nil // the hashes stand for them from now on
+	b.leaves = nil // the tree stands for them from now on
 	leafBufs.Put(&leaves)
 	c.m.attestations.Add(1)
 	for i := range b.waits {
@@ -281,13 +281,14 @@ type signer struct {
 
 // sign builds b's Merkle tree and signs its attestation, the next of the
 // chain. It reads b.leaves only (the core no longer writes them).
-func (s *signer) sign(b *attBatch) ([][hashLen]byte, *attestation) {
+func (s *signer) sign(b *attBatch) (merkleTree, *attestation) {
 	n := b.len()
 	hashes := make([][hashLen]byte, n)
 	for i := range n {
 		hashes[i] = leafHash(b.leaves[i*leafLen : (i+1)*leafLen])
 	}
-	root := merkleRoot(hashes)
+	tree := newMerkleTree(hashes)
+	root := tree.root()
 	raw := make([]byte, 0, attLen)
 	raw = appendAttHeader(raw, &s.voter, s.epoch, s.index, &s.prev, uint32(n), &root)
 	a := &attestation{voter: s.voter, epoch: s.epoch, index: s.index, prev: s.prev, count: uint32(n), root: root, state: 1}
@@ -295,7 +296,7 @@ func (s *signer) sign(b *attBatch) ([][hashLen]byte, *attestation) {
 	a.raw = s.key.sign(raw, raw)
 	s.index++
 	s.prev = a.hash
-	return hashes, a
+	return tree, a
 }
 
 // ownPart returns this validator's part for its commit vote on e, if
@@ -310,7 +311,7 @@ func (c *core) ownPart(e *entry) (votePart, bool) {
 
 // partOf returns this validator's part for leaf of signed batch b.
 func (c *core) partOf(b *attBatch, leaf uint32) votePart {
-	path := merklePath(nil, b.hashes, int(leaf))
+	path := b.tree.path(nil, int(leaf))
 	p := votePart{voter: c.cfg.self, att: b.att, leaf: leaf, path: make([]byte, 0, len(path)*hashLen)}
 	for i := range path {
 		p.path = append(p.path, path[i][:]...)

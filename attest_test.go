@@ -201,15 +201,15 @@ func newByzantine(t *testing.T, c *testCluster) *byzantine {
 
 // attest signs an attestation of the given leaves at chain position
 // (epoch, index), claiming voter.
-func (b *byzantine) attest(voter nodeID, epoch, index uint64, leaves ...[]byte) ([][hashLen]byte, *attestation) {
+func (b *byzantine) attest(voter nodeID, epoch, index uint64, leaves ...[]byte) (merkleTree, *attestation) {
 	return simAttest(b.key, voter, epoch, index, leaves...)
 }
 
-// ownPart is the part of leaf i of attestation a, whose leaf hashes are
-// hashes.
-func ownPart(a *attestation, hashes [][hashLen]byte, i int) votePart {
+// ownPart is the part of leaf i of attestation a, whose Merkle tree is
+// tree.
+func ownPart(a *attestation, tree merkleTree, i int) votePart {
 	p := votePart{att: a, leaf: uint32(i)}
-	for _, h := range merklePath(nil, hashes, i) {
+	for _, h := range tree.path(nil, i) {
 		p.path = append(p.path, h[:]...)
 	}
 	return p
@@ -344,8 +344,8 @@ func BenchmarkAttestVote(b *testing.B) {
 				c.attestVote(0, e, voteCommit)
 				if i%batch == 0 {
 					for _, bt := range c.takeBatches(0, true) {
-						hashes, a := s.sign(bt)
-						c.attested(bt, hashes, a)
+						tree, a := s.sign(bt)
+						c.attested(bt, tree, a)
 					}
 				}
 			}

@@ -1,9 +1,6 @@
 package replication
 
-import (
-	"crypto/sha256"
-	"math/bits"
-)
+import "crypto/sha256"
 
 // The Merkle tree here is the one of RFC 6962 (Certificate Transparency),
 // section 2.1, with its domain separation between leaves and inner nodes:
@@ -50,74 +47,65 @@ func nodeHash(l, r *[hashLen]byte) [hashLen]byte {
 	return sha256.Sum256(buf[:])
 }
 
-// merkleRoot returns the tree hash MTH of the given leaf hashes. It does
-// not modify leaves and does not allocate. Callers never ask for the root
-// of no leaves; for them it returns the zero hash.
-func merkleRoot(leaves [][hashLen]byte) [hashLen]byte {
-	n := len(leaves)
-	if n == 0 {
-		return [hashLen]byte{}
-	}
-	// Push the leaves one by one onto a stack of the roots of complete
-	// subtrees, merging the two topmost whenever they have the same size,
-	// as when counting in binary. After leaf i, the stack holds one
-	// subtree per set bit of i+1, largest at the bottom.
-	var stack [64][hashLen]byte
-	top := 0
-	for i := range leaves {
-		stack[top] = leaves[i]
-		top++
-		for c := uint64(i + 1); c&1 == 0; c >>= 1 {
-			top--
-			stack[top-1] = nodeHash(&stack[top-1], &stack[top])
-		}
-	}
-	// The subtrees on the stack, each a power of two larger than the next,
-	// are exactly the left subtrees of the MTH split from the root down, so
-	// the root folds them from the top of the stack to the bottom.
-	root := stack[top-1]
-	for j := top - 2; j >= 0; j-- {
-		root = nodeHash(&stack[j], &root)
-	}
-	return root
+// merkleTree is a Merkle tree kept whole, so that an audit path costs no
+// hashing: levels[0] holds the leaf hashes, and levels[k+1][j] the node
+// over levels[k][2j] and levels[k][2j+1], or levels[k][2j] itself when it
+// is the last of its level and has no sibling. Built bottom up this way,
+// the tree is RFC 6962's: a subtree of the MTH split that is not a power of
+// two is exactly a run of lone last nodes moving up unchanged. The top
+// level holds the root.
+type merkleTree struct {
+	levels [][][hashLen]byte
 }
 
-// merklePath appends to dst the audit path PATH(i, D[0:n]) of RFC 6962,
-// section 2.1.1, for leaf i of leaves (0 <= i < n = len(leaves)), and
-// returns the extended slice. The sibling nearest the leaf comes first and
-// the child of the root last. It hashes O(n) nodes. It panics if i is out
-// of range.
-func merklePath(dst [][hashLen]byte, leaves [][hashLen]byte, i int) [][hashLen]byte {
-	if i < 0 || i >= len(leaves) {
+// newMerkleTree builds the tree over the given leaf hashes (at least one),
+// which it keeps, not copies. It hashes n-1 nodes and allocates twice.
+func newMerkleTree(leaves [][hashLen]byte) merkleTree {
+	above, height := 0, 1
+	for n := len(leaves); n > 1; n = (n + 1) / 2 {
+		above += (n + 1) / 2
+		height++
+	}
+	nodes := make([][hashLen]byte, above)
+	t := merkleTree{levels: make([][][hashLen]byte, 1, height)}
+	t.levels[0] = leaves
+	for cur := leaves; len(cur) > 1; {
+		next := nodes[:(len(cur)+1)/2]
+		nodes = nodes[len(next):]
+		for j := range next {
+			if 2*j+1 < len(cur) {
+				next[j] = nodeHash(&cur[2*j], &cur[2*j+1])
+			} else {
+				next[j] = cur[2*j]
+			}
+		}
+		t.levels = append(t.levels, next)
+		cur = next
+	}
+	return t
+}
+
+// root returns the tree hash MTH.
+func (t merkleTree) root() [hashLen]byte { return t.levels[len(t.levels)-1][0] }
+
+// path appends to dst the audit path PATH(i, D[0:n]) of RFC 6962, section
+// 2.1.1, for leaf i (0 <= i < n), and returns the extended slice: the
+// sibling nearest the leaf first, the child of the root last. A level where
+// the node has no sibling adds nothing. It panics if i is out of range.
+func (t merkleTree) path(dst [][hashLen]byte, i int) [][hashLen]byte {
+	if i < 0 || i >= len(t.levels[0]) {
 		panic("replication: merkle path index out of range")
 	}
-	start := len(dst)
-	// Walk from the root down to the leaf, appending each sibling; this
-	// gives them in root-first order, reversed below.
-	lo, hi := 0, len(leaves)
-	for hi-lo > 1 {
-		k := splitPoint(hi - lo)
-		if i < lo+k {
-			dst = append(dst, merkleRoot(leaves[lo+k:hi]))
-			hi = lo + k
-		} else {
-			dst = append(dst, merkleRoot(leaves[lo:lo+k]))
-			lo += k
+	for _, level := range t.levels[:len(t.levels)-1] {
+		if sib := i ^ 1; sib < len(level) {
+			dst = append(dst, level[sib])
 		}
-	}
-	p := dst[start:]
-	for a, b := 0, len(p)-1; a < b; a, b = a+1, b-1 {
-		p[a], p[b] = p[b], p[a]
+		i >>= 1
 	}
 	return dst
 }
 
-// splitPoint returns the largest power of two below n, for n > 1.
-func splitPoint(n int) int {
-	return 1 << (bits.Len(uint(n-1)) - 1)
-}
-
-// merkleVerify reports whether path, as made by merklePath, proves that h
+// merkleVerify reports whether path, as made by merkleTree.path, proves that h
 // is the hash of leaf i in a tree of n leaves whose tree hash is root. It
 // follows the verification algorithm of RFC 9162, section 2.1.3.2, and
 // reports false if i >= n or the path has the wrong length.

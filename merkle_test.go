@@ -50,14 +50,34 @@ func testLeafHashes(n int) [][hashLen]byte {
 	return leaves
 }
 
-func TestMerkleRootMatchesReference(t *testing.T) {
+// referencePath computes PATH(i, D[0:n]) straight from its recursive
+// definition, leaf-side first.
+func referencePath(leaves [][hashLen]byte, i int) [][hashLen]byte {
+	n := len(leaves)
+	if n == 1 {
+		return nil
+	}
+	k := 1
+	for k*2 < n {
+		k *= 2
+	}
+	if i < k {
+		return append(referencePath(leaves[:k], i), referenceMerkleRoot(leaves[k:]))
+	}
+	return append(referencePath(leaves[k:], i-k), referenceMerkleRoot(leaves[:k]))
+}
+
+func TestMerkleTreeMatchesReference(t *testing.T) {
 	for n := 1; n <= 70; n++ {
 		leaves := testLeafHashes(n)
 		orig := append([][hashLen]byte(nil), leaves...)
-		require.Equal(t, referenceMerkleRoot(leaves), merkleRoot(leaves), "n=%d", n)
-		require.Equal(t, orig, leaves, "merkleRoot modified its input, n=%d", n)
+		tree := newMerkleTree(leaves)
+		require.Equal(t, referenceMerkleRoot(leaves), tree.root(), "n=%d", n)
+		for i := range n {
+			require.Equal(t, referencePath(leaves, i), tree.path(nil, i), "n=%d i=%d", n, i)
+		}
+		require.Equal(t, orig, leaves, "newMerkleTree modified its input, n=%d", n)
 	}
-	require.Equal(t, [hashLen]byte{}, merkleRoot(nil))
 }
 
 func TestMerkleKnownAnswer(t *testing.T) {
@@ -77,7 +97,7 @@ func TestMerkleKnownAnswer(t *testing.T) {
 	for i, d := range data {
 		leaves[i] = leafHash([]byte(d))
 	}
-	root := merkleRoot(leaves)
+	root := newMerkleTree(leaves).root()
 	require.Equal(t, "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328",
 		hex.EncodeToString(root[:]))
 	// The empty leaf hashes to SHA-256 of a single zero byte.
@@ -103,9 +123,10 @@ func TestMerkleLeafHash(t *testing.T) {
 func TestMerklePathVerify(t *testing.T) {
 	for n := 1; n <= 70; n++ {
 		leaves := testLeafHashes(n)
-		root := merkleRoot(leaves)
+		tree := newMerkleTree(leaves)
+		root := tree.root()
 		for i := 0; i < n; i++ {
-			path := merklePath(nil, leaves, i)
+			path := tree.path(nil, i)
 			require.True(t, merkleVerify(leaves[i], uint64(i), uint64(n), path, root), "n=%d i=%d", n, i)
 
 			// Another leaf hash or another root.
@@ -159,9 +180,10 @@ func TestMerklePathVerify(t *testing.T) {
 func TestMerklePathAppends(t *testing.T) {
 	leaves := testLeafHashes(13)
 	prefix := [hashLen]byte{0xaa}
-	dst := merklePath([][hashLen]byte{prefix}, leaves, 6)
+	tree := newMerkleTree(leaves)
+	dst := tree.path([][hashLen]byte{prefix}, 6)
 	require.Equal(t, prefix, dst[0])
-	require.Equal(t, merklePath(nil, leaves, 6), dst[1:])
+	require.Equal(t, tree.path(nil, 6), dst[1:])
 	// Leaf-side first: the first sibling of leaf 6 is leaf 7.
 	require.Equal(t, leaves[7], dst[1])
 }
@@ -171,13 +193,14 @@ func TestMerkleVerifySizeNotBound(t *testing.T) {
 	// 3-leaf path and root also verify for a claimed size of 4; the size
 	// must be bound to the root by other means.
 	leaves := testLeafHashes(3)
-	path := merklePath(nil, leaves, 0)
-	root := merkleRoot(leaves)
+	tree := newMerkleTree(leaves)
+	path := tree.path(nil, 0)
+	root := tree.root()
 	require.True(t, merkleVerify(leaves[0], 0, 3, path, root))
 	require.True(t, merkleVerify(leaves[0], 0, 4, path, root))
 	// Leaf 2 does not: it is a right child in a tree of 3 but a left one
 	// in a tree of 4.
-	path = merklePath(nil, leaves, 2)
+	path = tree.path(nil, 2)
 	require.False(t, merkleVerify(leaves[2], 2, 4, path, root))
 }
 
@@ -190,16 +213,16 @@ func TestMerkleVerifyExtremes(t *testing.T) {
 	require.False(t, merkleVerify(h, 0, ^uint64(0), make([][hashLen]byte, 100), h))
 }
 
-func TestMerkleRootNoAlloc(t *testing.T) {
-	leaves := testLeafHashes(1024)
-	allocs := testing.AllocsPerRun(10, func() { merkleRoot(leaves) })
-	require.Zero(t, allocs)
+func TestMerkleTreeAllocs(t *testing.T) {
+	leaves := testLeafHashes(1000)
+	allocs := testing.AllocsPerRun(10, func() { newMerkleTree(leaves) })
+	require.Equal(t, 2.0, allocs, "the levels and the nodes")
 }
 
-func BenchmarkMerkleRoot1024(b *testing.B) {
+func BenchmarkMerkleTree1024(b *testing.B) {
 	leaves := testLeafHashes(1024)
 	b.ReportAllocs()
 	for b.Loop() {
-		merkleRoot(leaves)
+		newMerkleTree(leaves)
 	}
 }

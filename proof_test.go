@@ -44,8 +44,8 @@ func newProofFixture(n, q, leaves int) *proofFixture {
 			b.leaves = appendLeaf(b.leaves, voteCommit, &other, uint64(k+1), uint64(k))
 		}
 		s := &signer{key: key, voter: validatorNodeID(name), epoch: 1, index: uint64(i)}
-		hashes, a := s.sign(b)
-		path := merklePath(nil, hashes, at)
+		tree, a := s.sign(b)
+		path := tree.path(nil, at)
 		pt := votePart{voter: i, att: a, leaf: uint32(at)}
 		for _, h := range path {
 			pt.path = append(pt.path, h[:]...)

@@ -63,15 +63,15 @@ func (s *simulator) sign(n *simNode, ev *simEvent) {
 	}
 	n.signing = false
 	for _, b := range n.c.takeBatches(s.now, false) {
-		hashes, att := n.signer.sign(b)
-		n.c.attested(b, hashes, att)
+		tree, att := n.signer.sign(b)
+		n.c.attested(b, tree, att)
 	}
 	s.settle(n)
 }
 
 // simAttest signs, with key, an attestation claiming voter at chain
 // position (epoch, index) of the given leaves.
-func simAttest(key *SigningKey, voter nodeID, epoch, index uint64, leaves ...[]byte) ([][hashLen]byte, *attestation) {
+func simAttest(key *SigningKey, voter nodeID, epoch, index uint64, leaves ...[]byte) (merkleTree, *attestation) {
 	batch := &attBatch{}
 	for _, l := range leaves {
 		batch.leaves = append(batch.leaves, l...)
