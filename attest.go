@@ -478,7 +478,7 @@ func (c *core) askParts(now int64, e *entry) {
 	}
 	for i := range c.cfg.n() {
 		if i != c.cfg.self && !have.has(i) {
-			c.sendPartRequest(&e.id, i)
+			c.sendAsk(recPartRequest, &e.id, i)
 		}
 	}
 }

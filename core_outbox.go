@@ -227,21 +227,17 @@ func (c *core) sendPart(id *[idLen]byte, b *attBatch, leaf uint32, to int) {
 	c.out.endN(slot, k)
 }
 
-// sendPartRequest asks validator to for its part on frame id.
-func (c *core) sendPartRequest(id *[idLen]byte, to int) {
-	if slot, ok := c.out.begin(to); ok {
-		c.out.bufs[slot] = appendFetchRecord(c.out.bufs[slot], recPartRequest, id, &c.cfg.ids[c.cfg.self], &c.cfg.ids[to])
-		c.out.end(slot)
-	}
-}
-
 // sendFetch asks validator to for block id on behalf of this node.
-func (c *core) sendFetch(id *[idLen]byte, to int) {
+func (c *core) sendFetch(id *[idLen]byte, to int) { c.sendAsk(recFetch, id, to) }
+
+// sendAsk sends validator to a request of this node about block or frame
+// id: a fetch, or a part request (recPartRequest, attest.go).
+func (c *core) sendAsk(typ byte, id *[idLen]byte, to int) {
 	if to < 0 {
 		return
 	}
 	if slot, ok := c.out.begin(to); ok {
-		c.out.bufs[slot] = appendFetchRecord(c.out.bufs[slot], recFetch, id, &c.cfg.ids[c.cfg.self], &c.cfg.ids[to])
+		c.out.bufs[slot] = appendFetchRecord(c.out.bufs[slot], typ, id, &c.cfg.ids[c.cfg.self], &c.cfg.ids[to])
 		c.out.end(slot)
 	}
 }
