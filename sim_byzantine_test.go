@@ -160,12 +160,8 @@ func (s *simulator) forge() {
 		voters[0] = self
 		// Two certificates, each naming one of them first: a node checks
 		// both (and finds the second voter's part false).
-		var l nodeList
-		for i := range voters {
-			l = append(l, voters[i][:]...)
-		}
 		recs = appendAttestationRecord(appendAttestationRecord(recs, a1), a2)
-		recs = appendCertificateRecord(recs, &p, l, parts)
+		recs = append(recs, certificate(&p, voters, parts)...)
 		parts[0] = ownPart(a2, h2, 1) // its own vote checks: the signatures are checked
 		k += 3
 	case 4: // an attestation that does not decode, and a replay
@@ -178,11 +174,7 @@ func (s *simulator) forge() {
 			parts[i] = votePart{att: &attestation{}}
 		}
 	}
-	var l nodeList
-	for i := range voters {
-		l = append(l, voters[i][:]...)
-	}
-	recs = appendCertificateRecord(recs, &p, l, parts)
+	recs = append(recs, certificate(&p, voters, parts)...)
 	s.trace.add("%s %s forges a certificate of %s/%d (kind %d)", s.clock(), s.ids[b.node], ns, f.Seq, b.round%5)
 	s.sendAs(b.node, outMsg{to: -1, b: finishMessage(append(newMessage(nil), recs...), k+1)}, true)
 }
